@@ -1,0 +1,33 @@
+# Two commands a user needs: `make run` (Airflow with the DAGs) and `make test` (the whole suite).
+# Both build the virtual environment from the committed lock first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast bench lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)  ## Airflow (API server, scheduler, DAG processor) on http://localhost:8080, storage in ./data
+	$(BIN)/python -m vlmdata.localairflow
+
+test: $(STAMP)  ## the whole suite, end-to-end Airflow runs included
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)  ## everything but the end-to-end Airflow runs
+	$(BIN)/python -m pytest -q -ra -m "not e2e"
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lock:  ## re-resolve requirements.lock after changing pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .airflow

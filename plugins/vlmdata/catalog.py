@@ -1,0 +1,214 @@
+"""The catalog: one YAML file per source, validated into typed models.
+
+A source says where its bytes come from (its ``kind`` and the matching upstream section),
+which artifacts it has (files with what we know of their size and checksums), where each
+artifact lands in the data tree (a plain file at ``target``, or an archive extracted
+``into`` a folder), and under which licence. Values marked unverified in SOURCES.md are
+defaults the pipeline checks against what it actually sees; the manifest records that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "include" / "catalog"
+
+Kind = Literal["hf", "http", "gdrive", "sa1b", "urllist", "github"]
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos far more often than intent: reject them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_tree_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not value.strip():
+        raise ValueError(f"must be a relative path inside the data tree, got {value!r}")
+    return str(path)
+
+
+TreePath = Annotated[str, AfterValidator(_relative_tree_path)]
+
+
+class Extract(_Model):
+    """How an archive is unpacked into the data tree."""
+
+    into: TreePath = Field(description="folder of the data tree the archive's members land in")
+    strip_components: int = Field(0, ge=0, description="leading path parts to drop, as tar's option")
+    flatten: bool = Field(False, description="drop every folder, as `unzip -j`")
+    include: list[str] = Field(default_factory=list, description="glob patterns of members to keep")
+    images: bool = Field(True, description="the members are images to decode-check")
+
+
+class Annotation(_Model):
+    """Marks an artifact as a LLaVA conversation-format annotation file."""
+
+    image_folder: TreePath = Field(description="folder of the data tree that the records' `image` paths are relative to")
+    references: list[str] = Field(default_factory=list, description="sources whose images the records point to")
+
+
+class Artifact(_Model):
+    """One upstream file."""
+
+    name: str = Field(description="unique within the source; the file name unless it clashes")
+    url: str | None = Field(None, description="http: the download URL")
+    path: str | None = Field(None, description="hf / github: path inside the repository")
+    drive_id: str | None = Field(None, description="gdrive: the file id")
+    size: int | None = Field(None, ge=0, description="bytes, where known")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    target: TreePath | None = Field(None, description="path of the file in the data tree, for files kept as they are")
+    extract: Extract | None = None
+    annotation: Annotation | None = None
+    optional: bool = Field(False, description="skipped unless asked for (large extras)")
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _placed_once(self) -> Artifact:
+        if (self.target is None) == (self.extract is None):
+            raise ValueError("give exactly one of `target` (keep the file) or `extract` (unpack the archive)")
+        if self.annotation and self.extract:
+            raise ValueError("an annotation file is kept as it is: use `target`, not `extract`")
+        return self
+
+
+class Licence(_Model):
+    name: str
+    url: str | None = None
+    acknowledge: bool = Field(False, description="a download needs the user's explicit acknowledgement")
+    notice: str | None = Field(None, description="what the user acknowledges")
+
+
+class HfUpstream(_Model):
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    repo_type: Literal["dataset", "model"] = "dataset"
+    revision: str = Field("main", description="branch, tag or commit; a 40-hex commit pins it")
+
+
+class GithubUpstream(_Model):
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    ref: str = "main"
+    folder: str
+
+
+class GdriveUpstream(_Model):
+    folder_id: str | None = None
+
+
+class Sa1bUpstream(_Model):
+    links_variable: str = Field("vlmdata_sa1b_links", description="Airflow Variable (or file path) holding Meta's links file")
+    first_shard: int = Field(0, ge=0)
+    last_shard: int = Field(50, ge=0)
+    keep_masks: bool = False
+
+
+class CrawlUpstream(_Model):
+    list_source: str = Field(description="source whose artifact lists the URLs")
+    list_artifact: str
+    into: TreePath = Field(description="folder of the data tree the images land in")
+    fallback_mirrors: list[str] = Field(default_factory=list, description="archives that fill the gaps")
+
+
+class Source(_Model):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    title: str
+    kind: Kind
+    description: str = ""
+    homepage: str | None = None
+    seeds: list[str] = Field(default_factory=list, description="which seed pages name this source")
+    licence: Licence
+    refresh: str | None = Field("@weekly", description="Airflow schedule of the refresh probe, or null")
+    hf: HfUpstream | None = None
+    github: GithubUpstream | None = None
+    gdrive: GdriveUpstream | None = None
+    sa1b: Sa1bUpstream | None = None
+    crawl: CrawlUpstream | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _upstream_matches_kind(self) -> Source:
+        section = {"hf": "hf", "github": "github", "gdrive": "gdrive", "sa1b": "sa1b", "urllist": "crawl"}.get(self.kind)
+        if section and getattr(self, section) is None:
+            raise ValueError(f"kind {self.kind!r} needs a `{section}:` section")
+        names = [a.name for a in self.artifacts]
+        if len(names) != len(set(names)):
+            raise ValueError(f"artifact names must be unique, got {names}")
+        locator = {"hf": "path", "github": "path", "http": "url", "gdrive": "drive_id"}.get(self.kind)
+        for artifact in self.artifacts:
+            if locator and getattr(artifact, locator) is None:
+                raise ValueError(f"artifact {artifact.name!r}: kind {self.kind!r} needs `{locator}`")
+        return self
+
+    @property
+    def references(self) -> list[str]:
+        """Other sources whose images this source's annotation files point to."""
+        refs = {ref for a in self.artifacts if a.annotation for ref in a.annotation.references}
+        return sorted(refs - {self.id})
+
+    def artifact(self, name: str) -> Artifact:
+        for artifact in self.artifacts:
+            if artifact.name == name:
+                return artifact
+        raise KeyError(f"source {self.id!r} has no artifact {name!r}")
+
+    @property
+    def declared_size(self) -> int | None:
+        sizes = [a.size for a in self.artifacts if not a.optional]
+        return None if any(s is None for s in sizes) else sum(sizes)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_source(path: Path) -> Source:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        source = Source.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(f"{path}: {_describe(exc)}") from exc
+    if source.id != path.stem:
+        raise CatalogError(f"{path}: id: {source.id!r} must match the file name {path.stem!r}")
+    return source
+
+
+def catalog_dirs(extra: str | os.PathLike | None = None) -> list[Path]:
+    """The built-in catalog, then the user's (``--catalog`` or ``VLMDATA_CATALOG``, ``:``-separated)."""
+    dirs = [DEFAULT_CATALOG]
+    extra = extra if extra is not None else os.environ.get("VLMDATA_CATALOG")
+    if extra:
+        dirs += [Path(p) for p in str(extra).split(os.pathsep) if p]
+    return dirs
+
+
+def load_catalog(extra: str | os.PathLike | None = None) -> dict[str, Source]:
+    """Every source, by id. A user's file with a built-in id replaces the built-in entry."""
+    sources: dict[str, Source] = {}
+    for folder in catalog_dirs(extra):
+        if not folder.is_dir():
+            raise CatalogError(f"{folder}: catalog folder does not exist")
+        # A catalog folder holds sources/*.yaml; a user's folder may hold the YAML files directly.
+        files_dir = folder / "sources" if (folder / "sources").is_dir() else folder
+        for path in sorted(files_dir.glob("*.yaml")):
+            source = load_source(path)
+            sources[source.id] = source
+    return sources

@@ -55,6 +55,10 @@ class Annotation(_Model):
 
     image_folder: TreePath = Field(description="folder of the data tree that the records' `image` paths are relative to")
     references: list[str] = Field(default_factory=list, description="sources whose images the records point to")
+    links: dict[TreePath, TreePath] = Field(
+        default_factory=dict,
+        description="folder the records expect -> folder of the data tree holding the same files (the layout links them)",
+    )
 
 
 class Artifact(_Model):
@@ -164,7 +168,7 @@ class Source(_Model):
     @property
     def declared_size(self) -> int | None:
         sizes = [a.size for a in self.artifacts if not a.optional]
-        return None if any(s is None for s in sizes) else sum(sizes)
+        return None if not sizes or any(s is None for s in sizes) else sum(sizes)
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,0 +1,212 @@
+"""Acquisition: plan what changed upstream, fetch and place each artifact, publish.
+
+The three steps are separate functions because Airflow runs them as separate tasks (the
+fetch step mapped over artifacts); the CLI runs them in a row. State lives in the manifest
+on the storage, so any step can run on any worker and a re-run with nothing changed does
+no work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import Artifact, Source
+from .extract import extract_zip
+from .fetch.digest import IntegrityError, sha256_of
+from .fetch.hf import hf_remotes
+from .fetch.http import FetchError, RetryPolicy, download
+from .fetch.plain import http_remotes
+from .fetch.remote import Remote
+from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
+from .mirrors import Mirrors
+from .storage import DATA_PREFIX, DiskFullError, Storage
+
+log = logging.getLogger("vlmdata.acquire")
+
+# kind -> function(source, artifacts, mirrors=, token=, policy=, revision=) -> [Remote]
+TRANSPORTS = {"hf": hf_remotes, "http": http_remotes}
+
+
+class LicenceNotAcknowledged(PermissionError):
+    pass
+
+
+@dataclass
+class Context:
+    """Everything acquisition needs besides the source: where, through which mirrors, as whom."""
+
+    storage: Storage
+    mirrors: Mirrors = field(default_factory=Mirrors)
+    token: str | None = field(default=None, repr=False)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    revision: str | None = None  # overrides the catalog's pinned revision (hf)
+
+
+def selected_artifacts(source: Source, only: list[str] | None = None, include_optional: bool = False) -> list[Artifact]:
+    if only:
+        unknown = set(only) - {a.name for a in source.artifacts}
+        if unknown:
+            raise KeyError(f"source {source.id!r} has no artifact(s) {sorted(unknown)}; it has {[a.name for a in source.artifacts]}")
+        return [a for a in source.artifacts if a.name in only]
+    return [a for a in source.artifacts if include_optional or not a.optional]
+
+
+def check_licence(source: Source, manifest: Manifest, acknowledge: bool, who: str) -> None:
+    """Restrictive licences need an explicit yes once; it is recorded in the manifest."""
+    if not source.licence.acknowledge:
+        return
+    record = manifest.source() or SourceRecord(source=source.id, kind=source.kind)
+    if record.acknowledged:
+        return
+    if not acknowledge:
+        notice = f" Terms: {source.licence.notice}" if source.licence.notice else ""
+        raise LicenceNotAcknowledged(
+            f"{source.id}: the licence '{source.licence.name}' needs an explicit acknowledgement before the first download. "
+            f"Trigger the DAG with acknowledge_licence=true (CLI: --acknowledge-licence).{notice}"
+        )
+    record.acknowledged = Acknowledgement(licence=source.licence.name, by=who, at=now())
+    manifest.save_source(record)
+
+
+def remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Remote]:
+    try:
+        transport = TRANSPORTS[source.kind]
+    except KeyError:
+        raise NotImplementedError(f"{source.id}: no transport for kind {source.kind!r} yet") from None
+    return transport(source, artifacts, mirrors=ctx.mirrors, token=ctx.token, policy=ctx.policy, revision=ctx.revision)
+
+
+def _same_fingerprint(record: ArtifactRecord, remote: Remote) -> bool:
+    keys = [k for k, v in remote.fingerprint.items() if v is not None]
+    return bool(keys) and all(record.fingerprint.get(k) == remote.fingerprint[k] for k in keys)
+
+
+def is_current(storage: Storage, manifest: Manifest, remote: Remote) -> bool:
+    """Unchanged upstream and everything we placed still there: nothing to do."""
+    record = manifest.artifact(remote.artifact.name)
+    if not record or not record.complete or not _same_fingerprint(record, remote):
+        return False
+    if record.placement.target:
+        return storage.size(record.placement.target) == record.size
+    present = dict(storage.list(record.placement.folder))
+    return all(present.get(path) == size for path, size, _crc in manifest.index(record.name))
+
+
+@dataclass
+class Plan:
+    source: str
+    fetch: list[dict]  # what would be fetched: name, url, size
+    current: list[str]  # artifacts already up to date
+
+    @property
+    def bytes(self) -> int:
+        return sum(item["size"] or 0 for item in self.fetch)
+
+    def summary(self) -> str:
+        if not self.fetch:
+            return f"{self.source}: up to date ({len(self.current)} artifacts unchanged)"
+        names = ", ".join(f"{i['name']} ({_gib(i['size'])})" for i in self.fetch)
+        return f"{self.source}: {len(self.fetch)} to fetch, {_gib(self.bytes)} in all: {names}; {len(self.current)} unchanged"
+
+
+def _gib(size: int | None) -> str:
+    return "size unknown" if size is None else f"{size / 1024**3:.2f} GiB"
+
+
+def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True) -> Plan:
+    """Probe upstream and compare with the manifest. Checks the licence and the free space."""
+    manifest = Manifest(ctx.storage, source.id)
+    check_licence(source, manifest, acknowledge, who)
+    found = remotes(source, selected_artifacts(source, only, include_optional), ctx)
+    todo = [r for r in found if not is_current(ctx.storage, manifest, r)]
+    result = Plan(
+        source.id,
+        [{"name": r.artifact.name, "url": r.url, "size": r.expected.size, "revision": r.revision} for r in todo],
+        [r.artifact.name for r in found if r not in todo],
+    )
+    if check_space:
+        _check_space(ctx.storage, todo)
+    log.info(result.summary())
+    return result
+
+
+def _check_space(storage: Storage, todo: list[Remote]) -> None:
+    free = storage.free_bytes()
+    # An archive needs room for itself and its members while it is extracted.
+    need = sum((r.expected.size or 0) * (2 if r.artifact.extract else 1) for r in todo)
+    if free is not None and need > free:
+        raise DiskFullError(f"need about {_gib(need)} of free space, {_gib(free)} available under {storage.url}; free space or point VLMDATA_ROOT elsewhere")
+
+
+def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
+    """Download, verify and place one artifact; record it in the manifest."""
+    manifest = Manifest(ctx.storage, source.id)
+    (remote,) = remotes(source, [source.artifact(name)], ctx)
+    if is_current(ctx.storage, manifest, remote):
+        log.info("%s/%s: already current", source.id, name)
+        return {"name": name, "fetched": False}
+    staged = ctx.storage.staging_dir() / source.id / name
+    previous = manifest.artifact(name)
+    resumable = previous is not None and not previous.complete and _same_fingerprint(previous, remote)
+    if resumable and staged.exists() and sha256_of(staged.open("rb"))[0] == previous.sha256:
+        log.info("%s/%s: resuming the placement of the verified download", source.id, name)
+        record = previous
+    else:
+        fetched = download(remote.url, staged, remote.expected, headers=remote.headers, policy=ctx.policy)
+        record = ArtifactRecord(
+            name=name, url=remote.url, size=fetched.size, sha256=fetched.sha256, md5=fetched.md5,
+            fingerprint=remote.fingerprint, revision=remote.revision, fetched_at=now(),
+        )
+        manifest.save_artifact(record)  # incomplete until placed: a kill here resumes placement
+    record.placement = place(source, remote.artifact, staged, ctx.storage, resume=resumable, previous=previous)
+    record.complete = True
+    manifest.save_artifact(record)
+    return {"name": name, "fetched": True, "size": record.size, "sha256": record.sha256}
+
+
+def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *, resume: bool, previous: ArtifactRecord | None) -> Placement:
+    """Put a verified download where the layout expects it."""
+    if artifact.target:
+        key = f"{DATA_PREFIX}/{artifact.target}"
+        size = staged.stat().st_size
+        storage.put_file(staged, key)
+        return Placement(target=key, bytes=size)
+    folder = f"{DATA_PREFIX}/{artifact.extract.into}"
+    old_index = Manifest(storage, source.id).index(artifact.name) if previous else []
+    index = extract_zip(staged, storage, folder, artifact.extract, skip_present=resume)
+    storage.write_json(index_key(source.id, artifact.name), index)
+    # Files the previous version placed that the new one does not have are stale.
+    stale = {path for path, _, _ in old_index} - {path for path, _, _ in index}
+    for path in sorted(stale):
+        storage.delete(path)
+    staged.unlink()
+    return Placement(folder=folder, members=len(index), bytes=sum(size for _, size, _ in index))
+
+
+def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
+    """Record the acquisition as a whole; the summary goes to XCom and the asset event."""
+    manifest = Manifest(ctx.storage, source.id)
+    records = manifest.artifacts()
+    missing = [a.name for a in selected_artifacts(source) if a.name not in records or not records[a.name].complete]
+    if missing:
+        raise FetchError(f"{source.id}: artifacts not acquired: {missing}")
+    record = manifest.source() or SourceRecord(source=source.id, kind=source.kind)
+    record.revision = next((r.revision for r in records.values() if r.revision), None)
+    record.published_at = now()
+    manifest.save_source(record)
+    changed = [f["name"] for f in fetched if f.get("fetched")]
+    return {"source": source.id, "revision": record.revision, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
+
+
+def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli") -> dict:
+    """All steps in a row (the CLI); Airflow runs them as separate tasks."""
+    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run)
+    if dry_run:
+        return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
+    fetched = [fetch_artifact(source, item["name"], ctx) for item in the_plan.fetch]
+    return publish(source, ctx, fetched)
+
+
+__all__ = ["Context", "IntegrityError", "LicenceNotAcknowledged", "acquire", "fetch_artifact", "plan", "publish"]

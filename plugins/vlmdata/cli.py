@@ -1,0 +1,122 @@
+"""``vlmdata``: the pipeline's steps without Airflow.
+
+    vlmdata sources
+    vlmdata acquire coco_train2017 [--dry-run] [--acknowledge-licence] [--artifact NAME ...]
+    vlmdata verify coco_train2017
+    vlmdata layout llava15
+    vlmdata mix llava_instruct_150k [--seed N] [--format jsonl]
+
+``--root`` (or ``VLMDATA_ROOT``) is a folder or ``s3://bucket/prefix``; ``--catalog`` (or
+``VLMDATA_CATALOG``) adds a folder of private source YAML files to the built-in catalog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from . import __version__, acquire, settings
+from .catalog import CatalogError, load_catalog
+from .layout import load_profiles, materialise
+from .mix import build, load_recipes
+from .verify import summary, verify_source
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1024**3:.1f} GiB"
+
+
+def cmd_sources(args, catalog) -> int:
+    rows = [(s.id, s.kind, _size(s.declared_size), s.licence.name + (" [ack]" if s.licence.acknowledge else "")) for s in catalog.values()]
+    width = [max(len(r[i]) for r in rows + [("id", "kind", "size", "licence")]) for i in range(3)]
+    print(f"{'id':<{width[0]}}  {'kind':<{width[1]}}  {'size':>{width[2]}}  licence")
+    for row in rows:
+        print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:>{width[2]}}  {row[3]}")
+    return 0
+
+
+def cmd_acquire(args, catalog) -> int:
+    ctx = settings.from_env(args.root).context(revision=args.revision)
+    result = acquire.acquire(_lookup(catalog, args.source), ctx, acknowledge=args.acknowledge_licence, dry_run=args.dry_run, only=args.artifact or None, include_optional=args.include_optional, who=f"cli ({os.environ.get('USER', 'unknown')})")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_verify(args, catalog) -> int:
+    report = verify_source(_lookup(catalog, args.source), settings.from_env(args.root).storage(), catalog, workers=args.workers)
+    print(summary(report))
+    return 1 if report["status"] == "fail" else 0
+
+
+def cmd_layout(args, catalog) -> int:
+    report = materialise(_lookup(load_profiles(), args.profile), settings.from_env(args.root).storage())
+    print(json.dumps({"views": len(report["views"]), "missing": report["missing"]}, indent=1))
+    return 0
+
+
+def cmd_mix(args, catalog) -> int:
+    lock = build(_lookup(load_recipes(), args.recipe), settings.from_env(args.root).storage(), catalog, seed=args.seed, fmt=args.format)
+    print(json.dumps({"output": lock["output"], "counts": lock["counts"]}, indent=1))
+    return 0
+
+
+def _lookup(table: dict, key: str):
+    if key not in table:
+        raise SystemExit(f"vlmdata: unknown name {key!r}; known: {', '.join(sorted(table))}")
+    return table[key]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="vlmdata", description=__doc__.split("\n\n")[0])
+    top.add_argument("--version", action="version", version=__version__)
+    top.add_argument("--root", help="storage root: a folder or s3://bucket/prefix (default: $VLMDATA_ROOT or ./data)")
+    top.add_argument("--catalog", help="extra catalog folder(s), ':'-separated (default: $VLMDATA_CATALOG)")
+    top.add_argument("-v", "--verbose", action="store_true")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("sources", help="list the sources: id, kind, size, licence").set_defaults(func=cmd_sources)
+    p = sub.add_parser("acquire", help="fetch, verify and place a source's artifacts")
+    p.add_argument("source")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be fetched and how big it is")
+    p.add_argument("--acknowledge-licence", action="store_true", help="accept a licence that requires it")
+    p.add_argument("--artifact", action="append", help="only this artifact (repeatable)")
+    p.add_argument("--include-optional", action="store_true")
+    p.add_argument("--revision", help="Hub branch, tag or commit (overrides the catalog)")
+    p.set_defaults(func=cmd_acquire)
+    p = sub.add_parser("verify", help="integrity report of an acquired source")
+    p.add_argument("source")
+    p.add_argument("--workers", type=int, help="processes that decode images (default: all cores)")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("layout", help="materialise a layout profile")
+    p.add_argument("profile")
+    p.set_defaults(func=cmd_layout)
+    p = sub.add_parser("mix", help="build a recipe's training file and lock")
+    p.add_argument("recipe")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--format", choices=["json", "jsonl"])
+    p.set_defaults(func=cmd_mix)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        catalog = load_catalog(args.catalog)
+        if args.catalog:
+            os.environ["VLMDATA_CATALOG"] = args.catalog  # so every later catalog load sees it
+        return args.func(args, catalog)
+    except (CatalogError, acquire.LicenceNotAcknowledged) as exc:
+        print(f"vlmdata: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a clear one-line error, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"vlmdata: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""DAGs generated from the catalog, the layout profiles and the recipes.
+
+Assets chain them: ``acquire_<source>`` emits ``vlmdata.acquired.<source>``; ``verify_<source>``
+runs on it (and again when a source its annotations point into is verified) and emits
+``vlmdata.verified.<source>``; each ``layout_<profile>`` runs when any source is verified;
+``mix_<recipe>`` runs once every source it reads is verified.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Asset, AssetAll, AssetAny, Param
+
+from .acquire import TRANSPORTS
+from .catalog import Source, load_catalog
+from .layout import Profile, load_profiles
+from .mix import Recipe, load_recipes
+from .operators import BuildMixtureOperator, MaterialiseLayoutOperator, PlanAcquisitionOperator, PublishSourceOperator, VerifySourceOperator, fetch_operator_for
+
+DEFAULT_ARGS = {"owner": "vlmdata", "retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
+START = None  # runs are triggered (UI, REST) or asset-driven; refresh schedules need no backfill
+
+
+def acquired(source_id: str) -> Asset:
+    return Asset(f"vlmdata.acquired.{source_id}", group="vlmdata")
+
+
+def verified(source_id: str) -> Asset:
+    return Asset(f"vlmdata.verified.{source_id}", group="vlmdata")
+
+
+def _size(source: Source) -> str:
+    size = source.declared_size
+    return "unknown" if size is None else f"{size / 1024**3:.1f} GiB"
+
+
+def acquisition_dag(source: Source) -> DAG:
+    params = {
+        "dry_run": Param(False, type="boolean", description="Only say what would be fetched and how big it is."),
+        "artifacts": Param([], type="array", description=f"Fetch only these artifacts (empty: all). Known: {', '.join(a.name for a in source.artifacts)}"),
+        "include_optional": Param(False, type="boolean", description="Also fetch artifacts marked optional in the catalog."),
+    }
+    if source.kind == "hf":
+        params["revision"] = Param(source.hf.revision, type="string", description="Branch, tag or 40-hex commit of the Hub repository (the catalog's pin by default).")
+    if source.licence.acknowledge:
+        params["acknowledge_licence"] = Param(False, type="boolean", description=f"I accept: {source.licence.name}. {source.licence.notice or ''}".strip())
+    doc = f"""### Acquire {source.title}
+
+{source.description}
+
+* kind: `{source.kind}`; declared size: {_size(source)}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
+* artifacts: {', '.join(f'`{a.name}`' for a in source.artifacts)}
+* tasks: `plan` probes upstream and compares with the manifest (nothing changed: the rest skips and no asset event is sent);
+  `fetch` downloads, verifies and places each changed artifact; `publish` records the acquisition and emits `{acquired(source.id).name}`.
+"""
+    with DAG(
+        dag_id=f"acquire_{source.id}",
+        description=f"Acquire {source.title}",
+        doc_md=doc,
+        schedule=source.refresh,
+        start_date=_start(),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=params,
+        tags=["vlmdata", "acquire", source.kind],
+    ) as dag:
+        plan = PlanAcquisitionOperator(task_id="plan", source_id=source.id)
+        fetch = fetch_operator_for(source.kind).partial(task_id="fetch", source_id=source.id, max_active_tis_per_dagrun=4).expand(artifact=plan.output)
+        PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)])
+    return dag
+
+
+def verify_dag(source: Source) -> DAG:
+    triggers = [acquired(source.id), *(verified(ref) for ref in source.references)]
+    with DAG(
+        dag_id=f"verify_{source.id}",
+        description=f"Integrity of {source.title}",
+        doc_md=f"""### Verify {source.title}
+
+Re-hashes kept files against the manifest, checks every extracted member is present with its size,
+fully decodes every image with Pillow, validates annotation files as LLaVA conversations and resolves
+every image they reference. Report: `_vlmdata/reports/{source.id}/integrity.json` on the storage.
+Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references) + ' is verified' if source.references else ''}.
+""",
+        schedule=AssetAny(*triggers) if len(triggers) > 1 else triggers,
+        start_date=_start(),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["vlmdata", "verify"],
+    ) as dag:
+        VerifySourceOperator(task_id="verify", source_id=source.id, outlets=[verified(source.id)])
+    return dag
+
+
+def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
+    with DAG(
+        dag_id=f"layout_{profile.id}",
+        description=profile.title,
+        doc_md=f"### Layout: {profile.title}\n\n{profile.description}\n\nView root: `{profile.root}`. Report: `_vlmdata/layouts/{profile.id}.json`. Runs whenever a source is verified.",
+        schedule=AssetAny(*(verified(sid) for sid in sorted(catalog))),
+        start_date=_start(),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["vlmdata", "layout"],
+    ) as dag:
+        MaterialiseLayoutOperator(task_id="materialise", profile_id=profile.id, outlets=[Asset(f"vlmdata.layout.{profile.id}", group="vlmdata")])
+    return dag
+
+
+def mixture_dag(recipe: Recipe) -> DAG:
+    sources = sorted({c.source for c in recipe.components})
+    with DAG(
+        dag_id=f"mix_{recipe.id}",
+        description=recipe.title,
+        doc_md=f"""### Mixture: {recipe.title}
+
+{recipe.description}
+
+Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. Output: `mixtures/{recipe.id}/` on the storage
+(the training file and `lock.json`). Runs once {', '.join(sources)} {'is' if len(sources) == 1 else 'are'} verified, or from the UI with a seed and format.
+""",
+        schedule=AssetAll(*(verified(s) for s in sources)) if len(sources) > 1 else [verified(sources[0])],
+        start_date=_start(),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params={
+            "seed": Param(recipe.seed, type="integer", description="Seed of the sampling of components that take a count or a fraction."),
+            "format": Param(recipe.format, enum=["json", "jsonl"], description="json: one list (what LLaVA's loader reads); jsonl: one record a line."),
+        },
+        tags=["vlmdata", "mixture"],
+    ) as dag:
+        BuildMixtureOperator(task_id="build", recipe_id=recipe.id, outlets=[Asset(f"vlmdata.mixture.{recipe.id}", group="vlmdata")])
+    return dag
+
+
+def _start():
+    from datetime import datetime, timezone
+
+    return datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def acquisition_dags() -> dict[str, DAG]:
+    """One per source whose kind has a transport; the other kinds arrive with their transports."""
+    return {f"acquire_{s.id}": acquisition_dag(s) for s in load_catalog().values() if s.kind in TRANSPORTS}
+
+
+def verify_dags() -> dict[str, DAG]:
+    return {f"verify_{s.id}": verify_dag(s) for s in load_catalog().values() if s.kind in TRANSPORTS}
+
+
+def layout_dags() -> dict[str, DAG]:
+    catalog = load_catalog()
+    return {f"layout_{p.id}": layout_dag(p, catalog) for p in load_profiles().values()}
+
+
+def mixture_dags() -> dict[str, DAG]:
+    return {f"mix_{r.id}": mixture_dag(r) for r in load_recipes().values()}

@@ -1,0 +1,87 @@
+"""Hugging Face Hub: huggingface_hub resolves, our HTTP core moves the bytes.
+
+huggingface_hub answers the questions only the Hub can: which commit a branch points to,
+each file's size and LFS sha256 (or git blob id for small files), the resolve URL, and the
+auth headers. The bytes then go through ``fetch.http.download`` like every other transport:
+one pass that hashes while writing, Range/If-Range resume across resets and worker kills,
+and a real sha256 check (the library's own download checks only the size and deletes the
+partial file on a connection reset).
+"""
+
+from __future__ import annotations
+
+import os
+
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers
+
+from ..catalog import Artifact, Source
+from ..mirrors import Mirrors
+from .digest import Expected
+from .http import FetchError, RetryPolicy, Transient, with_retries
+from .remote import Remote
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint(mirrors: Mirrors) -> str:
+    """``HF_ENDPOINT`` as huggingface_hub honours it, then our mirror map on top."""
+    return mirrors.rewrite(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _hub_call(what: str, policy: RetryPolicy, fn):
+    def attempt():
+        try:
+            return fn()
+        except GatedRepoError as exc:
+            raise FetchError(f"{what}: the repository is gated: accept its terms on the Hub and give a token (Airflow connection huggingface_default or HF_TOKEN)") from exc
+        except RevisionNotFoundError as exc:
+            raise FetchError(f"{what}: revision not found: check `hf.revision` in the catalog") from exc
+        except EntryNotFoundError as exc:
+            raise FetchError(f"{what}: file not found at that revision: check the catalog's `path`") from exc
+        except RepositoryNotFoundError as exc:
+            raise FetchError(f"{what}: repository not found (or private without a token)") from exc
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status is None or status >= 500 or status == 429:
+                raise Transient(f"Hub answered {status}: {exc}") from exc
+            raise FetchError(f"{what}: {exc}") from exc
+        except OSError as exc:  # httpx transport errors are OSErrors underneath; retry them
+            raise Transient(f"{type(exc).__name__}: {exc}") from exc
+
+    return with_retries(what, policy, attempt)
+
+
+def hf_remotes(source: Source, artifacts: list[Artifact], *, mirrors: Mirrors, token: str | None, policy: RetryPolicy = RetryPolicy(), revision: str | None = None) -> list[Remote]:
+    """Resolve the revision to a commit once, then describe every artifact at that commit."""
+    upstream = source.hf
+    endpoint = hub_endpoint(mirrors)
+    api = HfApi(endpoint=endpoint, token=token or False)
+    requested = revision or upstream.revision
+    where = f"{upstream.repo}@{requested}"
+    info_call = api.dataset_info if upstream.repo_type == "dataset" else api.model_info
+    commit = _hub_call(where, policy, lambda: info_call(upstream.repo, revision=requested)).sha
+    paths = [a.path for a in artifacts]
+    infos = _hub_call(where, policy, lambda: api.get_paths_info(upstream.repo, paths, revision=commit, repo_type=upstream.repo_type))
+    by_path = {info.path: info for info in infos}
+    headers = build_hf_headers(token=token or False, library_name="vlmdata")
+    remotes = []
+    for artifact in artifacts:
+        info = by_path.get(artifact.path)
+        if info is None or not hasattr(info, "size"):
+            raise FetchError(f"{upstream.repo}@{commit[:12]}: no file {artifact.path!r} (artifact {artifact.name} of {source.id}); check the catalog")
+        lfs_sha256 = info.lfs.sha256 if info.lfs else None
+        if artifact.sha256 and lfs_sha256 and artifact.sha256 != lfs_sha256:
+            raise FetchError(f"{upstream.repo}@{commit[:12]}: {artifact.path} has sha256 {lfs_sha256}, the catalog expects {artifact.sha256}: upstream changed; pin `hf.revision` or update the catalog")
+        expected = Expected(size=info.size, sha256=lfs_sha256 or artifact.sha256, md5=artifact.md5, git_sha1=None if lfs_sha256 else info.blob_id)
+        fingerprint = {"sha256": lfs_sha256} if lfs_sha256 else {"git_sha1": info.blob_id}
+        url = hf_hub_url(upstream.repo, artifact.path, repo_type=upstream.repo_type, revision=commit, endpoint=endpoint)
+        remotes.append(Remote(artifact, url, expected, {**fingerprint, "size": info.size}, revision=commit, headers=headers))
+    return remotes

@@ -1,0 +1,322 @@
+"""Resumable, verified HTTP downloads: the byte path every transport shares.
+
+``download`` streams into ``<dest>.part``, hashing as it writes; after a dropped or reset
+connection it resumes from the bytes on disk with ``Range`` + ``If-Range`` (so a changed
+upstream answers 200 and we start over instead of splicing two versions); it retries
+429/5xx with backoff that honours ``Retry-After``; and it renames to ``dest`` only once
+size and checksums match. A worker killed mid-download leaves the ``.part`` and its
+validator behind, and the next attempt picks them up.
+
+Written on ``requests`` rather than a download manager: none of the libraries we may use
+resumes with If-Range and hashes in the same pass (huggingface_hub deletes the partial file on
+a reset and checks only the size).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from ..storage import raise_if_disk_full
+from .digest import Expected, IntegrityError, MultiHasher
+
+log = logging.getLogger("vlmdata.fetch")
+
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+class FetchError(RuntimeError):
+    """A download that cannot succeed by retrying (404, 403, retries exhausted)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    backoff: float = 1.0  # first wait; doubles each time, with jitter
+    max_wait: float = 120.0  # also caps a server's Retry-After
+    connect_timeout: float = 30.0
+    read_timeout: float = 120.0
+
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_wait)
+        return min(self.backoff * 2 ** (attempt - 1), self.max_wait) * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    size: int
+    sha256: str
+    md5: str | None
+    etag: str | None
+    last_modified: str | None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def validator_of(headers: Mapping[str, str]) -> str | None:
+    """What If-Range may carry: a strong ETag, else Last-Modified (RFC 9110 13.1.5)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+class Progress:
+    """Bytes, rate and ETA in the task log, at most every ``every`` seconds."""
+
+    def __init__(self, name: str, total: int | None, every: float = 10.0, sink: Callable[[str], None] | None = None):
+        self.name, self.total, self.every = name, total, every
+        self.sink = sink or log.info
+        self.start = self.last = time.monotonic()
+        self.start_bytes: int | None = None
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.start_bytes is None:
+            self.start_bytes = done
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        rate = (done - self.start_bytes) / max(now - self.start, 1e-6)
+        if self.total:
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            self.sink(f"{self.name}: {_human(done)} of {_human(self.total)} ({100 * done / self.total:.1f}%), {_human(rate)}/s, ETA {eta:.0f} s")
+        else:
+            self.sink(f"{self.name}: {_human(done)}, {_human(rate)}/s")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def _content_range_start(value: str | None) -> int | None:
+    # "bytes 100-199/1000"
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        return int(value[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _content_range_total(value: str | None) -> int | None:
+    if not value or "/" not in value:
+        return None
+    total = value.rsplit("/", 1)[1]
+    return int(total) if total.isdigit() else None
+
+
+class _Partial:
+    """``dest.part`` plus a sidecar naming the URL and validator its bytes came from."""
+
+    def __init__(self, dest: Path):
+        self.path = dest.with_name(dest.name + ".part")
+        self.meta = dest.with_name(dest.name + ".part.json")
+
+    def resumable_size(self, url: str) -> tuple[int, str | None]:
+        """Bytes we may resume from, and the validator to send with If-Range."""
+        try:
+            meta = json.loads(self.meta.read_text())
+            size = self.path.stat().st_size
+        except (OSError, ValueError):
+            self.discard()
+            return 0, None
+        if meta.get("url") != url or not meta.get("validator"):
+            self.discard()  # without a validator a resume could splice two versions
+            return 0, None
+        return size, meta["validator"]
+
+    def remember(self, url: str, validator: str | None) -> None:
+        self.meta.write_text(json.dumps({"url": url, "validator": validator}))
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+
+def download(
+    url: str,
+    dest: Path,
+    expected: Expected = Expected(),
+    *,
+    headers: Mapping[str, str] | None = None,
+    session: requests.Session | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+    progress_every: float = 10.0,
+    chunk_size: int = 1 << 20,
+) -> Fetched:
+    """Fetch ``url`` to ``dest`` (a local path), resuming and verifying. See the module doc."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    session = session or requests.Session()
+    partial = _Partial(dest)
+    # One fresh start after a checksum mismatch: a flipped byte in transit should not fail
+    # the task, but a file that is wrong upstream must not loop forever.
+    for verify_round in (1, 2):
+        hasher, response_headers = _fetch_bytes(url, partial, expected, headers or {}, session, policy, progress_every, chunk_size)
+        problems = hasher.problems()
+        if not problems:
+            partial.path.replace(dest)
+            partial.meta.unlink(missing_ok=True)
+            return Fetched(dest, hasher.count, hasher.sha256, hasher.md5, response_headers.get("ETag"), response_headers.get("Last-Modified"))
+        partial.discard()
+        log.warning("%s: downloaded bytes do not verify (%s)%s", url, "; ".join(problems), ", fetching again" if verify_round == 1 else "")
+    raise IntegrityError(f"{url}: {'; '.join(problems)}. Nothing was kept; if upstream changed on purpose, update the catalog.")
+
+
+class Transient(Exception):
+    """An attempt that may succeed later: retried with backoff (or the server's Retry-After)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: ""):
+    """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried."""
+    reason = ""
+    for number in range(1, policy.attempts + 1):
+        retry_after = None
+        try:
+            return attempt()
+        except Transient as exc:
+            reason, retry_after = exc.reason, exc.retry_after
+        except TRANSIENT_ERRORS as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if number < policy.attempts:
+            wait = policy.wait(number, retry_after)
+            log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
+            time.sleep(wait)
+    raise FetchError(f"{what}: giving up after {policy.attempts} attempts: {reason}")
+
+
+def _raise_for_retry(response: requests.Response) -> None:
+    if response.status_code in RETRY_STATUS:
+        raise Transient(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
+
+
+def _fetch_bytes(url, partial, expected, headers, session, policy, progress_every, chunk_size):
+    state = {"hasher": MultiHasher(expected)}
+    progress = Progress(partial.path.name.removesuffix(".part"), expected.size, progress_every)
+
+    def attempt():
+        offset, validator = partial.resumable_size(url)
+        request_headers = dict(headers)
+        if offset:
+            request_headers["Range"] = f"bytes={offset}-"
+            request_headers["If-Range"] = validator
+        with session.get(url, headers=request_headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)) as response:
+            _raise_for_retry(response)
+            status = response.status_code
+            if status == 416 and offset and _content_range_total(response.headers.get("Content-Range")) == offset:
+                state["hasher"] = _rehash(state["hasher"], partial, offset)  # the partial already holds every byte
+                return state["hasher"], response.headers
+            if status == 416:
+                partial.discard()
+                raise Transient("HTTP 416 for our Range: starting over")
+            if status not in (200, 206):
+                raise FetchError(_explain_status(url, status, response))
+            if status == 206 and _content_range_start(response.headers.get("Content-Range")) == offset:
+                state["hasher"] = hasher = _rehash(state["hasher"], partial, offset)
+                mode = "ab"
+            else:
+                if offset:
+                    log.info("%s: server sent the whole file (Range ignored or upstream changed): starting over", url)
+                state["hasher"] = hasher = MultiHasher(expected)
+                offset, mode = 0, "wb"
+            partial.remember(url, validator_of(response.headers))
+            length = response.headers.get("Content-Length")
+            expected_end = offset + int(length) if length and length.isdigit() and "Content-Encoding" not in response.headers else None
+            if progress.total is None and expected_end:
+                progress.total = expected_end
+            try:
+                with partial.path.open(mode) as out:
+                    for chunk in response.iter_content(chunk_size):
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        progress.update(hasher.count)
+            except OSError as exc:
+                raise_if_disk_full(exc, str(partial.path))
+                raise
+            if expected_end is not None and hasher.count != expected_end:
+                raise Transient(f"connection closed after {hasher.count} of {expected_end} bytes")
+            progress.update(hasher.count, force=True)
+            return hasher, response.headers
+
+    def resuming_from() -> str:
+        return f" (resuming from {partial.path.stat().st_size} bytes)" if partial.path.exists() else ""
+
+    try:
+        return with_retries(url, policy, attempt, resuming_from)
+    except FetchError as exc:
+        if "giving up" in str(exc):
+            raise FetchError(f"{exc}. The partial file is kept; re-running resumes it.") from None
+        raise
+
+
+def _rehash(hasher: MultiHasher, partial: _Partial, offset: int) -> MultiHasher:
+    """Bring the running hash to ``offset``: free when this process wrote those bytes."""
+    if hasher.count != offset:
+        hasher = MultiHasher(hasher.expected)
+        hasher.update_from_file(partial.path, offset)
+    return hasher
+
+
+def _explain_status(url: str, status: int, response: requests.Response) -> str:
+    hint = {
+        401: "the upstream wants credentials (a token, or accepting the dataset's terms)",
+        403: "access denied; for signed links (SA-1B) the link may have expired: refresh the links file",
+        404: "not found upstream; the URL may have moved: check the catalog or set a mirror",
+        410: "gone upstream; set a mirror",
+    }.get(status, "unexpected answer")
+    code = response.headers.get("X-Error-Code")
+    return f"{url}: HTTP {status}{f' ({code})' if code else ''}: {hint}"
+
+
+def probe(url: str, *, headers: Mapping[str, str] | None = None, session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy()) -> dict[str, str | int | None]:
+    """HEAD the URL (following redirects): what a refresh compares with the manifest."""
+    session = session or requests.Session()
+
+    def attempt():
+        response = session.head(url, headers=dict(headers or {}), allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout))
+        _raise_for_retry(response)
+        if response.status_code != 200:
+            raise FetchError(_explain_status(url, response.status_code, response))
+        length = response.headers.get("Content-Length")
+        return {
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+            "size": int(length) if length and length.isdigit() else None,
+        }
+
+    return with_retries(url, policy, attempt)

@@ -1,0 +1,102 @@
+"""The per-source record on the storage: what was fetched, from which revision, placed where.
+
+One small JSON per artifact (``_vlmdata/sources/<id>/artifacts/<name>.json``) so that mapped
+tasks fetching different artifacts never rewrite the same object, plus ``source.json`` for
+what concerns the whole source (licence acknowledgement, last publication), and for each
+extracted archive an index of the files it placed (``index/<name>.json``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .storage import STATE_PREFIX, Storage
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "__")
+
+
+def source_prefix(source_id: str) -> str:
+    return f"{STATE_PREFIX}/sources/{source_id}"
+
+
+def index_key(source_id: str, artifact: str) -> str:
+    return f"{source_prefix(source_id)}/index/{_safe(artifact)}.json"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Placement(_Record):
+    target: str | None = None  # storage key of a file kept as it is
+    folder: str | None = None  # storage key of the folder an archive was extracted into
+    members: int = 0
+    bytes: int = 0
+
+
+class ArtifactRecord(_Record):
+    name: str
+    url: str
+    size: int
+    sha256: str
+    md5: str | None = None
+    fingerprint: dict[str, str | int | None] = Field(default_factory=dict)
+    revision: str | None = None
+    fetched_at: str
+    placement: Placement = Field(default_factory=Placement)
+    complete: bool = False  # False while an archive is being extracted
+
+
+class Acknowledgement(_Record):
+    licence: str
+    by: str
+    at: str
+
+
+class SourceRecord(_Record):
+    source: str
+    kind: str
+    acknowledged: Acknowledgement | None = None
+    revision: str | None = None
+    published_at: str | None = None
+
+
+class Manifest:
+    def __init__(self, storage: Storage, source_id: str):
+        self.storage, self.source_id = storage, source_id
+        self.prefix = source_prefix(source_id)
+
+    def _artifact_key(self, name: str) -> str:
+        return f"{self.prefix}/artifacts/{_safe(name)}.json"
+
+    def artifact(self, name: str) -> ArtifactRecord | None:
+        data = self.storage.read_json(self._artifact_key(name), default=None)
+        return ArtifactRecord.model_validate(data) if data else None
+
+    def artifacts(self) -> dict[str, ArtifactRecord]:
+        records = {}
+        for key, _ in self.storage.list(f"{self.prefix}/artifacts"):
+            record = ArtifactRecord.model_validate(self.storage.read_json(key))
+            records[record.name] = record
+        return records
+
+    def save_artifact(self, record: ArtifactRecord) -> None:
+        self.storage.write_json(self._artifact_key(record.name), record.model_dump())
+
+    def source(self) -> SourceRecord | None:
+        data = self.storage.read_json(f"{self.prefix}/source.json", default=None)
+        return SourceRecord.model_validate(data) if data else None
+
+    def save_source(self, record: SourceRecord) -> None:
+        self.storage.write_json(f"{self.prefix}/source.json", record.model_dump())
+
+    def index(self, artifact: str) -> list[list]:
+        return self.storage.read_json(index_key(self.source_id, artifact), default=[])

@@ -1,0 +1,177 @@
+"""Mixture builds: the training JSON of a stage, from a recipe in ``include/recipes``.
+
+A recipe names components (an annotation artifact of a source, all of it or a sample),
+filters, and the image folder the output's paths are relative to. The build drops records
+that are malformed or whose image is missing or broken (by the integrity reports, not by a
+stat per file), writes the mixture and a lock file that pins every input (revision and
+sha256), the counts per component and every dropped record with its reason. Sampling is
+seeded and serialisation fixed, so the same inputs and seed give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import random
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import __version__
+from .annotations import load_records, record_problem
+from .catalog import DEFAULT_CATALOG, CatalogError, Source, TreePath
+from .manifest import Manifest, now
+from .storage import DATA_PREFIX, Storage
+from .verify import ImageIndex, image_key
+
+log = logging.getLogger("vlmdata.mix")
+
+RECIPES_DIR = DEFAULT_CATALOG.parent / "recipes"
+Filter = Literal["drop_malformed", "drop_missing_images", "drop_broken_images", "require_image"]
+
+
+class MixError(RuntimeError):
+    pass
+
+
+class Component(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str
+    artifact: str
+    take: Literal["all"] | int | float = Field("all", description="all records, a count, or a fraction (0-1)")
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.source}:{self.artifact}"
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    title: str
+    description: str = ""
+    stage: str | None = None
+    image_folder: TreePath | Literal["."] = Field(".", description="folder of the data tree the output's image paths are relative to")
+    components: list[Component]
+    filters: list[Filter] = ["drop_malformed", "drop_missing_images", "drop_broken_images"]
+    seed: int = 0
+    format: Literal["json", "jsonl"] = "json"
+
+
+def load_recipes(folder: Path = RECIPES_DIR) -> dict[str, Recipe]:
+    recipes = {}
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            recipe = Recipe.model_validate(yaml.safe_load(path.read_text()))
+        except (yaml.YAMLError, ValidationError) as exc:
+            raise CatalogError(f"{path}: {exc}") from exc
+        recipes[recipe.id] = recipe
+    return recipes
+
+
+def output_key(recipe_id: str, fmt: str) -> str:
+    return f"mixtures/{recipe_id}/{recipe_id}.{fmt}"
+
+
+def lock_key(recipe_id: str) -> str:
+    return f"mixtures/{recipe_id}/lock.json"
+
+
+def _sample(rows: list, take, rng: random.Random) -> list:
+    if take == "all":
+        return rows
+    count = round(len(rows) * take) if isinstance(take, float) else min(take, len(rows))
+    chosen = sorted(rng.sample(range(len(rows)), count))  # keep the upstream order
+    return [rows[i] for i in chosen]
+
+
+def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None) -> dict:
+    """Build the mixture on the storage; return its lock."""
+    seed = recipe.seed if seed is None else seed
+    fmt = fmt or recipe.format
+    sources = _component_sources(recipe, catalog)
+    images = ImageIndex.load(storage, catalog, sorted({s for src in sources for s in (src.id, *src.references)} & set(catalog)))
+    folder = posixpath.normpath(posixpath.join(DATA_PREFIX, recipe.image_folder))
+    output, inputs, counts, dropped = [], [], {}, []
+    for component in recipe.components:
+        source = catalog[component.source]
+        artifact = source.artifact(component.artifact)
+        record = Manifest(storage, source.id).artifact(artifact.name)
+        if record is None or not record.complete:
+            raise MixError(f"{recipe.id}: component {component.label} is not acquired yet: run acquire_{source.id}")
+        with storage.open_read(record.placement.target) as handle:
+            rows = load_records(handle, artifact.name)
+        inputs.append({"component": component.label, "source": source.id, "artifact": artifact.name, "revision": record.revision, "sha256": record.sha256, "size": record.size, "url": record.url})
+        rng = random.Random(f"{seed}:{component.label}")
+        chosen = _sample(rows, component.take, rng)
+        tally = counts[component.label] = {"available": len(rows), "sampled": len(chosen), "kept": 0, "dropped": {}}
+        for row in chosen:
+            reason = _drop_reason(row, recipe.filters, artifact.annotation.image_folder, images)
+            if reason is None:
+                row = dict(row)
+                if "image" in row:
+                    row["image"] = posixpath.relpath(image_key(artifact.annotation.image_folder, row["image"]), folder)
+                    if row["image"].startswith(".."):
+                        raise MixError(f"{recipe.id}: image {row['image']} of {component.label} lies outside the image folder {recipe.image_folder!r}")
+                output.append(row)
+                tally["kept"] += 1
+            else:
+                tally["dropped"][reason] = tally["dropped"].get(reason, 0) + 1
+                dropped.append({"component": component.label, "id": row.get("id") if isinstance(row, dict) else None, "image": row.get("image") if isinstance(row, dict) else None, "reason": reason})
+    body = serialise(output, fmt)
+    storage.write_bytes(output_key(recipe.id, fmt), body)
+    lock = {
+        "recipe": recipe.model_dump(),
+        "seed": seed,
+        "format": fmt,
+        "vlmdata": __version__,
+        "built_at": now(),
+        "image_folder": folder,
+        "inputs": inputs,
+        "counts": counts,
+        "output": {"key": output_key(recipe.id, fmt), "records": len(output), "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)},
+        "dropped": dropped,
+    }
+    storage.write_json(lock_key(recipe.id), lock)
+    log.info("%s: %d records kept, %d dropped; %s", recipe.id, len(output), len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
+    return lock
+
+
+def _component_sources(recipe: Recipe, catalog: dict[str, Source]) -> list[Source]:
+    sources = []
+    for component in recipe.components:
+        if component.source not in catalog:
+            raise MixError(f"{recipe.id}: unknown source {component.source!r}")
+        artifact = catalog[component.source].artifact(component.artifact)
+        if not artifact.annotation:
+            raise MixError(f"{recipe.id}: {component.label} is not an annotation file")
+        sources.append(catalog[component.source])
+    return sources
+
+
+def _drop_reason(row, filters: list[str], image_folder: str, images: ImageIndex) -> str | None:
+    problem = record_problem(row)
+    if problem:
+        return f"malformed: {problem}" if "drop_malformed" in filters else None
+    if "image" not in row:
+        return "no image" if "require_image" in filters else None
+    status = images.status(image_key(image_folder, row["image"]))
+    if status is None:
+        return None
+    if status.startswith("image broken") and "drop_broken_images" in filters:
+        return "image broken"
+    if status.startswith("image missing") and "drop_missing_images" in filters:
+        return "image missing"
+    return None
+
+
+def serialise(records: list, fmt: str) -> bytes:
+    """Fixed key order and separators: the same records always give the same bytes."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+    return (json.dumps(records, ensure_ascii=False, indent=1) + "\n").encode()

@@ -1,0 +1,98 @@
+"""Acquisition as three tasks: plan (probe upstream), fetch (mapped over artifacts), publish."""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseOperator
+
+from .. import acquire, settings
+
+
+def _source(source_id: str):
+    return settings.catalog()[source_id]
+
+
+def _who(context) -> str:
+    run = context.get("dag_run")
+    return f"airflow run {run.run_id}" if run else "airflow"
+
+
+class PlanAcquisitionOperator(BaseOperator):
+    """Compare upstream with the manifest; return the artifacts to fetch (none: the rest skips).
+
+    Checks the licence acknowledgement and the free space first. With ``dry_run`` it logs
+    what would be fetched and how big it is, and returns nothing.
+    """
+
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, source_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.source_id = source_id
+
+    def execute(self, context) -> list[str]:
+        params = context["params"]
+        ctx = settings.from_airflow().context(revision=params.get("revision") or None)
+        the_plan = acquire.plan(
+            _source(self.source_id), ctx,
+            acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
+            include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
+        )
+        self.log.info(the_plan.summary())
+        if params.get("dry_run"):
+            self.log.info("dry run: nothing fetched")
+            return []
+        return [item["name"] for item in the_plan.fetch]
+
+
+class FetchArtifactOperator(BaseOperator):
+    """Download, verify and place one artifact (mapped: one task instance per artifact)."""
+
+    template_fields = ("artifact",)
+    ui_color = "#d6e9f8"
+
+    def __init__(self, *, source_id: str, artifact: str, **kwargs):
+        super().__init__(**kwargs)
+        self.source_id, self.artifact = source_id, artifact
+
+    def execute(self, context) -> dict:
+        params = context["params"]
+        ctx = settings.from_airflow().context(revision=params.get("revision") or None)
+        return acquire.fetch_artifact(_source(self.source_id), self.artifact, ctx)
+
+
+class HfFetchOperator(FetchArtifactOperator):
+    """A file of a Hugging Face repository at the resolved commit, sha256-checked against its LFS id."""
+
+    ui_color = "#ffe9a8"
+
+
+class HttpFetchOperator(FetchArtifactOperator):
+    """A plain HTTP(S) archive, resumed with Range/If-Range and checked against the catalog."""
+
+    ui_color = "#d9f2d0"
+
+
+_FETCH_OPERATORS = {"hf": HfFetchOperator, "http": HttpFetchOperator}
+
+
+def fetch_operator_for(kind: str) -> type[FetchArtifactOperator]:
+    return _FETCH_OPERATORS.get(kind, FetchArtifactOperator)
+
+
+class PublishSourceOperator(BaseOperator):
+    """Record the acquisition; its success emits the source's asset event."""
+
+    ui_color = "#c7e3c1"
+
+    def __init__(self, *, source_id: str, fetched, **kwargs):
+        super().__init__(**kwargs)
+        self.source_id, self.fetched = source_id, fetched
+
+    template_fields = ("fetched",)
+
+    def execute(self, context) -> dict:
+        summary = acquire.publish(_source(self.source_id), settings.from_airflow().context(), list(self.fetched or []))
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = summary
+        self.log.info("published %s: %s", self.source_id, summary)
+        return summary

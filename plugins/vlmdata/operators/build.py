@@ -1,0 +1,74 @@
+"""Integrity, layout and mixture steps."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import BaseOperator
+
+from .. import settings
+from ..layout import load_profiles, materialise
+from ..mix import build, load_recipes
+from ..verify import summary, verify_source
+
+
+def _emit(context, outlets, extra: dict) -> None:
+    for outlet in outlets:
+        context["outlet_events"][outlet].extra = extra
+
+
+class VerifySourceOperator(BaseOperator):
+    """Checksums, extracted members, a full decode of every image, annotation format, references.
+
+    Fails (without retrying) when an artifact is missing or its bytes changed; broken images
+    and unresolved references are warnings: the report lists them and mixtures drop them.
+    """
+
+    ui_color = "#fde2cf"
+
+    def __init__(self, *, source_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.source_id = source_id
+
+    def execute(self, context) -> dict:
+        catalog = settings.catalog()
+        report = verify_source(catalog[self.source_id], settings.from_airflow().storage(), catalog)
+        self.log.info(summary(report))
+        if report["status"] == "fail":
+            raise AirflowFailException(summary(report))
+        brief = {"source": self.source_id, "status": report["status"], "images_ok": report["images"]["ok"], "images_broken": report["images"]["broken_count"]}
+        _emit(context, self.outlets, brief)
+        return brief
+
+
+class MaterialiseLayoutOperator(BaseOperator):
+    """Build a profile's view (symlinks on POSIX, a path map on S3) and report what is missing."""
+
+    ui_color = "#e5dbf3"
+
+    def __init__(self, *, profile_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.profile_id = profile_id
+
+    def execute(self, context) -> dict:
+        report = materialise(load_profiles()[self.profile_id], settings.from_airflow().storage())
+        brief = {"profile": self.profile_id, "paths": len(report["views"]), "missing": report["missing"]}
+        _emit(context, self.outlets, brief)
+        return brief
+
+
+class BuildMixtureOperator(BaseOperator):
+    """Build a recipe's training file and lock; ``seed`` and ``format`` come from the run's params."""
+
+    ui_color = "#f8d7e3"
+
+    def __init__(self, *, recipe_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.recipe_id = recipe_id
+
+    def execute(self, context) -> dict:
+        params = context["params"]
+        seed = params.get("seed")
+        lock = build(load_recipes()[self.recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=params.get("format") or None)
+        brief = {"recipe": self.recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}
+        _emit(context, self.outlets, brief)
+        return brief

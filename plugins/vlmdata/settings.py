@@ -1,0 +1,83 @@
+"""Where the data goes, through which mirrors, with which credentials.
+
+Outside Airflow (the CLI, tests): environment variables and boto3's standard chain.
+Inside a task: Airflow Variables and connections first, the environment second:
+
+| setting      | Airflow                        | environment                  | default  |
+|--------------|--------------------------------|------------------------------|----------|
+| storage root | Variable ``vlmdata_root``      | ``VLMDATA_ROOT``             | ``./data`` |
+| mirror map   | Variable ``vlmdata_mirrors``   | ``VLMDATA_MIRRORS`` (a file) | none     |
+| S3           | connection ``aws_default``     | ``AWS_*``, ``AWS_ENDPOINT_URL`` | boto3 chain |
+| Hub token    | connection ``huggingface_default`` (password) | ``HF_TOKEN``  | none     |
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from .acquire import Context
+from .catalog import Source, load_catalog
+from .mirrors import Mirrors
+from .storage import S3Options, Storage, open_storage
+
+log = logging.getLogger("vlmdata.settings")
+
+
+@dataclass
+class Settings:
+    root: str
+    mirrors: Mirrors = field(default_factory=Mirrors)
+    s3: S3Options = field(default_factory=S3Options)
+    hf_token: str | None = field(default=None, repr=False)
+
+    def storage(self) -> Storage:
+        return open_storage(self.root, self.s3 if self.root.startswith("s3://") else None)
+
+    def context(self, **overrides) -> Context:
+        return Context(storage=self.storage(), mirrors=self.mirrors, token=self.hf_token, **overrides)
+
+
+def from_env(root: str | None = None) -> Settings:
+    return Settings(
+        root=root or os.environ.get("VLMDATA_ROOT") or "./data",
+        mirrors=Mirrors.from_env(),
+        s3=S3Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None),
+        hf_token=os.environ.get("HF_TOKEN") or None,
+    )
+
+
+def _airflow_connection(conn_id: str):
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception:  # AirflowNotFoundException: no such connection, use the environment
+        return None
+
+
+def from_airflow() -> Settings:
+    """Inside a running task: Variables and connections override the environment."""
+    from airflow.sdk import Variable
+
+    settings = from_env(Variable.get("vlmdata_root", default=None))
+    mirrors_text = Variable.get("vlmdata_mirrors", default=None)
+    if mirrors_text:
+        settings.mirrors = Mirrors.from_env(mirrors_text)
+    if settings.root.startswith("s3://") and (aws := _airflow_connection("aws_default")):
+        extra = aws.extra_dejson
+        settings.s3 = S3Options(
+            endpoint_url=extra.get("endpoint_url") or settings.s3.endpoint_url,
+            region_name=extra.get("region_name"),
+            aws_access_key_id=aws.login or None,
+            aws_secret_access_key=aws.password or None,
+            aws_session_token=extra.get("aws_session_token"),
+        )
+    if hf := _airflow_connection("huggingface_default"):
+        settings.hf_token = hf.password or settings.hf_token
+    return settings
+
+
+def catalog() -> dict[str, Source]:
+    return load_catalog()

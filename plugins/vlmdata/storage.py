@@ -1,0 +1,328 @@
+"""Shared storage: one interface, two backends (a local POSIX root and an S3 prefix).
+
+Keys are POSIX paths relative to the storage root (``data/coco/train2017/x.jpg``,
+``_vlmdata/sources/coco_train2017/manifest.json``). Every write is atomic: a reader sees the
+old object or the new one, never a partial file. Downloads are staged on local disk
+(``staging_dir``) and handed over with ``put_file`` once verified.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import urlparse
+
+STATE_PREFIX = "_vlmdata"  # manifests, indexes, reports: the system of record
+DATA_PREFIX = "data"  # the ShareGPT4V / ConvLLaVA tree, where every source lands
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+class DiskFullError(StorageError):
+    pass
+
+
+def _check_key(key: str) -> str:
+    path = PurePosixPath(key)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise StorageError(f"invalid storage key {key!r}")
+    return str(path)
+
+
+def raise_if_disk_full(exc: OSError, where: str) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(f"no space left while writing {where}; free space and re-run (nothing partial was kept)") from exc
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3; empty fields fall back to boto3's standard chain (env, profile, role)."""
+
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+
+    def client_kwargs(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+class Storage(ABC):
+    url: str
+
+    # --- reading -----------------------------------------------------------------------
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the key does not exist."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    @abstractmethod
+    def open_read(self, key: str) -> IO[bytes]:
+        """A binary file object (a context manager)."""
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as handle:
+            return handle.read()
+
+    def read_json(self, key: str, default: Any = ...) -> Any:
+        if default is not ... and not self.exists(key):
+            return default
+        return json.loads(self.read_bytes(key))
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under ``prefix`` (a folder), in no particular order."""
+
+    # --- writing (all atomic) ----------------------------------------------------------
+    @abstractmethod
+    def write_stream(self, key: str, stream: IO[bytes]) -> int:
+        """Write everything read from ``stream``; return the byte count."""
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        import io
+
+        self.write_stream(key, io.BytesIO(data))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+    @abstractmethod
+    def put_file(self, local_path: Path, key: str) -> None:
+        """Hand a verified local file over to ``key``; the local file is gone afterwards."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    # --- layout and staging ------------------------------------------------------------
+    supports_links = False
+
+    def link(self, key: str, target_key: str) -> None:
+        raise StorageError(f"{self.url} has no links; the layout records its views in an index instead")
+
+    @abstractmethod
+    def staging_dir(self) -> Path:
+        """Local folder for partial downloads; it survives task retries on the same worker."""
+
+    def free_bytes(self) -> int | None:
+        """Free space where the data goes, or None when unbounded (S3)."""
+        return None
+
+    def local_path(self, key: str) -> Path | None:
+        """A POSIX path to the object where there is one (lets Pillow and zipfile read in place)."""
+        return None
+
+    @property
+    def spec(self) -> tuple[str, S3Options | None]:
+        """What a worker process needs to open the same storage (a boto3 client does not pickle)."""
+        return self.url, getattr(self, "options", None)
+
+
+class LocalStorage(Storage):
+    supports_links = True
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_read(self, key: str) -> IO[bytes]:
+        return self._path(key).open("rb")
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = self._path(prefix)
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(folder) / name
+                if name.endswith(".vlmdata-tmp"):
+                    continue
+                try:
+                    yield path.relative_to(self.root).as_posix(), path.stat().st_size
+                except FileNotFoundError:  # removed while we walked
+                    continue
+
+    @contextmanager
+    def _temp_beside(self, key: str) -> Iterator[Path]:
+        """A temporary file in the destination folder, renamed over ``key`` on success."""
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".vlmdata-tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, 0o644)
+            os.replace(tmp_path, final)
+        except OSError as exc:
+            tmp_path.unlink(missing_ok=True)
+            raise_if_disk_full(exc, key)
+            raise
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+
+    def write_stream(self, key: str, stream: IO[bytes]) -> int:
+        with self._temp_beside(key) as tmp, tmp.open("wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+            return out.tell()
+
+    def put_file(self, local_path: Path, key: str) -> None:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(local_path, final)  # staging is on the same file system: a rename
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise_if_disk_full(exc, key)
+                raise
+            with local_path.open("rb") as src:
+                self.write_stream(key, src)
+            local_path.unlink()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def link(self, key: str, target_key: str) -> None:
+        """A relative symlink, so the tree stays valid wherever the root is mounted."""
+        link = self._path(key)
+        target = self._path(target_key)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        relative = os.path.relpath(target, link.parent)
+        if link.is_symlink() and os.readlink(link) == relative:
+            return
+        if link.exists() and not link.is_symlink():
+            raise StorageError(f"{link} exists and is not a link; the layout will not replace real data")
+        tmp = link.with_name(f".{link.name}.vlmdata-tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(relative, tmp)
+        os.replace(tmp, link)
+
+    def staging_dir(self) -> Path:
+        path = self.root / STATE_PREFIX / "staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
+
+
+class S3Storage(Storage):
+    def __init__(self, url: str, options: S3Options | None = None, staging: str | os.PathLike | None = None):
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StorageError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix)")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.options = options or S3Options()
+        self._staging = Path(staging) if staging else None
+        import boto3
+
+        self.client = boto3.client("s3", **self.options.client_kwargs())
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, exc: Exception, key: str) -> StorageError:
+        return StorageError(f"{self.url}/{key}: {exc}")
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error(exc, key) from exc
+
+    def open_read(self, key: str) -> IO[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise FileNotFoundError(f"{self.url}/{key}") from exc
+            raise self._error(exc, key) from exc
+        return body  # a StreamingBody: read(), iter_chunks(), close(), context manager
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        folder = self._key(prefix).rstrip("/") + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:], obj["Size"]
+
+    def write_stream(self, key: str, stream: IO[bytes]) -> int:
+        counter = _CountingReader(stream)
+        # upload_fileobj switches to multipart for large bodies; a PUT is atomic on S3.
+        self.client.upload_fileobj(counter, self.bucket, self._key(key))
+        return counter.count
+
+    def put_file(self, local_path: Path, key: str) -> None:
+        self.client.upload_file(str(local_path), self.bucket, self._key(key))
+        local_path.unlink()
+
+    def delete(self, key: str) -> None:
+        if self.size(key) is not None:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            return
+        for sub_key, _ in list(self.list(key)):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(sub_key))
+
+    def staging_dir(self) -> Path:
+        base = self._staging or Path(os.environ.get("VLMDATA_STAGING") or Path(tempfile.gettempdir()) / "vlmdata-staging")
+        path = base / self.bucket / (self.prefix or "_root")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class _CountingReader:
+    def __init__(self, stream: IO[bytes]):
+        self.stream, self.count = stream, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+
+def open_storage(url: str | os.PathLike, s3: S3Options | None = None) -> Storage:
+    """``s3://bucket/prefix`` or a local folder."""
+    text = str(url)
+    if text.startswith("s3://"):
+        return S3Storage(text, s3)
+    if "://" in text:
+        raise StorageError(f"unsupported storage URL {text!r}: use a local path or s3://bucket/prefix")
+    return LocalStorage(text)

@@ -193,7 +193,7 @@ def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
     if missing:
         raise FetchError(f"{source.id}: artifacts not acquired: {missing}")
     record = manifest.source() or SourceRecord(source=source.id, kind=source.kind)
-    record.revision = next((r.revision for r in records.values() if r.revision), None)
+    record.revision = max(records.values(), key=lambda r: r.fetched_at).revision  # the newest fetch's commit
     record.published_at = now()
     manifest.save_source(record)
     changed = [f["name"] for f in fetched if f.get("fetched")]

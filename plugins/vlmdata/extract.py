@@ -18,6 +18,7 @@ import logging
 import stat
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -57,7 +58,8 @@ def _member_path(info: zipfile.ZipInfo, spec: Extract) -> str | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UnsafeArchive(f"member {name!r}: symbolic link")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    kind = stat.S_IFMT(mode)  # many zip writers store permission bits only: no type is a file
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise UnsafeArchive(f"member {name!r}: special file (mode {oct(mode)})")
     if info.is_dir():
         return None
@@ -116,7 +118,7 @@ def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract
                 try:
                     with archive.open(member.info) as source:
                         storage.write_stream(key, source)
-                except zipfile.BadZipFile as exc:
+                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC, corrupt deflate stream, cut data
                     raise zipfile.BadZipFile(f"{archive_path.name}: member {member.info.filename!r}: {exc}") from exc
                 written += 1
             else:

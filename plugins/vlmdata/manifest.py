@@ -16,7 +16,7 @@ from .storage import STATE_PREFIX, Storage
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")  # orders fetches within a second
 
 
 def _safe(name: str) -> str:

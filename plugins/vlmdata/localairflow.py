@@ -1,0 +1,310 @@
+"""Run a local Airflow (API server, scheduler, DAG processor) on SQLite with the LocalExecutor.
+
+The one piece of code that starts Airflow on this machine: ``make run`` uses :func:`main`,
+the end-to-end tests use :class:`LocalAirflow` directly::
+
+    with LocalAirflow(home, dags_folder, port=free_port) as airflow:
+        airflow.wait_ready()
+        ...  # talk to airflow.url with user "admin" and airflow.admin_password
+
+Every component runs as a subprocess in its own process group, with its output in a file
+under ``log_dir``. Every process started here (task runners included, which put themselves
+in process groups of their own) carries a marker in its environment, so :meth:`stop` can
+find and end all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+USER = "admin"
+_MARKER = "VLMDATA_LOCALAIRFLOW_ID"
+_COMPONENTS = ("scheduler", "dag-processor", "api-server")  # stopped in this order
+
+
+def _settings(home: Path, dags_folder: Path, port: int, log_server_port: int) -> dict[str, str]:
+    """Airflow settings for a quick single-machine instance (strings, as environment values)."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # Task runners report to the execution API; without this they try port 8080.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        # The scheduler's log server (logs of running tasks); one port per instance.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_server_port),
+        "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+        # A small machine and SQLite: one task slot per core (at least 2), two parsing processes.
+        "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2)),
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "2",
+        # New DAG files show up within seconds, edited ones are re-parsed within 10 s.
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+    }
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def _might_contain_dag(path: Path) -> bool:
+    """Airflow's default discovery heuristic: a file mentioning both "airflow" and "dag"."""
+    text = path.read_bytes().lower()
+    return b"airflow" in text and b"dag" in text
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalAirflow:
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        port: int = 8080,
+        extra_env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        log_server_port: int = 8793,
+    ):
+        self.home = Path(home).resolve()
+        self.dags_folder = Path(dags_folder).resolve()
+        self.port = port
+        self.log_dir = Path(log_dir) if log_dir else self.home / "logs"
+        self.url = f"http://127.0.0.1:{port}"
+        self._id = uuid.uuid4().hex
+        self._procs: dict[str, subprocess.Popen] = {}
+        # Inherited AIRFLOW_* variables are dropped: the instance depends on its arguments only.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_")}
+        env.update(_settings(self.home, self.dags_folder, port, log_server_port))
+        env.update({k: str(v) for k, v in (extra_env or {}).items()})
+        bin_dir = str(Path(sys.executable).parent)  # the venv's bin, for `airflow` in tasks
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        env[_MARKER] = self._id
+        self.env = env
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for port in (self.port, int(self.env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"])):
+            if _port_in_use(port):
+                raise RuntimeError(f"port {port} is in use (another Airflow running?)")
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        migrate_log = self.log_dir / "db-migrate.log"
+        with migrate_log.open("w") as out:
+            done = subprocess.run(self._airflow("db", "migrate"), env=self.env, stdout=out, stderr=out)
+        if done.returncode:
+            raise RuntimeError(f"airflow db migrate failed:\n{_tail(migrate_log)}")
+        commands = {
+            "api-server": ("api-server", "--host", "127.0.0.1", "--port", str(self.port)),
+            "scheduler": ("scheduler",),
+            "dag-processor": ("dag-processor",),
+        }
+        for name, args in commands.items():
+            with (self.log_dir / f"{name}.log").open("w") as out:
+                self._procs[name] = subprocess.Popen(
+                    self._airflow(*args), env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, process_group=0,
+                )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until the API answers, all components are healthy and every DAG file is parsed.
+
+        A file counts as parsed once a DAG from it or an import error for it is visible.
+        """
+        deadline = time.monotonic() + timeout
+        status = "API server not answering"
+        while time.monotonic() < deadline:
+            self.check_running()
+            try:
+                status = self._readiness()
+            except (requests.RequestException, OSError, ValueError, KeyError) as exc:
+                status = f"not ready: {exc!r}"
+            if status == "ready":
+                return
+            time.sleep(1)
+        logs = "\n".join(f"--- {n}.log ---\n{_tail(self.log_dir / f'{n}.log')}" for n in self._procs)
+        raise TimeoutError(f"Airflow not ready after {timeout} s: {status}\n{logs}")
+
+    def stop(self, grace: float = 20) -> None:
+        """SIGTERM each component's process group, wait, then SIGKILL whatever is left."""
+        tracked = {p.pid: p for p in self.processes()}
+        for name in _COMPONENTS:  # API server last: stopping tasks still report to it
+            proc = self._procs.get(name)
+            if proc is None:
+                continue
+            with _suppress_gone():
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        tracked.update((p.pid, p) for p in self.processes())
+        for proc in self._procs.values():
+            with _suppress_gone():
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        leftovers = [p for p in tracked.values() if _alive(p)]
+        for p in leftovers:
+            with _suppress_gone():
+                p.kill()
+        psutil.wait_procs(leftovers, timeout=10)
+        self._procs.clear()
+
+    def __enter__(self) -> LocalAirflow:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- information -----------------------------------------------------------------
+
+    @property
+    def user(self) -> str:
+        return USER
+
+    @property
+    def admin_password(self) -> str:
+        """The password the API server generated for the admin user (on its first start)."""
+        passwords = self.home / "simple_auth_manager_passwords.json.generated"
+        return json.loads(passwords.read_text())[USER]
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this instance: the components, their descendants, and any
+        other process carrying this instance's environment marker (e.g. orphaned task runners)."""
+        found: dict[int, psutil.Process] = {}
+        for popen in self._procs.values():
+            with _suppress_gone():
+                top = psutil.Process(popen.pid)
+                found.update((p.pid, p) for p in [top, *top.children(recursive=True)])
+        for proc in psutil.process_iter():
+            with _suppress_gone():
+                if proc.pid != os.getpid() and proc.environ().get(_MARKER) == self._id:
+                    found[proc.pid] = proc
+        return [p for p in found.values() if _alive(p)]
+
+    # -- internals -------------------------------------------------------------------
+
+    @staticmethod
+    def _airflow(*args: str) -> list[str]:
+        return [sys.executable, "-m", "airflow", *args]
+
+    def check_running(self) -> None:
+        """Raise, with the end of its log, if a component has exited."""
+        for name, proc in self._procs.items():
+            if proc.poll() is not None:
+                log = self.log_dir / f"{name}.log"
+                raise RuntimeError(f"{name} exited with {proc.returncode}; {log}:\n{_tail(log)}")
+
+    def _readiness(self) -> str:
+        health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        unhealthy = [
+            part for part in ("metadatabase", "scheduler", "dag_processor")
+            if (health.get(part) or {}).get("status") != "healthy"
+        ]
+        if unhealthy:
+            return f"unhealthy: {', '.join(unhealthy)}"
+        session = requests.Session()
+        token = session.post(
+            f"{self.url}/auth/token", json={"username": USER, "password": self.admin_password}, timeout=10
+        ).json()["access_token"]
+        session.headers["Authorization"] = f"Bearer {token}"
+        seen = {d["fileloc"] for d in self._list(session, "dags", "dags")}
+        seen |= {e["filename"] for e in self._list(session, "importErrors", "import_errors")}
+        seen = {str((self.dags_folder / f).resolve()) for f in seen}  # import errors are relative
+        files = [p for p in self.dags_folder.rglob("*.py") if _might_contain_dag(p)]
+        missing = sorted(str(p.relative_to(self.dags_folder)) for p in files if str(p.resolve()) not in seen)
+        return f"DAG files not parsed yet: {', '.join(missing)}" if missing else "ready"
+
+    def _list(self, session: requests.Session, endpoint: str, key: str) -> list[dict]:
+        items: list[dict] = []
+        while True:
+            response = session.get(
+                f"{self.url}/api/v2/{endpoint}", params={"limit": 100, "offset": len(items)}, timeout=10
+            )
+            response.raise_for_status()
+            page = response.json()
+            items += page[key]
+            if not page[key] or len(items) >= page["total_entries"]:
+                return items
+
+
+class _suppress_gone:
+    """Ignore processes that are already gone (or not ours to inspect)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return exc_type is not None and issubclass(
+            exc_type, (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+        )
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def main() -> None:
+    """`make run`: Airflow with the repository's DAGs on http://localhost:8080 until Ctrl-C."""
+    port = int(os.environ.get("VLMDATA_PORT", "8080"))
+    # The DAGs' own settings (VLMDATA_ROOT, VLMDATA_CATALOG if set) reach the tasks through the
+    # environment; Airflow settings from the shell (AIRFLOW__SECTION__KEY, ...) are passed on.
+    extra_env = {k: v for k, v in os.environ.items() if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    extra_env["VLMDATA_ROOT"] = os.environ.get("VLMDATA_ROOT", str(REPO_ROOT / "data"))
+    airflow = LocalAirflow(REPO_ROOT / ".airflow", REPO_ROOT / "dags", port=port, extra_env=extra_env)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM stops cleanly, like Ctrl-C
+    print(f"Starting Airflow (logs in {airflow.log_dir}) ...", flush=True)
+    try:
+        with airflow:
+            airflow.wait_ready(timeout=180)
+            print(f"Airflow is up: http://localhost:{port}", flush=True)
+            print(f"  user: {airflow.user}  password: {airflow.admin_password}")
+            print(f"  logs: {airflow.log_dir} (components: *.log, tasks: dag_id=*/)")
+            print(f"  data: {extra_env['VLMDATA_ROOT']}")
+            print("Ctrl-C stops it.", flush=True)
+            while True:
+                time.sleep(1)
+                airflow.check_running()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("Airflow stopped.")
+
+
+if __name__ == "__main__":
+    main()

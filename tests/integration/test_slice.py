@@ -1,0 +1,204 @@
+"""The slice through the library (no scheduler): COCO + LLaVA-Instruct-150K, acquired from
+replicas on loopback, verified, laid out and mixed, on a local root and on S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from tests.fakes.hf_hub import FakeHfHub
+from tests.fakes.http_server import FakeHttpServer, reset_after
+from tests.fakes.replicas import LLAVA_REPO, MISSING_FROM_COCO, SliceReplica
+from vlmdata import acquire as acq
+from vlmdata.acquire import Context, LicenceNotAcknowledged, acquire
+from vlmdata.catalog import load_catalog
+from vlmdata.fetch.http import RetryPolicy
+from vlmdata.layout import load_profiles, materialise
+from vlmdata.manifest import Manifest
+from vlmdata.mirrors import Mirrors
+from vlmdata.mix import build, load_recipes, lock_key, output_key
+from vlmdata.storage import DiskFullError
+from vlmdata.verify import verify_source
+
+FAST = RetryPolicy(attempts=4, backoff=0.01)
+
+
+@pytest.fixture
+def upstream(tmp_path, monkeypatch):
+    with FakeHttpServer() as http, FakeHfHub() as hub:
+        replica = SliceReplica()
+        for key, value in replica.install(http, hub, tmp_path).items():
+            monkeypatch.setenv(key, value)
+        yield replica, http, hub
+
+
+def context(storage) -> Context:
+    return Context(storage, mirrors=Mirrors.from_env(), policy=FAST)
+
+
+def test_slice_end_to_end(storage, upstream):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    ctx = context(storage)
+
+    coco = acquire(catalog["coco_train2017"], ctx)
+    llava = acquire(catalog["llava_instruct_150k"], ctx)
+    assert coco["changed"] == ["train2017.zip"] and len(llava["changed"]) == 6
+    assert llava["revision"] == replica.commit
+
+    # Acquisition placed the ShareGPT4V tree and recorded what it did.
+    placed = dict(storage.list("data/coco/train2017"))
+    assert len(placed) == len(replica.coco_members)
+    assert storage.read_bytes("data/llava/llava_instruct_150k.json") == replica.llava_files["llava_instruct_150k.json"]
+    record = Manifest(storage, "coco_train2017").artifact("train2017.zip")
+    assert record.sha256 == hashlib.sha256(replica.coco_zip).hexdigest() and record.md5 == hashlib.md5(replica.coco_zip).hexdigest()
+    assert record.complete and record.placement.members == len(replica.coco_members)
+    assert not any(key.endswith(".zip") for key, _ in storage.list("data"))  # the archive is not kept
+
+    # Integrity names exactly the planted faults.
+    coco_report = verify_source(catalog["coco_train2017"], storage, catalog, workers=2)
+    assert set(json.loads(storage.read_bytes("_vlmdata/reports/coco_train2017/broken.json"))) == replica.broken_keys
+    assert coco_report["images"]["ok"] == len(replica.coco_members) - 2
+    llava_report = verify_source(catalog["llava_instruct_150k"], storage, catalog)
+    assert llava_report["annotations"]["llava_instruct_150k.json"]["invalid"] == 1
+    refs = llava_report["references"]["llava_instruct_150k.json"]
+    assert refs["resolved"] == len(replica.good_bare_names)
+    assert {r: v["count"] for r, v in refs["reasons"].items()} == {
+        "image missing": 2,
+        "image broken: empty file": 1,
+        **{r: 1 for r in refs["reasons"] if r.startswith("image broken: does not decode")},
+    }
+    mix_refs = llava_report["references"]["llava_v1_5_mix665k.json"]
+    assert mix_refs["reasons"]["image missing: source gqa not acquired"]["count"] == 1
+
+    # The mixture keeps exactly the records whose images decode.
+    lock = build(load_recipes()["llava_instruct_150k"], storage, catalog)
+    records = json.loads(storage.read_bytes(output_key("llava_instruct_150k", "json")))
+    assert sorted(r["image"] for r in records) == sorted(f"coco/train2017/{n}" for n in replica.good_bare_names)
+    reasons = [d["reason"] for d in lock["dropped"]]
+    assert reasons.count("image missing") == len(MISSING_FROM_COCO) and reasons.count("image broken") == 2
+    assert sum(r.startswith("malformed") for r in reasons) == 1
+    assert lock["inputs"][0]["revision"] == replica.commit
+    assert lock["inputs"][0]["sha256"] == hashlib.sha256(replica.llava_files["llava_instruct_150k.json"]).hexdigest()
+    assert lock["output"]["sha256"] == hashlib.sha256(storage.read_bytes(output_key("llava_instruct_150k", "json"))).hexdigest()
+    for r in records:  # paths resolve under one image folder: <root>/data
+        assert storage.size(f"data/{r['image']}")
+
+    # Same inputs, same bytes.
+    first = storage.read_bytes(output_key("llava_instruct_150k", "json"))
+    build(load_recipes()["llava_instruct_150k"], storage, catalog)
+    assert storage.read_bytes(output_key("llava_instruct_150k", "json")) == first
+    assert storage.exists(lock_key("llava_instruct_150k"))
+
+    # Both training trees.
+    view = materialise(load_profiles()["llava15"], storage)
+    assert "coco/train2017" not in view["missing"] and "gqa/images" in view["missing"]
+    assert view["views"]["playground/data/coco/train2017"] == "data/coco/train2017"
+    if storage.supports_links:
+        linked = storage.local_path("playground/data/coco/train2017")
+        assert linked.is_symlink() and not os.readlink(linked).startswith("/")
+        assert len(list(linked.iterdir())) == len(replica.coco_members)
+        assert (storage.local_path("playground/data/llava_v1_5_mix665k.json")).read_bytes() == replica.llava_files["llava_v1_5_mix665k.json"]
+    else:
+        assert storage.read_json("_vlmdata/layouts/llava15.json")["views"]["playground/data/coco/train2017"] == "data/coco/train2017"
+        assert not list(storage.list("playground"))  # no duplicated objects on S3
+    tree = materialise(load_profiles()["sharegpt4v"], storage)
+    assert "coco/train2017" not in tree["missing"] and "llava/llava_v1_5_mix665k.json" not in tree["missing"]
+    assert "sam/images" in tree["missing"]
+
+
+def test_rerun_with_nothing_changed_downloads_nothing(storage, upstream):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    ctx = context(storage)
+    acquire(catalog["coco_train2017"], ctx)
+    acquire(catalog["llava_instruct_150k"], ctx)
+    downloads = [r for r in http.requests if r.method == "GET" and ("/resolve/" in r.path or r.path.endswith(".zip"))]
+    again_coco = acquire(catalog["coco_train2017"], ctx)
+    again_llava = acquire(catalog["llava_instruct_150k"], ctx)
+    assert again_coco["changed"] == [] and again_llava["changed"] == []
+    assert [r for r in http.requests if r.method == "GET" and ("/resolve/" in r.path or r.path.endswith(".zip"))] == downloads
+
+
+def test_changed_upstream_fetches_only_what_changed(storage, upstream):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    ctx = context(storage)
+    acquire(catalog["llava_instruct_150k"], ctx)
+    files = dict(replica.llava_files, **{"detail_23k.json": b"[]\n" + b" " * 2000})
+    new_commit = hub.add_repo(LLAVA_REPO, files)
+    result = acquire(catalog["llava_instruct_150k"], ctx)
+    assert result["changed"] == ["detail_23k.json"] and result["revision"] == new_commit
+    assert storage.read_bytes("data/llava/detail_23k.json") == files["detail_23k.json"]
+
+
+def test_pinned_revision_stays_pinned(storage, upstream):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    first = replica.commit
+    hub.add_repo(LLAVA_REPO, dict(replica.llava_files, **{"detail_23k.json": b"[]" + b" " * 2000}))
+    ctx = Context(storage, mirrors=Mirrors.from_env(), policy=FAST, revision=first)
+    result = acquire(catalog["llava_instruct_150k"], ctx)
+    assert result["revision"] == first
+    assert storage.read_bytes("data/llava/detail_23k.json") == replica.llava_files["detail_23k.json"]
+
+
+def test_changed_archive_replaces_its_members_and_removes_stale_ones(storage, upstream, tmp_path, monkeypatch):
+    replica, http, hub = upstream
+    from tests.fakes.data import coco_like_zip
+
+    catalog = load_catalog()
+    ctx = context(storage)
+    acquire(catalog["coco_train2017"], ctx)
+    smaller, members = coco_like_zip(5)
+    http.replace("/coco/zips/train2017.zip", smaller)
+    overlay = tmp_path / "catalog" / "coco_train2017.yaml"
+    overlay.write_text(overlay.read_text().replace(f"size: {len(replica.coco_zip)}", f"size: {len(smaller)}").replace(hashlib.md5(replica.coco_zip).hexdigest(), hashlib.md5(smaller).hexdigest()))
+    result = acquire(load_catalog()["coco_train2017"], ctx)
+    assert result["changed"] == ["train2017.zip"]
+    assert sorted(k for k, _ in storage.list("data/coco/train2017")) == sorted(f"data/coco/{m}" for m in members)
+    assert storage.read_bytes(f"data/coco/{members[0]}") == __import__("zipfile").ZipFile(__import__("io").BytesIO(smaller)).read(members[0])
+
+
+def test_a_reset_during_a_hub_download_resumes(storage, upstream, monkeypatch):
+    replica, http, hub = upstream
+    monkeypatch.setattr(acq.download.__globals__["time"], "sleep", lambda s: None)
+    hub.script_file(LLAVA_REPO, "llava_instruct_150k.json", reset_after(1000))
+    acquire(load_catalog()["llava_instruct_150k"], context(storage))
+    assert storage.read_bytes("data/llava/llava_instruct_150k.json") == replica.llava_files["llava_instruct_150k.json"]
+
+
+def test_dry_run_reports_without_writing(storage, upstream):
+    replica, http, hub = upstream
+    result = acquire(load_catalog()["coco_train2017"], context(storage), dry_run=True)
+    assert result["dry_run"] and result["fetch"][0]["size"] == len(replica.coco_zip)
+    assert not list(storage.list("data"))
+
+
+def test_not_enough_space_fails_before_downloading(tmp_path, upstream, monkeypatch):
+    from vlmdata.storage import LocalStorage
+
+    replica, http, hub = upstream
+    storage = LocalStorage(tmp_path / "root")
+    monkeypatch.setattr(LocalStorage, "free_bytes", lambda self: 1000)
+    with pytest.raises(DiskFullError, match="free space"):
+        acquire(load_catalog()["coco_train2017"], context(storage))
+    assert http.count("GET", "/coco/zips/train2017.zip") == 0
+
+
+def test_licence_needs_acknowledgement_once_and_is_recorded(storage, upstream, tmp_path):
+    replica, http, hub = upstream
+    overlay = tmp_path / "catalog" / "coco_train2017.yaml"
+    overlay.write_text(overlay.read_text().replace("licence:\n", "licence:\n  acknowledge: true\n  notice: research use only\n", 1))
+    source = load_catalog()["coco_train2017"]
+    ctx = context(storage)
+    with pytest.raises(LicenceNotAcknowledged, match="acknowledge_licence=true.*research use only"):
+        acquire(source, ctx)
+    assert http.count("GET", "/coco/zips/train2017.zip") == 0
+    acquire(source, ctx, acknowledge=True, who="tester")
+    ack = Manifest(storage, "coco_train2017").source().acknowledged
+    assert ack.by == "tester" and "COCO" in ack.licence
+    acquire(source, ctx)  # recorded: no need to say it again

@@ -1,0 +1,74 @@
+"""The `vlmdata` command: the same steps without Airflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.fakes.hf_hub import FakeHfHub
+from tests.fakes.http_server import FakeHttpServer
+from tests.fakes.replicas import SliceReplica
+from vlmdata.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", "vlmdata.cli", *args], capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_sources_lists_every_catalog_entry():
+    code, out, _ = run("sources")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "kind", "size", "licence"]
+    assert any(line.startswith("coco_train2017") and "http" in line and "18.0 GiB" in line for line in lines)
+    assert any(line.startswith("sa1b") and "[ack]" in line for line in lines)
+    assert len(lines) == 1 + 15
+
+
+def test_private_catalog_adds_a_source_and_errors_name_the_file(tmp_path):
+    (tmp_path / "my_data.yaml").write_text("id: my_data\ntitle: Mine\nkind: http\nlicence: {name: private}\nartifacts: []\n")
+    code, out, _ = run("--catalog", str(tmp_path), "sources")
+    assert code == 0 and "my_data" in out
+    (tmp_path / "broken.yaml").write_text("id: broken\ntitle: x\nkind: ftp\nlicence: {name: x}\n")
+    code, _, err = run("--catalog", str(tmp_path), "sources")
+    assert code == 2 and "broken.yaml" in err and "kind" in err
+
+
+def test_the_slice_through_the_cli(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "root"
+    with FakeHttpServer() as http, FakeHfHub() as hub:
+        for key, value in SliceReplica().install(http, hub, tmp_path).items():
+            monkeypatch.setenv(key, value)
+        assert main(["--root", str(root), "acquire", "coco_train2017", "--dry-run"]) == 0
+        assert json.loads(capsys.readouterr().out)["fetch"][0]["name"] == "train2017.zip"
+        assert not (root / "data").exists()
+        assert main(["--root", str(root), "acquire", "coco_train2017"]) == 0
+        assert main(["--root", str(root), "acquire", "llava_instruct_150k"]) == 0
+    capsys.readouterr()
+    assert main(["--root", str(root), "verify", "coco_train2017", "--workers", "1"]) == 0
+    assert "2 of 12 images do not decode" in capsys.readouterr().out
+    assert main(["--root", str(root), "mix", "llava_instruct_150k"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"]["records"] == 10
+    assert main(["--root", str(root), "layout", "llava15"]) == 0
+    assert (root / "playground/data/coco/train2017").is_symlink()
+
+
+def test_unknown_names_and_dead_upstreams_give_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown name 'nope'.*coco_train2017"):
+        main(["--root", str(tmp_path), "acquire", "nope"])
+    with FakeHttpServer() as http:
+        mirrors = tmp_path / "m.yaml"
+        mirrors.write_text(f"http://images.cocodataset.org/: {http.url}/\n")
+        import os
+
+        os.environ["VLMDATA_MIRRORS"] = str(mirrors)
+        try:
+            assert main(["--root", str(tmp_path), "acquire", "coco_train2017"]) == 1
+        finally:
+            del os.environ["VLMDATA_MIRRORS"]
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "Traceback" not in err

@@ -1,0 +1,93 @@
+"""The Hugging Face transport against the fake Hub: revisions, LFS sha256, tokens, endpoints."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.fakes.hf_hub import FakeHfHub
+from tests.fakes.http_server import corrupt
+from vlmdata.acquire import Context, acquire
+from vlmdata.catalog import Source
+from vlmdata.fetch.hf import hf_remotes, hub_endpoint
+from vlmdata.fetch.http import FetchError, RetryPolicy
+from vlmdata.mirrors import Mirrors
+
+FAST = RetryPolicy(attempts=3, backoff=0.01)
+BIG = bytes(range(256)) * 64  # over the LFS threshold
+SMALL = b'[{"id": "1"}]'
+
+
+def source(repo="org/data", revision="main") -> Source:
+    return Source.model_validate({
+        "id": "demo", "title": "demo", "kind": "hf", "licence": {"name": "test"},
+        "hf": {"repo": repo, "revision": revision},
+        "artifacts": [
+            {"name": "big.bin", "path": "big.bin", "target": "demo/big.bin"},
+            {"name": "small.json", "path": "small.json", "target": "demo/small.json"},
+        ],
+    })
+
+
+@pytest.fixture
+def hub():
+    with FakeHfHub() as fake:
+        yield fake
+
+
+def mirrors_to(hub) -> Mirrors:
+    return Mirrors({"https://huggingface.co": hub.endpoint})
+
+
+def test_remotes_carry_the_commit_and_lfs_sha256(hub):
+    commit = hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL})
+    big, small = hf_remotes(source(), source().artifacts, mirrors=mirrors_to(hub), token=None, policy=FAST)
+    assert big.revision == small.revision == commit
+    assert big.expected.sha256 == hub.file("org/data", "big.bin").sha256 and big.expected.size == len(BIG)
+    assert small.expected.git_sha1 == hub.file("org/data", "small.json").blob_id  # small files: the git blob id
+    assert f"/resolve/{commit}/" in big.url  # the bytes come from the resolved commit, not the moving branch
+
+
+def test_corrupted_lfs_bytes_are_caught_by_sha256(hub, tmp_path, storage):
+    hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL})
+    hub.script_file("org/data", "big.bin", corrupt(100), corrupt(100))
+    with pytest.raises(Exception, match="sha256"):
+        acquire(source(), Context(storage, mirrors_to(hub), policy=FAST))
+    assert not storage.exists("data/demo/big.bin")
+
+
+def test_corrupted_small_file_is_caught_by_git_blob_id(hub, storage):
+    hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL})
+    hub.script_file("org/data", "small.json", corrupt(3), corrupt(3))
+    with pytest.raises(Exception, match="git blob sha1"):
+        acquire(source(), Context(storage, mirrors_to(hub), policy=FAST), only=["small.json"])
+
+
+def test_gated_repo_needs_a_token_and_the_token_is_never_logged(hub, storage, caplog):
+    hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL}, require_token="s3cret-token")
+    with pytest.raises(FetchError, match="HTTP 401.*credentials"):
+        acquire(source(), Context(storage, mirrors_to(hub), policy=FAST))
+    with caplog.at_level(logging.DEBUG):
+        acquire(source(), Context(storage, mirrors_to(hub), token="s3cret-token", policy=FAST))
+    assert storage.read_bytes("data/demo/big.bin") == BIG
+    assert "s3cret-token" not in caplog.text
+    assert "s3cret-token" not in repr(Context(storage, token="s3cret-token"))
+
+
+def test_unknown_revision_and_missing_file_get_clear_errors(hub, storage):
+    hub.add_repo("org/data", {"big.bin": BIG})
+    with pytest.raises(FetchError, match="revision not found"):
+        acquire(source(revision="v9"), Context(storage, mirrors_to(hub), policy=FAST))
+    with pytest.raises(FetchError, match="no file 'small.json'"):
+        acquire(source(), Context(storage, mirrors_to(hub), policy=FAST))
+    with pytest.raises(FetchError, match="repository not found"):
+        acquire(source(repo="org/nothing"), Context(storage, mirrors_to(hub), policy=FAST))
+
+
+def test_hf_endpoint_is_honoured_and_mirrors_apply_on_top(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    assert hub_endpoint(Mirrors()) == "https://hf-mirror.example"
+    assert hub_endpoint(Mirrors({"https://hf-mirror.example": "http://127.0.0.1:9"})) == "http://127.0.0.1:9"
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert hub_endpoint(Mirrors()) == "https://huggingface.co"

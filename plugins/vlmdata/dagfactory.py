@@ -19,7 +19,6 @@ from .mix import Recipe, load_recipes
 from .operators import BuildMixtureOperator, MaterialiseLayoutOperator, PlanAcquisitionOperator, PublishSourceOperator, VerifySourceOperator, fetch_operator_for
 
 DEFAULT_ARGS = {"owner": "vlmdata", "retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
-START = None  # runs are triggered (UI, REST) or asset-driven; refresh schedules need no backfill
 
 
 def acquired(source_id: str) -> Asset:
@@ -59,7 +58,6 @@ def acquisition_dag(source: Source) -> DAG:
         description=f"Acquire {source.title}",
         doc_md=doc,
         schedule=source.refresh,
-        start_date=_start(),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -85,7 +83,6 @@ every image they reference. Report: `_vlmdata/reports/{source.id}/integrity.json
 Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references) + ' is verified' if source.references else ''}.
 """,
         schedule=AssetAny(*triggers) if len(triggers) > 1 else triggers,
-        start_date=_start(),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -101,7 +98,6 @@ def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
         description=profile.title,
         doc_md=f"### Layout: {profile.title}\n\n{profile.description}\n\nView root: `{profile.root}`. Report: `_vlmdata/layouts/{profile.id}.json`. Runs whenever a source is verified.",
         schedule=AssetAny(*(verified(sid) for sid in sorted(catalog))),
-        start_date=_start(),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -111,8 +107,17 @@ def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
     return dag
 
 
-def mixture_dag(recipe: Recipe) -> DAG:
-    sources = sorted({c.source for c in recipe.components})
+def mixture_inputs(recipe: Recipe, catalog: dict[str, Source]) -> list[str]:
+    """The sources a recipe reads: its components' and those whose images they reference."""
+    needed = set()
+    for component in recipe.components:
+        needed.add(component.source)
+        needed.update(catalog[component.source].artifact(component.artifact).annotation.references)
+    return sorted(needed & set(catalog))
+
+
+def mixture_dag(recipe: Recipe, catalog: dict[str, Source]) -> DAG:
+    sources = mixture_inputs(recipe, catalog)
     with DAG(
         dag_id=f"mix_{recipe.id}",
         description=recipe.title,
@@ -124,7 +129,6 @@ Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. O
 (the training file and `lock.json`). Runs once {', '.join(sources)} {'is' if len(sources) == 1 else 'are'} verified, or from the UI with a seed and format.
 """,
         schedule=AssetAll(*(verified(s) for s in sources)) if len(sources) > 1 else [verified(sources[0])],
-        start_date=_start(),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -136,12 +140,6 @@ Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. O
     ) as dag:
         BuildMixtureOperator(task_id="build", recipe_id=recipe.id, outlets=[Asset(f"vlmdata.mixture.{recipe.id}", group="vlmdata")])
     return dag
-
-
-def _start():
-    from datetime import datetime, timezone
-
-    return datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def acquisition_dags() -> dict[str, DAG]:
@@ -159,4 +157,5 @@ def layout_dags() -> dict[str, DAG]:
 
 
 def mixture_dags() -> dict[str, DAG]:
-    return {f"mix_{r.id}": mixture_dag(r) for r in load_recipes().values()}
+    catalog = load_catalog()
+    return {f"mix_{r.id}": mixture_dag(r, catalog) for r in load_recipes().values()}

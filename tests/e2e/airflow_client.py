@@ -1,0 +1,130 @@
+"""A small client for Airflow's REST API (v2), for the end-to-end tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+
+T = TypeVar("T")
+FINISHED = {"success", "failed"}
+
+
+class AirflowClient:
+    def __init__(self, url: str, username: str, password: str):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        response = self.session.post(
+            f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        response.raise_for_status()
+        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Call /api/v2/<path>; raise with Airflow's explanation on an error status."""
+        kwargs.setdefault("timeout", 30)
+        response = self.session.request(method, f"{self.url}/api/v2/{path.lstrip('/')}", **kwargs)
+        if not response.ok:
+            raise requests.HTTPError(
+                f"{method} {path}: {response.status_code} {response.text}", response=response
+            )
+        return response
+
+    def list(self, path: str, key: str, **params: Any) -> list[dict]:
+        """All items of a paginated collection (``key`` names the list in the response)."""
+        items: list[dict] = []
+        while True:
+            page = self.request("GET", path, params={**params, "limit": 100, "offset": len(items)}).json()
+            items += page[key]
+            if not page[key] or len(items) >= page["total_entries"]:
+                return items
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 1.0) -> T:
+        """Call ``predicate`` until it returns something truthy, and return that."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met within {timeout} s: {predicate}")
+            time.sleep(interval)
+
+    # -- DAGs and runs ---------------------------------------------------------------
+
+    def dags(self) -> list[dict]:
+        return self.list("dags", "dags")
+
+    def import_errors(self) -> list[dict]:
+        return self.list("importErrors", "import_errors")
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        body = {"logical_date": None, "conf": conf or {}}
+        return self.request("POST", f"dags/{dag_id}/dagRuns", json=body).json()["dag_run_id"]
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.list(f"dags/{dag_id}/dagRuns", "dag_runs", order_by="run_after")
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"dags/{dag_id}/dagRuns/{run_id}").json()
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120) -> str:
+        """Wait until the run has finished; return its final state ("success" or "failed")."""
+        return self.wait_until(
+            lambda: (state := self.run(dag_id, run_id)["state"]) in FINISHED and state, timeout
+        )
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.list(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
+
+    def task_logs(self, dag_id: str, run_id: str) -> str:
+        """The logs of every try of every task of a run, as text (to print when a test fails)."""
+        parts = []
+        for ti in sorted(self.task_instances(dag_id, run_id), key=lambda t: (t["task_id"], t["map_index"])):
+            name = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+            for attempt in range(1, (ti["try_number"] or 0) + 1):
+                parts.append(f"===== {dag_id} / {run_id} / {name} try {attempt} ({ti['state']}) =====")
+                try:
+                    response = self.request(
+                        "GET",
+                        f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{attempt}",
+                        params={"full_content": "true", "map_index": ti["map_index"]},
+                        headers={"Accept": "application/json"},
+                    )
+                    parts.extend(_log_line(entry) for entry in response.json()["content"])
+                except requests.RequestException as exc:
+                    parts.append(f"(log not available: {exc})")
+            if not ti["try_number"]:
+                parts.append(f"===== {dag_id} / {run_id} / {name}: never ran ({ti['state']}) =====")
+        return "\n".join(parts)
+
+    # -- variables -------------------------------------------------------------------
+
+    def set_variable(self, key: str, value: Any) -> None:
+        """Create or update a variable (non-string values are stored as JSON)."""
+        body = {"key": key, "value": value}
+        try:
+            self.request("POST", "variables", json=body)
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code != 409:
+                raise
+            self.request("PATCH", f"variables/{key}", json=body)
+
+
+def _log_line(entry: dict | str) -> str:
+    """One structured log entry (timestamp, level, event, extra fields) as a line of text."""
+    if isinstance(entry, str):
+        return entry
+    entry = dict(entry)
+    head = " ".join(str(entry.pop(k)) for k in ("timestamp", "level") if entry.get(k))
+    event = entry.pop("event", "")
+    extra = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("sources",))
+    return " ".join(part for part in (head, str(event), extra) if part)

@@ -1,0 +1,120 @@
+"""LocalAirflow end to end: a real API server, scheduler and DAG processor run an asset chain.
+
+A producer DAG (triggered through REST, with conf) writes a file and updates an Asset; a
+consumer DAG scheduled on that Asset copies the file. Then everything is stopped and no
+process of the instance may survive.
+"""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from airflow_client import AirflowClient
+
+from vlmdata.localairflow import LocalAirflow
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+PRODUCER = '''
+import os
+from pathlib import Path
+
+from airflow.sdk import DAG, Asset, task
+
+with DAG("e2e_producer", schedule=None, catchup=False):
+
+    @task(outlets=[Asset("vlmdata_e2e_probe")])
+    def produce(dag_run=None):
+        root = Path(os.environ["VLMDATA_ROOT"])
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "produced.txt").write_text(dag_run.conf["token"])
+
+    produce()
+'''
+
+CONSUMER = '''
+import os
+from pathlib import Path
+
+from airflow.sdk import DAG, Asset, task
+
+with DAG("e2e_consumer", schedule=[Asset("vlmdata_e2e_probe")], catchup=False):
+
+    @task
+    def consume():
+        root = Path(os.environ["VLMDATA_ROOT"])
+        (root / "consumed.txt").write_text((root / "produced.txt").read_text())
+
+    consume()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def processes_with_home(home: Path) -> list[psutil.Process]:
+    """Live processes whose environment names this AIRFLOW_HOME (independent of LocalAirflow)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("AIRFLOW_HOME") == str(home) and alive(proc):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_asset_chain_runs_and_stop_leaves_nothing(tmp_path: Path) -> None:
+    dags, data = tmp_path / "dags", tmp_path / "data"
+    dags.mkdir()
+    (dags / "producer.py").write_text(textwrap.dedent(PRODUCER))
+    (dags / "consumer.py").write_text(textwrap.dedent(CONSUMER))
+    token = uuid.uuid4().hex
+    airflow = LocalAirflow(
+        tmp_path / "home", dags, port=free_port(), log_server_port=free_port(),
+        extra_env={"VLMDATA_ROOT": str(data)},
+    )
+    seen: list[psutil.Process] = []
+    with airflow:
+        airflow.wait_ready(timeout=150)
+        client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
+        assert client.import_errors() == []
+        assert {"e2e_producer", "e2e_consumer"} <= {d["dag_id"] for d in client.dags()}
+        for dag_id in ("e2e_producer", "e2e_consumer"):
+            client.unpause(dag_id)
+
+        run_id = client.trigger("e2e_producer", conf={"token": token})
+        state = client.wait_for_run("e2e_producer", run_id, timeout=90)
+        assert state == "success", client.task_logs("e2e_producer", run_id)
+
+        consumer_runs = client.wait_until(
+            lambda: [r for r in client.runs("e2e_consumer") if r["state"] in ("success", "failed")], 60
+        )
+        assert len(consumer_runs) == 1
+        run = consumer_runs[0]
+        assert run["run_type"] == "asset_triggered"
+        assert run["state"] == "success", client.task_logs("e2e_consumer", run["dag_run_id"])
+        assert (data / "consumed.txt").read_text() == token
+        assert client.import_errors() == []
+
+        seen = airflow.processes()
+        assert len(seen) >= 3  # at least the three components
+
+    assert [p for p in seen if alive(p)] == []
+    assert airflow.processes() == []
+    assert processes_with_home(airflow.home) == []

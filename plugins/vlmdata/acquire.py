@@ -9,48 +9,53 @@ no work.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Artifact, Source
 from .extract import extract_zip
 from .fetch.digest import IntegrityError, sha256_of
-from .fetch.hf import hf_remotes
-from .fetch.http import FetchError, RetryPolicy, download
-from .fetch.plain import http_remotes
-from .fetch.remote import Remote
+from .fetch.hf import HF
+from .fetch.http import FetchError, download
+from .fetch.plain import HTTP
+from .fetch.remote import Context, Remote, Transport
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
-from .mirrors import Mirrors
 from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
 
-# kind -> function(source, artifacts, mirrors=, token=, policy=, revision=) -> [Remote]
-TRANSPORTS = {"hf": hf_remotes, "http": http_remotes}
+TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP}
 
 
 class LicenceNotAcknowledged(PermissionError):
     pass
 
 
-@dataclass
-class Context:
-    """Everything acquisition needs besides the source: where, through which mirrors, as whom."""
-
-    storage: Storage
-    mirrors: Mirrors = field(default_factory=Mirrors)
-    token: str | None = field(default=None, repr=False)
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    revision: str | None = None  # overrides the catalog's pinned revision (hf)
+def transport_for(source: Source) -> Transport:
+    try:
+        return TRANSPORTS[source.kind]
+    except KeyError:
+        raise NotImplementedError(f"{source.id}: no transport for kind {source.kind!r} yet") from None
 
 
-def selected_artifacts(source: Source, only: list[str] | None = None, include_optional: bool = False) -> list[Artifact]:
+def artifacts_of(source: Source, ctx: Context) -> list[Artifact]:
+    """The catalog's artifacts, plus those the transport discovers upstream."""
+    discover = transport_for(source).discover
+    found = list(source.artifacts)
+    if discover:
+        known = {a.name for a in found}
+        found += [a for a in discover(source, ctx) if a.name not in known]
+    return found
+
+
+def selected_artifacts(source: Source, ctx: Context, only: list[str] | None = None, include_optional: bool = False) -> list[Artifact]:
+    every = artifacts_of(source, ctx)
     if only:
-        unknown = set(only) - {a.name for a in source.artifacts}
+        unknown = set(only) - {a.name for a in every}
         if unknown:
-            raise KeyError(f"source {source.id!r} has no artifact(s) {sorted(unknown)}; it has {[a.name for a in source.artifacts]}")
-        return [a for a in source.artifacts if a.name in only]
-    return [a for a in source.artifacts if include_optional or not a.optional]
+            raise KeyError(f"source {source.id!r} has no artifact(s) {sorted(unknown)}; it has {[a.name for a in every]}")
+        return [a for a in every if a.name in only]
+    return [a for a in every if include_optional or not a.optional]
 
 
 def check_licence(source: Source, manifest: Manifest, acknowledge: bool, who: str) -> None:
@@ -71,11 +76,7 @@ def check_licence(source: Source, manifest: Manifest, acknowledge: bool, who: st
 
 
 def remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Remote]:
-    try:
-        transport = TRANSPORTS[source.kind]
-    except KeyError:
-        raise NotImplementedError(f"{source.id}: no transport for kind {source.kind!r} yet") from None
-    return transport(source, artifacts, mirrors=ctx.mirrors, token=ctx.token, policy=ctx.policy, revision=ctx.revision)
+    return transport_for(source).remotes(source, artifacts, ctx)
 
 
 def _same_fingerprint(record: ArtifactRecord, remote: Remote) -> bool:
@@ -119,7 +120,7 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
     """Probe upstream and compare with the manifest. Checks the licence and the free space."""
     manifest = Manifest(ctx.storage, source.id)
     check_licence(source, manifest, acknowledge, who)
-    found = remotes(source, selected_artifacts(source, only, include_optional), ctx)
+    found = remotes(source, selected_artifacts(source, ctx, only, include_optional), ctx)
     todo = [r for r in found if not is_current(ctx.storage, manifest, r)]
     result = Plan(
         source.id,
@@ -143,7 +144,7 @@ def _check_space(storage: Storage, todo: list[Remote]) -> None:
 def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
     """Download, verify and place one artifact; record it in the manifest."""
     manifest = Manifest(ctx.storage, source.id)
-    (remote,) = remotes(source, [source.artifact(name)], ctx)
+    (remote,) = remotes(source, selected_artifacts(source, ctx, only=[name]), ctx)
     if is_current(ctx.storage, manifest, remote):
         log.info("%s/%s: already current", source.id, name)
         return {"name": name, "fetched": False}
@@ -182,14 +183,14 @@ def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *,
     for path in sorted(stale):
         storage.delete(path)
     staged.unlink()
-    return Placement(folder=folder, members=len(index), bytes=sum(size for _, size, _ in index))
+    return Placement(folder=folder, images=artifact.extract.images, members=len(index), bytes=sum(size for _, size, _ in index))
 
 
 def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
     """Record the acquisition as a whole; the summary goes to XCom and the asset event."""
     manifest = Manifest(ctx.storage, source.id)
     records = manifest.artifacts()
-    missing = [a.name for a in selected_artifacts(source) if a.name not in records or not records[a.name].complete]
+    missing = [a.name for a in source.artifacts if not a.optional and (a.name not in records or not records[a.name].complete)]
     if missing:
         raise FetchError(f"{source.id}: artifacts not acquired: {missing}")
     record = manifest.source() or SourceRecord(source=source.id, kind=source.kind)

@@ -38,7 +38,7 @@ def record_problem(record: Any) -> str | None:
     if "id" not in record or not isinstance(record["id"], (str, int)):
         return "missing or invalid id"
     image = record.get("image")
-    if image is not None:
+    if "image" in record:  # LLaVA's loader tests `"image" in record`: a null path crashes it
         if not isinstance(image, str) or not image:
             return "image is not a path"
         path = PurePosixPath(image)
@@ -54,9 +54,9 @@ def record_problem(record: Any) -> str | None:
             return f"turn {number} is from {turn.get('from')!r}, expected {ROLES[number % 2]!r} (roles must alternate from human)"
     in_first = IMAGE_TOKEN in turns[0]["value"]
     elsewhere = any(IMAGE_TOKEN in turn["value"] for turn in turns[1:])
-    if image is not None and not in_first:
+    if "image" in record and not in_first:
         return "has an image but the first human turn holds no <image>"
-    if image is None and (in_first or elsewhere):
+    if "image" not in record and (in_first or elsewhere):
         return "holds <image> but has no image"
     if elsewhere:
         return "<image> outside the first human turn"

@@ -15,7 +15,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import PurePosixPath
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 log = logging.getLogger("vlmdata.images")
 
@@ -32,6 +32,7 @@ def check_image(data: bytes, name: str) -> dict:
     """``{"ok": True, "format", "width", "height"}`` or ``{"ok": False, "error"}``; mislabelled names are flagged."""
     if not data:
         return {"ok": False, "error": "empty file"}
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a library that set it would hide truncated files
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

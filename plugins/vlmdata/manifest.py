@@ -38,6 +38,7 @@ class _Record(BaseModel):
 class Placement(_Record):
     target: str | None = None  # storage key of a file kept as it is
     folder: str | None = None  # storage key of the folder an archive was extracted into
+    images: bool = False  # the extracted members are images to decode-check
     members: int = 0
     bytes: int = 0
 

@@ -109,31 +109,32 @@ def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], 
     report: dict = {"source": source.id, "checked_at": now(), "artifacts": {}, "annotations": {}, "references": {}, "failures": [], "warnings": []}
     image_keys: list[str] = []
     for artifact in source.artifacts:
-        record = records.get(artifact.name)
-        if record is None or not record.complete:
-            if not artifact.optional:
-                report["failures"].append(f"{artifact.name}: not acquired")
+        if not artifact.optional and (artifact.name not in records or not records[artifact.name].complete):
+            report["failures"].append(f"{artifact.name}: not acquired")
+    # What was placed is in the manifest, discovered artifacts (Drive folders, shards) included.
+    for name, record in sorted(records.items()):
+        if not record.complete:
             continue
-        entry = report["artifacts"][artifact.name] = {"sha256": record.sha256, "size": record.size, "revision": record.revision}
+        entry = report["artifacts"][name] = {"sha256": record.sha256, "size": record.size, "revision": record.revision}
         if record.placement.target:
             if storage.size(record.placement.target) is None:
-                report["failures"].append(f"{artifact.name}: missing at {record.placement.target}")
+                report["failures"].append(f"{name}: missing at {record.placement.target}")
                 continue
             with storage.open_read(record.placement.target) as handle:
                 digest, size = sha256_of(handle)
             entry["checksum"] = "ok" if (digest, size) == (record.sha256, record.size) else "mismatch"
             if entry["checksum"] != "ok":
-                report["failures"].append(f"{artifact.name}: sha256 {digest} differs from the manifest's {record.sha256} (changed on disk)")
+                report["failures"].append(f"{name}: sha256 {digest} differs from the manifest's {record.sha256} (changed on disk)")
         else:
-            index = manifest.index(artifact.name)
+            index = manifest.index(name)
             present = dict(storage.list(record.placement.folder))
             missing = [path for path, size, _ in index if path not in present]
             wrong_size = [path for path, size, _ in index if path in present and present[path] != size]
             entry.update(members=len(index), missing=len(missing), wrong_size=len(wrong_size))
             for what, paths in (("missing", missing), ("size differs from the archive", wrong_size)):
                 if paths:
-                    report["failures"].append(f"{artifact.name}: {len(paths)} extracted files {what}, e.g. {paths[:5]}")
-            if artifact.extract.images:
+                    report["failures"].append(f"{name}: {len(paths)} extracted files {what}, e.g. {paths[:5]}")
+            if record.placement.images:
                 image_keys += [path for path, _, _ in index if path in present and is_image_name(path)]
     report["images"] = _check_all_images(storage, image_keys, workers, report)
     _check_annotations(source, storage, catalog, records, report)

@@ -42,7 +42,7 @@ def mirrors_to(hub) -> Mirrors:
 
 def test_remotes_carry_the_commit_and_lfs_sha256(hub):
     commit = hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL})
-    big, small = hf_remotes(source(), source().artifacts, mirrors=mirrors_to(hub), token=None, policy=FAST)
+    big, small = hf_remotes(source(), source().artifacts, Context(None, mirrors_to(hub), policy=FAST))
     assert big.revision == small.revision == commit
     assert big.expected.sha256 == hub.file("org/data", "big.bin").sha256 and big.expected.size == len(BIG)
     assert small.expected.git_sha1 == hub.file("org/data", "small.json").blob_id  # small files: the git blob id

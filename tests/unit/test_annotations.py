@@ -224,3 +224,10 @@ def test_load_records_not_a_list_names_the_file(payload, kind):
     message = str(info.value)
     assert message.startswith("sharegpt4v_instruct.json:")
     assert "list" in message and kind in message
+
+
+def test_a_null_image_is_a_problem_not_a_text_only_record():
+    from vlmdata.annotations import record_problem
+
+    record = {"id": "1", "image": None, "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]}
+    assert record_problem(record) == "image is not a path"

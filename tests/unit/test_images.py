@@ -175,3 +175,13 @@ def test_check_images_parallel_runs_in_other_processes(storage, monkeypatch):
 
 def test_check_images_of_no_keys(storage):
     assert check_images(storage, [], workers=2) == {}
+
+
+def test_truncated_images_fail_even_if_a_library_relaxed_pillow(monkeypatch):
+    from PIL import ImageFile
+
+    from tests.fakes.data import truncated_jpeg_bytes
+    from vlmdata.images import check_image
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert not check_image(truncated_jpeg_bytes(256, 192), "x.jpg")["ok"]

@@ -26,7 +26,7 @@ from ..catalog import Artifact, Source
 from ..mirrors import Mirrors
 from .digest import Expected
 from .http import FetchError, RetryPolicy, Transient, with_retries
-from .remote import Remote
+from .remote import Context, Remote, Transport
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -59,9 +59,9 @@ def _hub_call(what: str, policy: RetryPolicy, fn):
     return with_retries(what, policy, attempt)
 
 
-def hf_remotes(source: Source, artifacts: list[Artifact], *, mirrors: Mirrors, token: str | None, policy: RetryPolicy = RetryPolicy(), revision: str | None = None) -> list[Remote]:
+def hf_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Remote]:
     """Resolve the revision to a commit once, then describe every artifact at that commit."""
-    upstream = source.hf
+    upstream, mirrors, token, policy, revision = source.hf, ctx.mirrors, ctx.token, ctx.policy, ctx.revision
     endpoint = hub_endpoint(mirrors)
     api = HfApi(endpoint=endpoint, token=token or False)
     requested = revision or upstream.revision
@@ -85,3 +85,6 @@ def hf_remotes(source: Source, artifacts: list[Artifact], *, mirrors: Mirrors, t
         url = hf_hub_url(upstream.repo, artifact.path, repo_type=upstream.repo_type, revision=commit, endpoint=endpoint)
         remotes.append(Remote(artifact, url, expected, {**fingerprint, "size": info.size}, revision=commit, headers=headers))
     return remotes
+
+
+HF = Transport(hf_remotes)

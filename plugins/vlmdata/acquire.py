@@ -15,6 +15,7 @@ from pathlib import Path
 from .catalog import Artifact, Source
 from .extract import extract_zip
 from .fetch.digest import IntegrityError, sha256_of
+from .fetch.github import GITHUB
 from .fetch.hf import HF
 from .fetch.http import FetchError, download
 from .fetch.plain import HTTP
@@ -24,7 +25,7 @@ from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
 
-TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP}
+TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP, "github": GITHUB}
 
 
 class LicenceNotAcknowledged(PermissionError):

@@ -101,8 +101,9 @@ class HfUpstream(_Model):
 
 class GithubUpstream(_Model):
     repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
-    ref: str = "main"
-    folder: str
+    ref: str = Field("main", description="branch, tag or commit; the manifest records the commit fetched")
+    folder: str = Field(description="folder of the repository whose files are fetched")
+    into: TreePath = Field(description="folder of the data tree the files land in, keeping their sub-folders")
 
 
 class GdriveUpstream(_Model):

@@ -21,6 +21,8 @@ class Context:
     token: str | None = field(default=None, repr=False)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     revision: str | None = None  # overrides the catalog's pinned revision (hf)
+    # Answers a transport may reuse within one step (discovery and probing list the same folder).
+    memo: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

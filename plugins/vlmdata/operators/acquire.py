@@ -72,7 +72,13 @@ class HttpFetchOperator(FetchArtifactOperator):
     ui_color = "#d9f2d0"
 
 
-_FETCH_OPERATORS = {"hf": HfFetchOperator, "http": HttpFetchOperator}
+class GithubFetchOperator(FetchArtifactOperator):
+    """A file of a GitHub repository at the resolved commit, checked against its git blob id."""
+
+    ui_color = "#e1e4e8"
+
+
+_FETCH_OPERATORS = {"hf": HfFetchOperator, "http": HttpFetchOperator, "github": GithubFetchOperator}
 
 
 def fetch_operator_for(kind: str) -> type[FetchArtifactOperator]:

@@ -180,7 +180,7 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_source(path: Path) -> Source:
+def _load_model(path: Path, model: type[BaseModel]):
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -188,9 +188,19 @@ def load_source(path: Path) -> Source:
     if not isinstance(data, dict):
         raise CatalogError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
     try:
-        source = Source.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise CatalogError(f"{path}: {_describe(exc)}") from exc
+
+
+def load_models(folder: Path, model: type[BaseModel]) -> dict:
+    """Every ``*.yaml`` of a folder validated as ``model``, by id; errors name the file and field."""
+    items = (_load_model(path, model) for path in sorted(folder.glob("*.yaml")))
+    return {item.id: item for item in items}
+
+
+def load_source(path: Path) -> Source:
+    source = _load_model(path, Source)
     if source.id != path.stem:
         raise CatalogError(f"{path}: id: {source.id!r} must match the file name {path.stem!r}")
     return source

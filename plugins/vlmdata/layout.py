@@ -14,10 +14,9 @@ import logging
 import posixpath
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .catalog import DEFAULT_CATALOG, CatalogError, TreePath
+from .catalog import DEFAULT_CATALOG, TreePath, load_models
 from .manifest import now
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
@@ -37,14 +36,7 @@ class Profile(BaseModel):
 
 
 def load_profiles(folder: Path = LAYOUTS_DIR) -> dict[str, Profile]:
-    profiles = {}
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            profile = Profile.model_validate(yaml.safe_load(path.read_text()))
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise CatalogError(f"{path}: {exc}") from exc
-        profiles[profile.id] = profile
-    return profiles
+    return load_models(folder, Profile)
 
 
 def _present(storage: Storage, key: str) -> bool:

@@ -18,12 +18,11 @@ import random
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .annotations import load_records, record_problem
-from .catalog import DEFAULT_CATALOG, CatalogError, Source, TreePath
+from .catalog import DEFAULT_CATALOG, Annotation, Source, TreePath, load_models
 from .manifest import Manifest, now
 from .storage import DATA_PREFIX, Storage
 from .verify import ImageIndex, image_key
@@ -64,14 +63,7 @@ class Recipe(BaseModel):
 
 
 def load_recipes(folder: Path = RECIPES_DIR) -> dict[str, Recipe]:
-    recipes = {}
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            recipe = Recipe.model_validate(yaml.safe_load(path.read_text()))
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise CatalogError(f"{path}: {exc}") from exc
-        recipes[recipe.id] = recipe
-    return recipes
+    return load_models(folder, Recipe)
 
 
 def output_key(recipe_id: str, fmt: str) -> str:
@@ -111,11 +103,11 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
         chosen = _sample(rows, component.take, rng)
         tally = counts[component.label] = {"available": len(rows), "sampled": len(chosen), "kept": 0, "dropped": {}}
         for row in chosen:
-            reason = _drop_reason(row, recipe.filters, artifact.annotation.image_folder, images)
+            reason = _drop_reason(row, recipe.filters, artifact.annotation, images)
             if reason is None:
                 row = dict(row)
                 if "image" in row:
-                    row["image"] = posixpath.relpath(image_key(artifact.annotation.image_folder, row["image"]), folder)
+                    row["image"] = posixpath.relpath(image_key(artifact.annotation, row["image"]), folder)
                     if row["image"].startswith(".."):
                         raise MixError(f"{recipe.id}: image {row['image']} of {component.label} lies outside the image folder {recipe.image_folder!r}")
                 output.append(row)
@@ -154,13 +146,13 @@ def _component_sources(recipe: Recipe, catalog: dict[str, Source]) -> list[Sourc
     return sources
 
 
-def _drop_reason(row, filters: list[str], image_folder: str, images: ImageIndex) -> str | None:
+def _drop_reason(row, filters: list[str], annotation: Annotation, images: ImageIndex) -> str | None:
     problem = record_problem(row)
     if problem:
         return f"malformed: {problem}" if "drop_malformed" in filters else None
     if "image" not in row:
         return "no image" if "require_image" in filters else None
-    status = images.status(image_key(image_folder, row["image"]))
+    status = images.status(image_key(annotation, row["image"]))
     if status is None:
         return None
     if status.startswith("image broken") and "drop_broken_images" in filters:

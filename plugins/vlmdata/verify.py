@@ -13,7 +13,7 @@ import posixpath
 from dataclasses import dataclass
 
 from .annotations import AnnotationError, check_records, load_records, record_problem
-from .catalog import Source
+from .catalog import Annotation, Source
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
 from .manifest import Manifest, now
@@ -32,9 +32,15 @@ def report_key(source_id: str, name: str = "integrity.json") -> str:
     return f"{STATE_PREFIX}/reports/{source_id}/{name}"
 
 
-def image_key(image_folder: str, image: str) -> str:
-    """Storage key of an annotation's image: ``data/<image_folder>/<image>``."""
-    return posixpath.normpath(posixpath.join(DATA_PREFIX, image_folder, image))
+def image_key(annotation: Annotation, image: str) -> str:
+    """Storage key of an annotation's image: ``data/<image_folder>/<image>``, following the
+    annotation's links (a folder the records expect -> the data-tree folder holding the files)."""
+    path = posixpath.normpath(posixpath.join(annotation.image_folder, image))
+    for expected, actual in sorted(annotation.links.items(), key=lambda kv: -len(kv[0])):
+        if path.startswith(expected + "/"):
+            path = actual + path[len(expected):]
+            break
+    return f"{DATA_PREFIX}/{path}"
 
 
 @dataclass
@@ -88,13 +94,13 @@ def _tally(bucket: dict, reason: str, example) -> None:
         entry["examples"].append(example)
 
 
-def check_references(records: list, image_folder: str, images: ImageIndex) -> dict:
+def check_references(records: list, annotation: Annotation, images: ImageIndex) -> dict:
     unresolved: dict[str, dict] = {}
     resolved = 0
     for record in records:
         if record_problem(record) or "image" not in record:
             continue
-        key = image_key(image_folder, record["image"])
+        key = image_key(annotation, record["image"])
         reason = images.status(key)
         if reason is None:
             resolved += 1
@@ -176,7 +182,7 @@ def _check_annotations(source, storage, catalog, records, report) -> None:
         checked = report["annotations"][artifact.name] = check_records(rows)
         if checked["invalid"]:
             report["warnings"].append(f"{artifact.name}: {checked['invalid']} of {checked['records']} records are malformed")
-        refs = report["references"][artifact.name] = check_references(rows, artifact.annotation.image_folder, images)
+        refs = report["references"][artifact.name] = check_references(rows, artifact.annotation, images)
         if refs["unresolved"]:
             report["warnings"].append(f"{artifact.name}: {refs['unresolved']} of {refs['resolved'] + refs['unresolved']} referenced images are missing or broken")
 

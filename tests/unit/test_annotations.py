@@ -231,3 +231,14 @@ def test_a_null_image_is_a_problem_not_a_text_only_record():
 
     record = {"id": "1", "image": None, "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]}
     assert record_problem(record) == "image is not a path"
+
+
+def test_image_keys_follow_the_annotation_links():
+    from vlmdata.catalog import Annotation
+    from vlmdata.verify import image_key
+
+    allava = Annotation(image_folder=".", links={"allava/allava_vflan/images/images_191task_1k": "vflan/images_191task_1k"})
+    assert image_key(allava, "allava/allava_vflan/images/images_191task_1k/VQA/x.png") == "data/vflan/images_191task_1k/VQA/x.png"
+    assert image_key(allava, "allava/allava_laion/images/1.jpeg") == "data/allava/allava_laion/images/1.jpeg"
+    bare = Annotation(image_folder="coco/train2017")
+    assert image_key(bare, "000000000009.jpg") == "data/coco/train2017/000000000009.jpg"

@@ -107,17 +107,18 @@ def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
     return dag
 
 
-def mixture_inputs(recipe: Recipe, catalog: dict[str, Source]) -> list[str]:
-    """The sources a recipe reads: its components' and those whose images they reference."""
-    needed = set()
-    for component in recipe.components:
-        needed.add(component.source)
-        needed.update(catalog[component.source].artifact(component.artifact).annotation.references)
-    return sorted(needed & set(catalog))
+def mixture_inputs(recipe: Recipe) -> list[str]:
+    """The sources whose annotation files a recipe reads.
+
+    Not the sources of the images they reference: those are alternatives at times (two SAM
+    sources) and would block the recipe forever. ``verify_<source>`` re-runs when a source it
+    references is verified, so the mixture is rebuilt when its images change.
+    """
+    return sorted({component.source for component in recipe.components})
 
 
-def mixture_dag(recipe: Recipe, catalog: dict[str, Source]) -> DAG:
-    sources = mixture_inputs(recipe, catalog)
+def mixture_dag(recipe: Recipe) -> DAG:
+    sources = mixture_inputs(recipe)
     with DAG(
         dag_id=f"mix_{recipe.id}",
         description=recipe.title,
@@ -157,5 +158,4 @@ def layout_dags() -> dict[str, DAG]:
 
 
 def mixture_dags() -> dict[str, DAG]:
-    catalog = load_catalog()
-    return {f"mix_{r.id}": mixture_dag(r, catalog) for r in load_recipes().values()}
+    return {f"mix_{r.id}": mixture_dag(r) for r in load_recipes().values()}

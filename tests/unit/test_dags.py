@@ -72,4 +72,6 @@ def test_assets_chain_acquire_to_verify_to_mix(dagbag):
     assert "vlmdata.acquired.llava_instruct_150k" in verify_triggers
     assert "vlmdata.verified.coco_train2017" in verify_triggers  # re-checked when its images change
     mix_triggers = triggers(mix)
-    assert mix_triggers == {"vlmdata.verified.llava_instruct_150k", "vlmdata.verified.coco_train2017"}  # its images' source too
+    assert mix_triggers == {"vlmdata.verified.llava_instruct_150k"}
+    convllava = triggers(dagbag.dags["mix_convllava_stage1"])
+    assert convllava == {"vlmdata.verified.sharegpt4v", "vlmdata.verified.allava_4v"}  # never blocked by alternative image sources

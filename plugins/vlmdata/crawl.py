@@ -204,6 +204,15 @@ def plan_shards(
 def to_jpeg(data: bytes) -> tuple[bytes, str | None]:
     """``(jpeg bytes, None)`` for a JPEG (kept as it is), ``(jpeg bytes, "GIF->JPEG")`` after a
     conversion. Raises :class:`BrokenImage` for anything that does not fully decode."""
+    # check_image turns Pillow's bomb warning into an error with warnings.catch_warnings, which
+    # is not thread-safe: refuse oversized pictures from the header first, so that it never fires.
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            pixels = header.width * header.height
+    except Exception:  # noqa: BLE001 - check_image below names what is wrong
+        pixels = 0
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise BrokenImage(f"{pixels} pixels, more than Pillow's decompression bomb guard allows")
     result = check_image(data, "image")  # the full decode: catches truncation
     if not result["ok"]:
         raise BrokenImage(result["error"])
@@ -571,7 +580,7 @@ class _ArchiveMember:
 
 
 def _tar_members(archive: tarfile.TarFile, limits: extract.Limits) -> list[tuple[str, tarfile.TarInfo]]:
-    """Vet every tar member before anything is written (as extract.plan does for zips)."""
+    """Vet every tar member before anything is written (when extract has no ``plan_tar``)."""
     members, total = [], 0
     infos = archive.getmembers()
     if len(infos) > limits.max_members:
@@ -608,7 +617,11 @@ def _open_archive(path: Path) -> Iterator[list[_ArchiveMember]]:
             yield [_ArchiveMember(m.info.filename, lambda info=m.info: archive.read(info)) for m in planned]
     elif tarfile.is_tarfile(path):
         with tarfile.open(path) as archive:
-            members = _tar_members(archive, limits)
+            plan_tar = getattr(extract, "plan_tar", None)  # extract's own tar vetting, where it has one
+            if plan_tar is not None:
+                members = [(m.info.name, m.info) for m in plan_tar(archive, Extract(into="mirror"), limits, archive_size=path.stat().st_size)]
+            else:
+                members = _tar_members(archive, limits)
             yield [_ArchiveMember(name, lambda info=info: archive.extractfile(info).read()) for name, info in members]
     else:
         raise CrawlError(f"{path.name}: neither a zip nor a tar archive")

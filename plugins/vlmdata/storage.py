@@ -290,6 +290,11 @@ class S3Storage(Storage):
         self.client.upload_fileobj(counter, self.bucket, self._key(key))
         return counter.count
 
+    def write_bytes(self, key: str, data: bytes) -> None:
+        # One PUT: the managed transfer behind upload_fileobj costs several round trips per
+        # object, which dominates for crawled images and small JSON files.
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
     def put_file(self, local_path: Path, key: str) -> None:
         self.client.upload_file(str(local_path), self.bucket, self._key(key))
         local_path.unlink()

@@ -1,0 +1,94 @@
+"""Mixtures load the way the training code loads them.
+
+``load_like_llava`` restates what LLaVA's ``LazySupervisedDataset`` (and ConvLLaVA's
+``SampleDataset``, built on it) does with a data file: ``json.load`` a list, join
+``image_folder`` and the record's ``image`` with ``os.path.join``, open it with PIL and
+convert to RGB, and hand the conversations to a preprocessor that expects ``<image>`` in
+the first human turn exactly when there is an image and roles alternating from human.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from tests.fakes.hf_hub import FakeHfHub
+from tests.fakes.http_server import FakeHttpServer
+from tests.fakes.replicas import SliceReplica
+from vlmdata.acquire import Context, acquire
+from vlmdata.catalog import load_catalog
+from vlmdata.mirrors import Mirrors
+from vlmdata.mix import build, load_recipes, output_key
+from vlmdata.storage import LocalStorage
+from vlmdata.verify import verify_source
+
+# The recipes whose sources the slice replicas provide.
+RECIPES = ["llava_instruct_150k", "llava_v1_5_mix665k", "convllava_stage3"]
+
+
+def load_like_llava(data_path: str, image_folder: str) -> int:
+    """What training does with every record; returns how many records carry an image."""
+    with open(data_path) as handle:
+        records = json.load(handle)
+    assert isinstance(records, list)
+    with_image = 0
+    for record in records:
+        turns = record["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) % 2 == 0
+        if "image" in record:
+            image = Image.open(os.path.join(image_folder, record["image"])).convert("RGB")
+            assert image.size[0] > 0
+            assert "<image>" in turns[0]["value"]
+            with_image += 1
+        else:
+            assert not any("<image>" in t["value"] for t in turns)
+    return with_image
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    work = tmp_path_factory.mktemp("contract")
+    storage = LocalStorage(work / "root")
+    with FakeHttpServer() as http, FakeHfHub() as hub, pytest.MonkeyPatch.context() as patch:
+        for key, value in SliceReplica().install(http, hub, work).items():
+            patch.setenv(key, value)
+        catalog = load_catalog()
+        ctx = Context(storage, Mirrors.from_env())
+        for source_id in ("coco_train2017", "llava_instruct_150k"):
+            acquire(catalog[source_id], ctx)
+        for source_id in ("coco_train2017", "llava_instruct_150k"):
+            verify_source(catalog[source_id], storage, catalog, workers=1)
+        locks = {recipe_id: build(load_recipes()[recipe_id], storage, catalog) for recipe_id in RECIPES}
+    return storage, locks
+
+
+@pytest.mark.parametrize("recipe_id", RECIPES)
+def test_mixture_loads_like_llava_training(built, recipe_id):
+    storage, locks = built
+    lock = locks[recipe_id]
+    data_path = storage.local_path(output_key(recipe_id, "json"))
+    image_folder = storage.local_path(lock["image_folder"])
+    with_image = load_like_llava(str(data_path), str(image_folder))
+    assert lock["output"]["records"] == len(json.loads(data_path.read_text()))
+    assert with_image > 0
+
+
+def test_text_only_records_survive_and_unreachable_images_are_dropped(built):
+    storage, locks = built
+    lock = locks["llava_v1_5_mix665k"]
+    records = json.loads(storage.read_bytes(output_key("llava_v1_5_mix665k", "json")))
+    assert any("image" not in r for r in records)  # LLaVA-1.5's text-only conversations stay
+    dropped = {d["id"]: d["reason"] for d in lock["dropped"]}
+    assert dropped["mix-gqa"] == "image missing"  # GQA is not acquired in this slice
+
+
+def test_the_same_lock_rebuilds_byte_identical(built):
+    storage, locks = built
+    for recipe_id in RECIPES:
+        before = storage.read_bytes(output_key(recipe_id, "json"))
+        again = build(load_recipes()[recipe_id], storage, load_catalog(), seed=locks[recipe_id]["seed"])
+        assert storage.read_bytes(output_key(recipe_id, "json")) == before
+        assert again["output"]["sha256"] == locks[recipe_id]["output"]["sha256"]

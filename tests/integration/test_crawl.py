@@ -1,0 +1,318 @@
+"""The OCR-VQA URL-list crawl against a loopback server with dead, broken and misbehaving URLs,
+on a local root and on S3."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from PIL import Image
+
+from tests.fakes.data import gif_bytes, jpeg_bytes, make_zip, png_bytes, truncated_jpeg_bytes
+from tests.fakes.http_server import FakeHttpServer, Resource, reset_after, status
+from vlmdata import crawl
+from vlmdata.catalog import load_catalog
+from vlmdata.crawl import crawl_shard, fill_from_archive, finish, missing_ids, plan_shards
+from vlmdata.extract import UnsafeArchive
+from vlmdata.fetch.http import RetryPolicy
+from vlmdata.manifest import Manifest, index_key
+from vlmdata.mirrors import Mirrors
+from vlmdata.storage import LocalStorage
+from vlmdata.verify import ImageIndex
+
+AMAZON = "http://ecx.images-amazon.com/"
+LIST_KEY = "data/ocr_vqa/dataset.json"
+INTO = "data/ocr_vqa/images"
+FAST = RetryPolicy(attempts=3, backoff=0.01, max_wait=5.0)
+OK_KINDS = {"jpeg", "gif", "png", "429", "reset"}
+
+
+@dataclass
+class Site:
+    listing: dict = field(default_factory=dict)
+    kinds: dict = field(default_factory=dict)  # id -> kind
+    paths: dict = field(default_factory=dict)  # id -> path on the fake
+    served: dict = field(default_factory=dict)  # id -> bytes served
+
+    def ids(self, *kinds: str) -> set[str]:
+        return {i for i, k in self.kinds.items() if k in kinds}
+
+
+def isbn(n: int) -> str:
+    return f"{150000000 + n:09d}{'X' if n % 10 == 7 else n % 10}"  # some end in X, as ISBNs do
+
+
+def build_site(srv: FakeHttpServer) -> Site:
+    """~60 covers under Amazon-like URLs (with and without .jpg, whatever the real format)."""
+    site = Site()
+    n = iter(range(1000))
+
+    def add(kind: str, data: bytes | None, content_type: str = "image/jpeg") -> str:
+        number = next(n)
+        image_id = isbn(number)
+        suffix = ".jpg" if number % 2 else ""  # GIFs and PNGs hide behind .jpg URLs too
+        tail = f"images/I/5{number:03d}xQ{image_id[-3:]}L._SX300_{suffix}"
+        site.listing[image_id] = {
+            "imageURL": AMAZON + tail,
+            "questions": ["Who wrote this book?"], "answers": ["Someone"],
+            "title": f"Book {number}", "authorName": "Someone", "genre": "Fiction", "split": 1,
+        }
+        site.kinds[image_id] = kind
+        site.paths[image_id] = f"/amazon/{tail}"
+        if data is not None:
+            srv.add(site.paths[image_id], data, content_type=content_type)
+            site.served[image_id] = data
+        return image_id
+
+    for i in range(40):
+        add("jpeg", jpeg_bytes(60, 90, seed=i))
+    for i in range(8):
+        add("gif", gif_bytes(60, 90, seed=100 + i), "image/gif")
+    for i in range(6):
+        add("png", png_bytes(60, 90, seed=200 + i), "image/png")
+    for _ in range(3):
+        add("404", None)
+    add("html", b"<!DOCTYPE html>\n<html><body>Sorry, we could not find that page.</body></html>\n", "text/html")
+    add("truncated", truncated_jpeg_bytes(60, 90, seed=300))
+    srv.script(site.paths[add("429", jpeg_bytes(60, 90, seed=301))], status(429, retry_after=2))
+    srv.script(site.paths[add("reset", jpeg_bytes(60, 90, seed=302))], reset_after(100))
+    always_busy = add("503", jpeg_bytes(60, 90, seed=303))
+    srv.script(site.paths[always_busy], status(503, retry_after=3600), status(503), status(503))  # Retry-After bounded
+    no_url = add("no_url", None)
+    site.listing[no_url]["imageURL"] = ""
+    return site
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    recorded = []
+    monkeypatch.setattr(crawl.time, "sleep", recorded.append)
+    return recorded
+
+
+def image_gets(srv: FakeHttpServer) -> int:
+    return sum(1 for r in srv.requests if r.method == "GET" and r.path.startswith("/amazon/"))
+
+
+def stored(storage) -> dict[str, int]:
+    return {key: size for key, size in storage.list(INTO)}
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_crawl_converts_records_and_fills_from_a_mirror(storage, waits, tmp_path):
+    with FakeHttpServer() as srv:
+        site = build_site(srv)
+        storage.write_json(LIST_KEY, site.listing)
+        mirrors = Mirrors({AMAZON: f"{srv.url}/amazon/"})
+
+        shards = plan_shards(storage, LIST_KEY, INTO, shard_size=25)
+        assert [s["count"] for s in shards] == [25, 25, 12]  # 63 listed, one without a URL
+        assert all(len(json.dumps(s)) < 200 for s in shards)  # XCom carries keys, not URLs
+        assert plan_shards(storage, LIST_KEY, INTO, shard_size=25) == shards  # deterministic
+        summaries = [crawl_shard(storage, s["key"], INTO, mirrors=mirrors, policy=FAST, workers=8, per_host=4) for s in shards]
+        assert sum(s["ok"] for s in summaries) == len(site.ids(*OK_KINDS)) == 56
+
+        # Stored: exactly the good ones, every one a real JPEG; JPEGs byte for byte.
+        keys = stored(storage)
+        assert set(keys) == {f"{INTO}/{i}.jpg" for i in site.ids(*OK_KINDS)}
+        for image_id in site.ids(*OK_KINDS):
+            data = storage.read_bytes(f"{INTO}/{image_id}.jpg")
+            image = decode(data)
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size == (60, 90)
+            if site.kinds[image_id] in ("jpeg", "429", "reset"):
+                assert data == site.served[image_id]
+        if isinstance(storage, LocalStorage):  # no temporary or partial file left anywhere
+            assert sorted(p.name for p in storage.local_path(INTO).iterdir()) == sorted(k.rsplit("/", 1)[1] for k in keys)
+
+        results = [storage.read_json(crawl.result_key(s["key"])) for s in shards]
+        converted = {k: v for r in results for k, v in r["converted"].items()}
+        dead = {k: v for r in results for k, v in r["dead"].items()}
+        broken = {k: v for r in results for k, v in r["broken"].items()}
+        assert converted == {**{i: "GIF->JPEG" for i in site.ids("gif")}, **{i: "PNG->JPEG" for i in site.ids("png")}}
+        assert set(dead) == site.ids("404", "503")
+        assert all(dead[i] == "HTTP 404" for i in site.ids("404"))
+        assert dead[next(iter(site.ids("503")))] == "HTTP 503 (after 3 attempts)"
+        assert set(broken) == site.ids("html", "truncated")
+        assert "not an image" in broken[next(iter(site.ids("html")))] and "HTML" in broken[next(iter(site.ids("html")))]
+        assert "does not decode" in broken[next(iter(site.ids("truncated")))]
+
+        # Retries: 429 waited its Retry-After; 3600 s was capped; a reset was retried; 404 was not.
+        assert 2.0 in waits and 5.0 in waits and max(waits) <= 5.0
+        assert srv.count("GET", site.paths[next(iter(site.ids("429")))]) == 2
+        assert srv.count("GET", site.paths[next(iter(site.ids("reset")))]) == 2
+        assert all(srv.count("GET", site.paths[i]) == 1 for i in site.ids("404", "jpeg"))
+
+        # A finished shard is not fetched again (a retried task after its results were written).
+        before = image_gets(srv)
+        assert crawl_shard(storage, shards[0]["key"], INTO, mirrors=mirrors, policy=FAST)["skipped"]
+        assert image_gets(srv) == before
+
+        # finish: report, manifest record and an index that verify's ImageIndex reads.
+        summary = finish(storage, "ocr_vqa", INTO)
+        missing = site.ids("404", "503", "html", "truncated", "no_url")
+        assert summary["stored"] == 56 and summary["missing"] == len(missing) == 7
+        assert summary["converted"] == 14 and summary["dead"] == 5 and summary["broken"] == 2
+        report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
+        assert set(report["missing"]) == missing == set(missing_ids(storage, "ocr_vqa"))
+        assert report["dead"][next(iter(site.ids("no_url")))] == "no imageURL in the list"
+        assert set(report["broken"]) == site.ids("html", "truncated")
+        manifest = Manifest(storage, "ocr_vqa")
+        record = manifest.artifact("images")
+        assert record.complete and record.placement.folder == INTO and record.placement.images
+        assert record.placement.members == 56 and record.size == record.placement.bytes == sum(keys.values())
+        assert record.sha256 == hashlib.sha256(storage.read_bytes(index_key("ocr_vqa", "images"))).hexdigest()
+        assert sorted(manifest.index("images")) == sorted([k, s, None] for k, s in keys.items())
+        images = ImageIndex.load(storage, load_catalog(), ["ocr_vqa"])
+        assert all(images.status(f"{INTO}/{i}.jpg") is None for i in site.ids(*OK_KINDS))
+        assert all(images.status(f"{INTO}/{i}.jpg") == "image missing" for i in missing)
+
+        # The fallback archive fills exactly the missing ones (other names, other formats).
+        kept_id = next(iter(site.ids("jpeg")))
+        kept = storage.read_bytes(f"{INTO}/{kept_id}.jpg")
+        m = sorted(missing)
+        members = {
+            "images/": b"",
+            f"images/{m[0]}.jpg": jpeg_bytes(60, 90, seed=500),
+            f"other/{m[0]}.png": png_bytes(60, 90, seed=501),  # the .jpg of the same id wins
+            f"{m[1]}.jpg": jpeg_bytes(60, 90, seed=502),
+            f"images/{m[2]}.png": png_bytes(60, 90, seed=503),
+            f"images/{m[3]}.gif": gif_bytes(60, 90, seed=504),
+            **{f"images/{i}.jpg": jpeg_bytes(60, 90, seed=505 + n) for n, i in enumerate(m[4:])},
+            f"images/{kept_id}.jpg": jpeg_bytes(60, 90, seed=600),  # present already: not touched
+            "images/0000000000.jpg": jpeg_bytes(60, 90, seed=601),  # not in the list
+        }
+        archive = tmp_path / "ocr_vqa_images_llava_v15.zip"
+        archive.write_bytes(make_zip(members))
+        filled = fill_from_archive(storage, archive, INTO, missing_ids(storage, "ocr_vqa"))
+        assert filled["filled"] == 7 and filled["converted"] == 2 and filled["not_in_archive"] == 0
+        assert set(stored(storage)) == {f"{INTO}/{i}.jpg" for i in site.ids(*OK_KINDS) | missing}
+        assert storage.read_bytes(f"{INTO}/{kept_id}.jpg") == kept
+        assert storage.read_bytes(f"{INTO}/{m[0]}.jpg") == members[f"images/{m[0]}.jpg"]
+        for i in missing:
+            assert decode(storage.read_bytes(f"{INTO}/{i}.jpg")).format == "JPEG"
+        report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")  # refreshed by the fill
+        assert report["missing"] == [] and set(report["filled_from_mirror"]) == missing
+        assert report["filled_from_mirror"][m[2]]["conversion"] == "PNG->JPEG"
+        assert report["filled_from_mirror"][m[0]]["member"] == f"images/{m[0]}.jpg"
+        assert len(manifest.index("images")) == 63
+        assert ImageIndex.load(storage, load_catalog(), ["ocr_vqa"]).status(f"{INTO}/{m[3]}.jpg") is None
+
+        # A re-run plans nothing and fetches nothing.
+        before = image_gets(srv)
+        assert plan_shards(storage, LIST_KEY, INTO, shard_size=25) == []
+        assert image_gets(srv) == before
+
+        # One image lost: the next run fetches that one only.
+        lost = sorted(site.ids("gif"))[0]
+        storage.delete(f"{INTO}/{lost}.jpg")
+        again = plan_shards(storage, LIST_KEY, INTO, shard_size=25)
+        assert [s["count"] for s in again] == [1]
+        crawl_shard(storage, again[0]["key"], INTO, mirrors=mirrors, policy=FAST)
+        assert image_gets(srv) == before + 1
+        assert finish(storage, "ocr_vqa", INTO)["stored"] == 63
+
+
+def test_shards_grow_to_stay_under_the_map_limit(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    storage.write_json(LIST_KEY, {isbn(i): {"imageURL": f"{AMAZON}images/I/{i}.jpg"} for i in range(63)})
+    shards = plan_shards(storage, LIST_KEY, INTO, shard_size=5, max_shards=4)
+    assert [s["count"] for s in shards] == [16, 16, 16, 15]
+    items = [item for s in shards for item in storage.read_json(s["key"])["items"]]
+    assert [i for i, _ in items] == sorted(isbn(i) for i in range(63))
+    # A shorter plan removes the shards of the longer one.
+    assert len(plan_shards(storage, LIST_KEY, INTO, shard_size=40)) == 2
+    assert len(list(storage.list("_vlmdata/crawl/ocr_vqa/shards"))) == 2
+
+
+def test_per_host_limits_concurrent_requests(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    body = jpeg_bytes(32, 48, seed=1)
+    lock = threading.Lock()
+    active = {"now": 0, "max": 0}
+
+    def slow(req, match):
+        with lock:
+            active["now"] += 1
+            active["max"] = max(active["max"], active["now"])
+        time.sleep(0.05)
+        with lock:
+            active["now"] -= 1
+        return Resource(body, content_type="image/jpeg")
+
+    with FakeHttpServer() as srv:
+        srv.route("GET", r"/covers/.*", slow)
+        storage.write_json(LIST_KEY, {isbn(i): {"imageURL": f"{srv.url}/covers/{i}"} for i in range(30)})
+        (shard,) = plan_shards(storage, LIST_KEY, INTO)
+        summary = crawl_shard(storage, shard["key"], INTO, policy=FAST, workers=12, per_host=3)
+        assert summary["ok"] == 30
+        assert active["max"] == 3  # never more, and the pool did use the three
+        ports = {r.client_port for r in srv.requests}
+        assert len(ports) <= 12  # one kept-alive connection per worker thread, not one per image
+
+
+def test_tar_mirror_and_unsafe_archives(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in {"ocr_vqa/images/1111111111.gif": gif_bytes(seed=1), "ocr_vqa/images/2222222222.jpg": jpeg_bytes(seed=2)}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "ocr_vqa.tar").write_bytes(buf.getvalue())
+    summary = fill_from_archive(storage, tmp_path / "ocr_vqa.tar", INTO, ["1111111111", "3333333333"])
+    assert summary["filled"] == 1 and summary["converted"] == 1 and summary["not_in_archive"] == 1
+    assert set(stored(storage)) == {f"{INTO}/1111111111.jpg"}
+    assert decode(storage.read_bytes(f"{INTO}/1111111111.jpg")).format == "JPEG"
+
+    (tmp_path / "evil.zip").write_bytes(make_zip({"images/4444444444.jpg": jpeg_bytes(seed=4), "../5555555555.jpg": jpeg_bytes(seed=5)}))
+    with pytest.raises(UnsafeArchive):
+        fill_from_archive(storage, tmp_path / "evil.zip", INTO, ["4444444444", "5555555555"])
+    assert set(stored(storage)) == {f"{INTO}/1111111111.jpg"}  # vetted before anything was written
+
+
+def test_a_retried_task_skips_what_its_first_attempt_stored(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    with FakeHttpServer() as srv:
+        listing = {}
+        for i in range(6):
+            srv.add(f"/c/{i}", jpeg_bytes(seed=i))
+            listing[isbn(i)] = {"imageURL": f"{srv.url}/c/{i}"}
+        storage.write_json(LIST_KEY, listing)
+        (shard,) = plan_shards(storage, LIST_KEY, INTO)
+        # What a killed first attempt leaves: its marker and two stored images, no results.
+        storage.write_bytes(crawl.result_key(shard["key"]).replace("/results/", "/started/"), b"x")
+        for i in (0, 1):
+            storage.write_bytes(f"{INTO}/{isbn(i)}.jpg", jpeg_bytes(seed=i))
+        summary = crawl_shard(storage, shard["key"], INTO, policy=FAST)
+        assert summary["ok"] == 4
+        assert sorted(r.path for r in srv.requests) == [f"/c/{i}" for i in range(2, 6)]
+        assert len(stored(storage)) == 6
+        assert not list(storage.list("_vlmdata/crawl/ocr_vqa/started"))
+
+
+def test_tar_with_a_link_is_refused(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = jpeg_bytes(seed=1)
+        info = tarfile.TarInfo("images/1111111111.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("images/2222222222.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    (tmp_path / "links.tar").write_bytes(buf.getvalue())
+    with pytest.raises(UnsafeArchive):
+        fill_from_archive(storage, tmp_path / "links.tar", INTO, ["1111111111", "2222222222"])
+    assert stored(storage) == {}

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Artifact, Source
-from .extract import extract_zip
+from .extract import extract_archive
 from .fetch.digest import IntegrityError, sha256_of
 from .fetch.github import GITHUB
 from .fetch.hf import HF
-from .fetch.http import FetchError, download
+from .fetch.sa1b import SA1B
+from .fetch.http import FetchError, download, redact
 from .fetch.plain import HTTP
 from .fetch.remote import Context, Remote, Transport
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
@@ -25,7 +26,7 @@ from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
 
-TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP, "github": GITHUB}
+TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP, "github": GITHUB, "sa1b": SA1B}
 
 
 class LicenceNotAcknowledged(PermissionError):
@@ -85,14 +86,18 @@ def _same_fingerprint(record: ArtifactRecord, remote: Remote) -> bool:
     return bool(keys) and all(record.fingerprint.get(k) == remote.fingerprint[k] for k in keys)
 
 
-def is_current(storage: Storage, manifest: Manifest, remote: Remote) -> bool:
+def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
     """Unchanged upstream and everything we placed still there: nothing to do."""
     record = manifest.artifact(remote.artifact.name)
     if not record or not record.complete or not _same_fingerprint(record, remote):
         return False
     if record.placement.target:
-        return storage.size(record.placement.target) == record.size
-    present = dict(storage.list(record.placement.folder))
+        return ctx.storage.size(record.placement.target) == record.size
+    # One listing per folder and step: 51 SA-1B tars share data/sam/images.
+    key = ("listing", record.placement.folder)
+    if key not in ctx.memo:
+        ctx.memo[key] = dict(ctx.storage.list(record.placement.folder))
+    present = ctx.memo[key]
     return all(present.get(path) == size for path, size, _crc in manifest.index(record.name))
 
 
@@ -122,10 +127,10 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
     manifest = Manifest(ctx.storage, source.id)
     check_licence(source, manifest, acknowledge, who)
     found = remotes(source, selected_artifacts(source, ctx, only, include_optional), ctx)
-    todo = [r for r in found if not is_current(ctx.storage, manifest, r)]
+    todo = [r for r in found if not is_current(ctx, manifest, r)]
     result = Plan(
         source.id,
-        [{"name": r.artifact.name, "url": r.url, "size": r.expected.size, "revision": r.revision} for r in todo],
+        [{"name": r.artifact.name, "url": redact(r.url), "size": r.expected.size, "revision": r.revision} for r in todo],
         [r.artifact.name for r in found if r not in todo],
     )
     if check_space:
@@ -146,7 +151,7 @@ def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
     """Download, verify and place one artifact; record it in the manifest."""
     manifest = Manifest(ctx.storage, source.id)
     (remote,) = remotes(source, selected_artifacts(source, ctx, only=[name]), ctx)
-    if is_current(ctx.storage, manifest, remote):
+    if is_current(ctx, manifest, remote):
         log.info("%s/%s: already current", source.id, name)
         return {"name": name, "fetched": False}
     staged = ctx.storage.staging_dir() / source.id / name
@@ -158,7 +163,7 @@ def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
     else:
         fetched = download(remote.url, staged, remote.expected, headers=remote.headers, policy=ctx.policy)
         record = ArtifactRecord(
-            name=name, url=remote.url, size=fetched.size, sha256=fetched.sha256, md5=fetched.md5,
+            name=name, url=redact(remote.url), size=fetched.size, sha256=fetched.sha256, md5=fetched.md5,
             fingerprint=remote.fingerprint, revision=remote.revision, fetched_at=now(),
         )
         manifest.save_artifact(record)  # incomplete until placed: a kill here resumes placement
@@ -177,7 +182,7 @@ def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *,
         return Placement(target=key, bytes=size)
     folder = f"{DATA_PREFIX}/{artifact.extract.into}"
     old_index = Manifest(storage, source.id).index(artifact.name) if previous else []
-    index = extract_zip(staged, storage, folder, artifact.extract, skip_present=resume)
+    index = extract_archive(staged, storage, folder, artifact.extract, skip_present=resume)
     storage.write_json(index_key(source.id, artifact.name), index)
     # Files the previous version placed that the new one does not have are stale.
     stale = {path for path, _, _ in old_index} - {path for path, _, _ in index}

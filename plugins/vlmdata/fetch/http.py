@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -65,6 +66,12 @@ class Fetched:
     md5: str | None
     etag: str | None
     last_modified: str | None
+
+
+def redact(url: str) -> str:
+    """The URL without its query string: signed links (SA-1B) carry credentials there."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) + ("?<redacted>" if parts.query else "")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -152,13 +159,15 @@ class _Partial:
         except (OSError, ValueError):
             self.discard()
             return 0, None
-        if meta.get("url") != url or not meta.get("validator"):
+        if not meta.get("validator"):
             self.discard()  # without a validator a resume could splice two versions
             return 0, None
+        # The URL may differ (a re-signed link, a new mirror): If-Range with the validator
+        # makes the server send the whole file if the bytes are not the same version.
         return size, meta["validator"]
 
     def remember(self, url: str, validator: str | None) -> None:
-        self.meta.write_text(json.dumps({"url": url, "validator": validator}))
+        self.meta.write_text(json.dumps({"url": redact(url), "validator": validator}))
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -192,8 +201,8 @@ def download(
             partial.meta.unlink(missing_ok=True)
             return Fetched(dest, hasher.count, hasher.sha256, hasher.md5, response_headers.get("ETag"), response_headers.get("Last-Modified"))
         partial.discard()
-        log.warning("%s: downloaded bytes do not verify (%s)%s", url, "; ".join(problems), ", fetching again" if verify_round == 1 else "")
-    raise IntegrityError(f"{url}: {'; '.join(problems)}. Nothing was kept; if upstream changed on purpose, update the catalog.")
+        log.warning("%s: downloaded bytes do not verify (%s)%s", redact(url), "; ".join(problems), ", fetching again" if verify_round == 1 else "")
+    raise IntegrityError(f"{redact(url)}: {'; '.join(problems)}. Nothing was kept; if upstream changed on purpose, update the catalog.")
 
 
 class Transient(Exception):
@@ -253,7 +262,7 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
                 mode = "ab"
             else:
                 if offset:
-                    log.info("%s: server sent the whole file (Range ignored or upstream changed): starting over", url)
+                    log.info("%s: server sent the whole file (Range ignored or upstream changed): starting over", redact(url))
                 state["hasher"] = hasher = MultiHasher(expected)
                 offset, mode = 0, "wb"
             partial.remember(url, validator_of(response.headers))
@@ -279,7 +288,7 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
         return f" (resuming from {partial.path.stat().st_size} bytes)" if partial.path.exists() else ""
 
     try:
-        return with_retries(url, policy, attempt, resuming_from)
+        return with_retries(redact(url), policy, attempt, resuming_from)
     except FetchError as exc:
         if "giving up" in str(exc):
             raise FetchError(f"{exc}. The partial file is kept; re-running resumes it.") from None
@@ -302,7 +311,7 @@ def _explain_status(url: str, status: int, response: requests.Response) -> str:
         410: "gone upstream; set a mirror",
     }.get(status, "unexpected answer")
     code = response.headers.get("X-Error-Code")
-    return f"{url}: HTTP {status}{f' ({code})' if code else ''}: {hint}"
+    return f"{redact(url)}: HTTP {status}{f' ({code})' if code else ''}: {hint}"
 
 
 def probe(url: str, *, headers: Mapping[str, str] | None = None, session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy()) -> dict[str, str | int | None]:
@@ -321,4 +330,4 @@ def probe(url: str, *, headers: Mapping[str, str] | None = None, session: reques
             "size": int(length) if length and length.isdigit() else None,
         }
 
-    return with_retries(url, policy, attempt)
+    return with_retries(redact(url), policy, attempt)

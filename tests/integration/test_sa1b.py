@@ -1,0 +1,342 @@
+"""SA-1B through the library: a links file of signed, expiring URLs; tars from a fake CDN on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.data import jpeg_bytes, llava_record
+from tests.fakes.http_server import FakeHttpServer, Resource, Response
+from vlmdata import acquire as acq
+from vlmdata.acquire import Context, acquire, selected_artifacts
+from vlmdata.catalog import load_catalog
+from vlmdata.extract import UnsafeArchive
+from vlmdata.fetch import sa1b
+from vlmdata.fetch.http import FetchError, RetryPolicy
+from vlmdata.fetch.sa1b import (
+    SA1B,
+    UNKNOWN,
+    LinksFileError,
+    load_tar_index,
+    parse_links,
+    report_needed_shards,
+    sa1b_discover,
+    shards_for_annotation,
+)
+from vlmdata.manifest import Manifest
+from vlmdata.storage import LocalStorage
+
+FAST = RetryPolicy(attempts=3, backoff=0.01)
+IMAGES = "data/sam/images"
+# Which image numbers each fake tar holds: not contiguous, as nothing guarantees they are.
+SHARDS = {"sa_000000.tar": [1, 2], "sa_000001.tar": [5, 9], "sa_000002.tar": [3, 40]}
+
+
+def _tar(numbers: list[int], prefix: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for n in numbers:
+            for name, data in ((f"sa_{n}.jpg", jpeg_bytes(seed=n)), (f"sa_{n}.json", json.dumps({"image": {"image_id": n}, "annotations": []}).encode())):
+                info = tarfile.TarInfo(prefix + name)
+                info.size, info.mtime = len(data), 1_680_000_000
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class FakeCdn:
+    """Serves the tars only to links whose signature is current, as Meta's CDN does; old
+    signatures get 403 with the CDN's error text. ``sign()`` is the user refreshing the file."""
+
+    def __init__(self, http: FakeHttpServer, tars: dict[str, bytes], *, refuse_head: bool = False):
+        self.http, self.tars, self.refuse_head = http, tars, refuse_head
+        self.resources = {name: Resource(data, etag=f'"{hashlib.md5(data).hexdigest()}"', last_modified=http.next_http_date()) for name, data in tars.items()}
+        self.signature: dict[str, str] = {}
+        self.generation = 0
+        http.route("GET", r"/m1/v/t6/(sa_\d{6}\.tar)", self._serve)
+
+    def sign(self) -> str:
+        """A fresh links file: new signatures for every tar, the old ones revoked."""
+        self.generation += 1
+        rows = ["file_name\tcdn_link"]
+        for name in self.tars:
+            self.signature[name] = hashlib.sha256(f"{name}/{self.generation}".encode()).hexdigest()[:32]
+            expiry = format(1_700_000_000 + 86_400 * self.generation, "x")
+            rows.append(f"{name}\t{self.http.url}/m1/v/t6/{name}?ccb=10-5&oh=00_{self.signature[name]}&oe={expiry}&_nc_sid=0fdd51")
+        return "\n".join(rows) + "\n"
+
+    def _serve(self, request, match):
+        name = match[1]
+        if request.method == "HEAD" and self.refuse_head:
+            return Response(403, {"Content-Type": "text/plain"}, b"Method not allowed by signature")
+        if request.query.get("oh") != [f"00_{self.signature.get(name)}"]:
+            return Response(403, {"Content-Type": "text/plain"}, b"URL signature expired")
+        return self.resources[name]
+
+    def gets(self, name: str | None = None) -> int:
+        return sum(1 for r in self.http.requests if r.method == "GET" and r.path.endswith(name or ".tar"))
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    monkeypatch.setitem(acq.TRANSPORTS, "sa1b", SA1B)  # the lead registers it in acquire.TRANSPORTS
+    monkeypatch.delenv(sa1b.LINKS_ENV, raising=False)
+    monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: None)  # no Airflow task here
+
+
+@pytest.fixture
+def cdn():
+    with FakeHttpServer() as http:
+        yield FakeCdn(http, {name: _tar(numbers) for name, numbers in SHARDS.items()})
+
+
+def _links_file(tmp_path: Path, text: str, name: str = "sa1b_links.txt") -> Path:
+    path = tmp_path / "user" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _source(**upstream):
+    base = load_catalog()["sa1b"]
+    return base.model_copy(update={"sa1b": base.sa1b.model_copy(update=upstream)})
+
+
+def _ctx(storage) -> Context:
+    return Context(storage, policy=FAST)
+
+
+def _jpegs(numbers) -> dict[str, bytes]:
+    return {f"{IMAGES}/sa_{n}.jpg": jpeg_bytes(seed=n) for n in numbers}
+
+
+# ---------------------------------------------------------------- the links file
+
+
+def test_links_from_env_and_range_selection(cdn, tmp_path, monkeypatch):
+    text = cdn.sign()
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, text)))
+    source = _source(first_shard=1, last_shard=2)
+    ctx = _ctx(LocalStorage(tmp_path / "root"))
+    found = {a.name: a for a in sa1b_discover(source, ctx)}
+    assert sorted(found) == ["sa_000000.tar", "sa_000001.tar", "sa_000002.tar"]
+    assert [a.name for a in selected_artifacts(source, ctx)] == ["sa_000001.tar", "sa_000002.tar"]  # the range
+    assert found["sa_000000.tar"].optional  # outside it: only when named or with include_optional
+    assert found["sa_000001.tar"].url == parse_links(text)["sa_000001.tar"]
+    spec = found["sa_000001.tar"].extract
+    assert (spec.into, spec.flatten, spec.include) == ("sam/images", True, ["*.jpg"])
+    assert [a.name for a in selected_artifacts(source, ctx, only=["sa_000000.tar"])] == ["sa_000000.tar"]
+
+
+def test_links_from_a_path_in_the_catalog_or_the_airflow_variable(cdn, tmp_path, monkeypatch):
+    path = _links_file(tmp_path, cdn.sign())
+    ctx = _ctx(LocalStorage(tmp_path / "root"))
+    # links_variable may itself be a path (a private catalog pointing at shared storage).
+    assert len(sa1b_discover(_source(links_variable=str(path), last_shard=2), ctx)) == 3
+    # Inside a task the Variable wins over the environment; it holds the text or a path.
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(tmp_path / "does-not-exist.txt"))
+    newer = cdn.sign()
+    monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: newer if name == "vlmdata_sa1b_links" else None)
+    assert sa1b.read_links(_source()) == parse_links(newer)
+    monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: str(path))
+    assert sa1b.read_links(_source()) == parse_links(path.read_text())
+
+
+def test_no_links_file_says_where_to_put_it(tmp_path):
+    with pytest.raises(LinksFileError) as info:
+        sa1b_discover(_source(), _ctx(LocalStorage(tmp_path / "root")))
+    message = str(info.value)
+    assert "vlmdata_sa1b_links" in message and "VLMDATA_SA1B_LINKS" in message and "segment-anything-downloads" in message
+
+
+def test_a_missing_env_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(tmp_path / "nope.txt"))
+    with pytest.raises(LinksFileError, match="nope.txt.*cannot be read"):
+        sa1b.read_links(_source())
+
+
+GOOD_ROW = "sa_000000.tar\thttps://cdn.example/sa_000000.tar?oh=1"
+MALFORMED = {
+    "no header": (f"{GOOD_ROW}\n", 1, "header"),
+    "comma separated": ("file_name,cdn_link\nsa_000000.tar,https://x/y\n", 1, "header"),
+    "three fields": (f"file_name\tcdn_link\n{GOOD_ROW}\nsa_000001.tar\thttps://x/1\textra\n", 3, "2 tab-separated fields"),
+    "one field": (f"file_name\tcdn_link\n\n{GOOD_ROW}\nsa_000001.tar https://x/1\n", 4, "2 tab-separated fields"),
+    "not a tar name": (f"file_name\tcdn_link\n{GOOD_ROW}\nsa_1.jpg\thttps://x/1\n", 3, "not an SA-1B tar name"),
+    "not a URL": (f"file_name\tcdn_link\n{GOOD_ROW}\nsa_000001.tar\tftp://x/1\n", 3, "not an http"),
+    "duplicate": (f"file_name\tcdn_link\n{GOOD_ROW}\n{GOOD_ROW}x\n", 3, "first on line 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_links_file_names_the_line(case):
+    text, line, what = MALFORMED[case]
+    with pytest.raises(LinksFileError, match=what) as info:
+        parse_links(text, "links.txt")
+    assert f"links.txt, line {line}:" in str(info.value)
+
+
+def test_parse_accepts_crlf_bom_and_trailing_blank_lines():
+    text = "\ufefffile_name\tcdn_link\r\nsa_000007.tar\thttps://x/7?oh=a&oe=b\r\n\r\n"
+    assert parse_links(text) == {"sa_000007.tar": "https://x/7?oh=a&oe=b"}
+
+
+def test_default_range_needs_every_shard_in_the_links_file(cdn, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    with pytest.raises(LinksFileError, match="no row for 48 of the shards sa_000000.tar..sa_000050.tar") as info:
+        sa1b_discover(load_catalog()["sa1b"], _ctx(LocalStorage(tmp_path / "root")))
+    assert "sa_000003.tar" in str(info.value)
+
+
+# ---------------------------------------------------------------- acquisition
+
+
+def test_acquire_places_only_the_jpegs_flat_and_a_refreshed_links_file_fetches_nothing(cdn, storage, tmp_path, monkeypatch):
+    links = _links_file(tmp_path, cdn.sign())
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(links))
+    source = _source(first_shard=0, last_shard=1)
+    result = acquire(source, _ctx(storage), acknowledge=True)
+    assert sorted(result["changed"]) == ["sa_000000.tar", "sa_000001.tar"]
+
+    expected = _jpegs([1, 2, 5, 9])
+    assert dict(storage.list("data")) == {key: len(body) for key, body in expected.items()}  # no masks, no tars, flat
+    for key, body in expected.items():
+        assert storage.read_bytes(key) == body
+    assert cdn.gets("sa_000002.tar") == 0  # outside the range
+    record = Manifest(storage, "sa1b").artifact("sa_000001.tar")
+    assert record.complete and record.size == len(cdn.tars["sa_000001.tar"])
+    assert record.sha256 == hashlib.sha256(cdn.tars["sa_000001.tar"]).hexdigest()
+    assert record.fingerprint == {"file_name": "sa_000001.tar", "size": len(cdn.tars["sa_000001.tar"])}  # no signature
+    assert "?" not in record.url.replace("?<redacted>", "")  # the signed link's credentials are not stored
+    assert "?<redacted>" in record.url
+
+    # The user refreshes the links file: new signatures for the same tars, the old ones revoked.
+    gets = cdn.gets()
+    links.write_text(cdn.sign())
+    again = acquire(source, _ctx(storage), acknowledge=True)
+    assert again["changed"] == []
+    assert cdn.gets() == gets  # probed (HEAD), not downloaded
+    assert dict(storage.list("data")) == {key: len(body) for key, body in expected.items()}
+
+
+def test_expired_link_asks_for_a_fresh_links_file(cdn, tmp_path, monkeypatch):
+    stale = cdn.sign()
+    cdn.sign()  # the CDN moved on: the file the user holds has expired
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, stale)))
+    storage = LocalStorage(tmp_path / "root")
+    with pytest.raises(FetchError) as info:
+        acquire(_source(last_shard=1), _ctx(storage), acknowledge=True)
+    message = str(info.value)
+    assert "HTTP 403" in message and "URL signature expired" in message
+    assert "fresh links file" in message and "`vlmdata_sa1b_links`" in message and "VLMDATA_SA1B_LINKS" in message
+    assert parse_links(stale)["sa_000000.tar"].split("?")[1] not in message  # the signature is not echoed
+    assert cdn.gets() == cdn.gets("sa_000000.tar") == 1  # one ranged GET to read the CDN's error, no download
+    assert list(storage.list("data")) == []
+
+
+def test_a_cdn_that_refuses_head_on_valid_links_still_works(tmp_path, monkeypatch):
+    with FakeHttpServer() as http:
+        cdn = FakeCdn(http, {"sa_000000.tar": _tar([1, 2], prefix="./")}, refuse_head=True)
+        monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+        storage = LocalStorage(tmp_path / "root")
+        assert acquire(_source(last_shard=0), _ctx(storage), acknowledge=True)["changed"] == ["sa_000000.tar"]
+    assert dict(storage.list("data")) == {key: len(body) for key, body in _jpegs([1, 2]).items()}
+
+
+def test_out_of_range_shard_when_named_and_masks_when_asked(cdn, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    storage = LocalStorage(tmp_path / "root")
+    acquire(_source(last_shard=0, keep_masks=True), _ctx(storage), acknowledge=True, only=["sa_000002.tar"])
+    assert sorted(dict(storage.list("data"))) == [f"{IMAGES}/sa_3.jpg", f"{IMAGES}/sa_3.json", f"{IMAGES}/sa_40.jpg", f"{IMAGES}/sa_40.json"]
+    assert cdn.gets("sa_000000.tar") == 0
+
+
+def test_licence_must_be_acknowledged(cdn, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    with pytest.raises(acq.LicenceNotAcknowledged):
+        acquire(_source(last_shard=0), _ctx(LocalStorage(tmp_path / "root")))
+    assert cdn.gets() == 0
+
+
+def test_hostile_tar_from_the_cdn_places_nothing(tmp_path, monkeypatch):
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tf:
+        for name, data in (("sa_1.jpg", jpeg_bytes(seed=1)), ("../../../etc/cron.d/x.jpg", b"evil")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with FakeHttpServer() as http:
+        cdn = FakeCdn(http, {"sa_000000.tar": evil.getvalue()})
+        monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+        storage = LocalStorage(tmp_path / "root")
+        with pytest.raises(UnsafeArchive, match=r"'\.\.'"):
+            acquire(_source(last_shard=0), _ctx(storage), acknowledge=True)
+    assert list(storage.list("data")) == []
+    assert not Manifest(storage, "sa1b").artifact("sa_000000.tar").complete
+
+
+# ---------------------------------------------------------------- which tars a mixture needs
+
+
+def _sharegpt4v_like() -> list[dict]:
+    """Records as in share-captioner_coco_lcs_sam_1246k_1107.json: paths relative to data/."""
+    return [
+        llava_record("000000000001", "coco/train2017/000000000001.jpg"),
+        llava_record("sa_1", "sam/images/sa_1.jpg"),
+        llava_record("sa_2", "sam/images/sa_2.jpg"),
+        llava_record("sa_5", "sam/images/sa_5.jpg"),
+        llava_record("sa_40", "sam/images/sa_40.jpg"),
+        llava_record("sa_545504", "sam/images/sa_545504.jpg"),  # in a tar nobody here has seen
+        llava_record("sa_1-again", "sam/images/sa_1.jpg"),  # referenced twice, counted once
+        llava_record("text-only"),
+        llava_record("00453", "llava/llava_pretrain/images/00453/004539375.jpg"),
+    ]
+
+
+def test_shards_for_annotation_needs_an_index_to_know():
+    records = _sharegpt4v_like()
+    assert shards_for_annotation(records, "") == {p: UNKNOWN for p in ("sam/images/sa_1.jpg", "sam/images/sa_2.jpg", "sam/images/sa_5.jpg", "sam/images/sa_40.jpg", "sam/images/sa_545504.jpg")}
+    index = {"sa_000000.tar": ["sa_1.jpg", "sa_2.jpg"], "sa_000002.tar": ["data/sam/images/sa_3.jpg", "data/sam/images/sa_40.jpg"]}
+    mapping = shards_for_annotation(records, "", index)
+    assert mapping["sam/images/sa_1.jpg"] == "sa_000000.tar" and mapping["sam/images/sa_40.jpg"] == "sa_000002.tar"
+    assert mapping["sam/images/sa_5.jpg"] == UNKNOWN and mapping["sam/images/sa_545504.jpg"] == UNKNOWN
+    # Records relative to another image folder resolve to the same tree paths.
+    relative = [llava_record("sa_1", "images/sa_1.jpg")]
+    assert shards_for_annotation(relative, "sam", index) == {"sam/images/sa_1.jpg": "sa_000000.tar"}
+
+
+def test_report_needed_shards_grows_with_what_was_fetched(cdn, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    storage = LocalStorage(tmp_path / "root")
+    records = _sharegpt4v_like()
+    source = _source(first_shard=0, last_shard=0)
+
+    before = report_needed_shards(storage, records)
+    assert (before.referenced, before.present, before.tars, len(before.unknown)) == (5, [], {}, 5)
+
+    acquire(source, _ctx(storage), acknowledge=True)  # sa_000000.tar: images 1 and 2
+    after = report_needed_shards(storage, records)
+    assert after.present == ["sam/images/sa_1.jpg", "sam/images/sa_2.jpg"]
+    assert after.tars == {}  # sa_5 and sa_40 sit in tars not fetched: nobody can say which
+    assert after.unknown == ["sam/images/sa_5.jpg", "sam/images/sa_40.jpg", "sam/images/sa_545504.jpg"]
+    assert "3 unaccounted for" in after.summary() and UNKNOWN in after.summary()
+
+    # An index of a tar's contents (a colleague's, say) places its images before it is fetched.
+    index_file = tmp_path / "user" / "index.json"
+    index_file.write_text(json.dumps({"sa_000002.tar": ["sa_3.jpg", "sa_40.jpg"]}))
+    known = report_needed_shards(storage, records, index=load_tar_index(index_file))
+    assert known.tars == {"sa_000002.tar": ["sam/images/sa_40.jpg"]}
+    assert known.unknown == ["sam/images/sa_5.jpg", "sam/images/sa_545504.jpg"]
+    assert known.to_dict()["tars"] == {"sa_000002.tar": 1} and known.to_dict()["unaccounted"] == 2
+
+    # Fetching what the report names resolves those images; a deleted image is traced to its tar
+    # through the manifest's index of the tar that placed it.
+    acquire(source, _ctx(storage), acknowledge=True, only=["sa_000001.tar", "sa_000002.tar"])
+    storage.delete(f"{IMAGES}/sa_2.jpg")
+    final = report_needed_shards(storage, records)
+    assert final.present == ["sam/images/sa_1.jpg", "sam/images/sa_5.jpg", "sam/images/sa_40.jpg"]
+    assert final.tars == {"sa_000000.tar": ["sam/images/sa_2.jpg"]}
+    assert final.unknown == ["sam/images/sa_545504.jpg"]

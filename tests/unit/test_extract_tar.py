@@ -1,0 +1,277 @@
+"""vlmdata.extract for tars: hostile tars write nothing; SA-1B-like tars land flat, JPEGs only, resumably."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.data import jpeg_bytes, make_zip
+from vlmdata import extract
+from vlmdata.catalog import Extract
+from vlmdata.extract import Limits, NotAnArchive, UnsafeArchive, extract_archive, extract_tar, extract_zip
+from vlmdata.storage import LocalStorage
+
+FOLDER = "data/sam/images"
+SAM = Extract(into="sam/images", flatten=True, include=["*.jpg"])
+
+
+def _tar(members: list[tuple], compression: str = "") -> bytes:
+    """A tar from (name, data) files and (name, type, linkname) special entries, in order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}", format=tarfile.GNU_FORMAT) as tf:
+        for entry in members:
+            info = tarfile.TarInfo(entry[0])
+            info.mtime = 1_500_000_000
+            if len(entry) == 2:
+                info.size = len(entry[1])
+                tf.addfile(info, io.BytesIO(entry[1]))
+            else:
+                info.type, info.linkname = entry[1], entry[2]
+                info.mode = 0o755 if info.type == tarfile.DIRTYPE else 0o644
+                tf.addfile(info)
+    return buf.getvalue()
+
+
+def _write(tmp_path: Path, data: bytes, name: str = "sa_000000.tar") -> Path:
+    path = tmp_path / "in" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+class _WriteSpy:
+    def __init__(self, storage, monkeypatch):
+        self.keys: list[str] = []
+        real = storage.write_stream
+
+        def spy(key, stream):
+            self.keys.append(key)
+            return real(key, stream)
+
+        monkeypatch.setattr(storage, "write_stream", spy)
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _sa1b_members(first: int, count: int, prefix: str = "") -> list[tuple[str, bytes]]:
+    """Like an SA-1B tar: sa_<n>.jpg and its sa_<n>.json masks, side by side."""
+    members = []
+    for n in range(first, first + count):
+        members.append((f"{prefix}sa_{n}.jpg", jpeg_bytes(seed=n)))
+        members.append((f"{prefix}sa_{n}.json", b'{"annotations": [], "image": {"image_id": %d}}' % n))
+    return members
+
+
+# ---------------------------------------------------------------- hostile tars
+
+GOOD_FIRST = [("sa_1.jpg", jpeg_bytes(seed=1)), ("sa_2.jpg", jpeg_bytes(seed=2))]
+
+HOSTILE = {
+    "traversal": ([("../evil.jpg", b"evil")], r"'\.\.'"),
+    "nested traversal": ([("a/../../evil.jpg", b"evil")], r"'\.\.'"),
+    "absolute": ([("/etc/evil.jpg", b"evil")], "absolute path"),
+    "drive letter": ([("C:/evil.jpg", b"evil")], "absolute path"),
+    "backslash": ([("a\\..\\..\\evil.jpg", b"evil")], "backslash"),
+    "symlink out": ([("link.jpg", tarfile.SYMTYPE, "/etc/passwd")], "symbolic link"),
+    # Even a link that stays inside the folder: the layout never needs one from an archive.
+    "symlink inside": ([("link.jpg", tarfile.SYMTYPE, "sa_1.jpg")], "symbolic link"),
+    "hardlink": ([("hard.jpg", tarfile.LNKTYPE, "/etc/shadow")], "hard link"),
+    "hardlink inside": ([("hard.jpg", tarfile.LNKTYPE, "sa_1.jpg")], "hard link"),
+    "char device": ([("tty.jpg", tarfile.CHRTYPE, "")], "special file.*character device"),
+    "block device": ([("sda.jpg", tarfile.BLKTYPE, "")], "special file.*block device"),
+    "fifo": ([("pipe.jpg", tarfile.FIFOTYPE, "")], "special file.*fifo"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_tar_writes_nothing(case, tmp_path, monkeypatch):
+    # Good members come first: an extractor that checked as it wrote would already have written them.
+    members, reason = HOSTILE[case]
+    archive = _write(tmp_path, _tar(GOOD_FIRST + members))
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match=reason) as info:
+        extract_tar(archive, store, FOLDER, SAM)
+    assert repr(members[0][0]) in str(info.value)  # the message names the member
+    assert spy.keys == []
+    assert _files_under(tmp_path) == ["in/sa_000000.tar"]  # nothing in the root, nothing beside it
+
+
+def test_hostile_tar_writes_nothing_on_either_backend(storage, tmp_path, monkeypatch):
+    archive = _write(tmp_path, _tar(GOOD_FIRST + [("../../evil.jpg", b"evil")]))
+    spy = _WriteSpy(storage, monkeypatch)
+    with pytest.raises(UnsafeArchive):
+        extract_archive(archive, storage, FOLDER, SAM)
+    assert spy.keys == []
+    assert list(storage.list("data")) == []
+
+
+def test_too_many_members(tmp_path, monkeypatch):
+    archive = _write(tmp_path, _tar(_sa1b_members(1, 3)))  # 6 members
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match="limit of 5 members"):
+        extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_members=5))
+    assert spy.keys == []
+    assert len(extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_members=6))) == 3  # at the limit it is fine
+
+
+def test_too_large(tmp_path, monkeypatch):
+    archive = _write(tmp_path, _tar([("a.jpg", b"a" * 600), ("b.jpg", b"b" * 600)]))
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match="limit of 1000 bytes"):
+        extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_total_bytes=1000))
+    assert spy.keys == []
+    assert _files_under(tmp_path) == ["in/sa_000000.tar"]
+    assert len(extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_total_bytes=1200))) == 2
+
+
+def test_gzip_bomb(tmp_path, monkeypatch):
+    data = _tar(GOOD_FIRST + [("bomb.jpg", bytes(50 * 1024 * 1024))], compression="gz")
+    assert len(data) < 50 * 1024 * 1024 / 200  # the archive really is that compressible
+    archive = _write(tmp_path, data, "bomb.tar.gz")
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match="decompression bomb") as info:
+        extract_tar(archive, store, FOLDER, SAM)
+    assert "bomb.jpg" in str(info.value)
+    assert spy.keys == []
+
+
+def test_two_members_landing_on_the_same_path_with_flatten(tmp_path, monkeypatch):
+    archive = _write(tmp_path, _tar([("a/sa_1.jpg", jpeg_bytes(seed=1)), ("b/sa_1.jpg", jpeg_bytes(seed=2))]))
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match="both land"):
+        extract_tar(archive, store, FOLDER, SAM)
+    assert spy.keys == []
+
+
+def test_cut_tar_writes_nothing(tmp_path, monkeypatch):
+    """A download cut in the last member's data: the plan sees it before the first write."""
+    data = _tar(_sa1b_members(1, 3))
+    end = data.rfind(b"\xff\xd9") + 2  # the end of the last JPEG's data, before the tar padding
+    archive = _write(tmp_path, data[: end - 100])
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(tarfile.ReadError, match="sa_000000.tar") as info:
+        extract_tar(archive, store, FOLDER, SAM)
+    assert "cut" in str(info.value)
+    assert spy.keys == []
+
+
+def test_cut_tar_gz_writes_nothing(tmp_path, monkeypatch):
+    data = _tar(_sa1b_members(1, 3), compression="gz")
+    archive = _write(tmp_path, data[: len(data) // 2], "sa_000000.tar.gz")
+    store = LocalStorage(tmp_path / "root")
+    spy = _WriteSpy(store, monkeypatch)
+    with pytest.raises(tarfile.ReadError, match="sa_000000.tar.gz"):
+        extract_tar(archive, store, FOLDER, SAM)
+    assert spy.keys == []
+
+
+def test_one_vetting_for_zip_and_tar(tmp_path, monkeypatch):
+    """Both formats go through extract.vet_member: a fix there protects both."""
+    seen = []
+    real = extract.vet_member
+
+    def spy(name, kind, spec, detail=""):
+        seen.append((name, kind))
+        return real(name, kind, spec, detail)
+
+    monkeypatch.setattr(extract, "vet_member", spy)
+    store = LocalStorage(tmp_path / "root")
+    extract_tar(_write(tmp_path, _tar([("d", tarfile.DIRTYPE, ""), ("d/sa_1.jpg", b"1")])), store, FOLDER, SAM)
+    extract_zip(_write(tmp_path, make_zip({"z/": b"", "z/sa_2.jpg": b"2"}), "x.zip"), store, FOLDER, SAM)
+    assert seen == [("d", "dir"), ("d/sa_1.jpg", "file"), ("z/", "dir"), ("z/sa_2.jpg", "file")]
+
+
+# ---------------------------------------------------------------- normal extraction
+
+
+@pytest.mark.parametrize("prefix", ["", "./"])
+def test_flatten_and_include_keep_only_the_jpegs(storage, tmp_path, prefix):
+    members = _sa1b_members(1, 3, prefix)
+    archive = _write(tmp_path, _tar([(prefix or "./", tarfile.DIRTYPE, "")] + members))
+    index = extract_tar(archive, storage, FOLDER, SAM)
+    jpegs = {name.removeprefix(prefix): body for name, body in members if name.endswith(".jpg")}
+    assert sorted(index) == sorted([f"{FOLDER}/{name}", len(body), None] for name, body in jpegs.items())
+    assert sorted(dict(storage.list("data"))) == sorted(f"{FOLDER}/{name}" for name in jpegs)  # no masks, nothing else
+    for name, body in jpegs.items():
+        assert storage.read_bytes(f"{FOLDER}/{name}") == body
+
+
+def test_nested_folders_are_flattened(tmp_path):
+    archive = _write(tmp_path, _tar([("sa_000000/images/sa_7.jpg", b"7"), ("sa_000000/sa_8.jpg", b"8"), ("sa_000000/README", b"r")]))
+    store = LocalStorage(tmp_path / "root")
+    index = extract_tar(archive, store, FOLDER, SAM)
+    assert sorted(key for key, _, _ in index) == [f"{FOLDER}/sa_7.jpg", f"{FOLDER}/sa_8.jpg"]
+
+
+def test_strip_components_without_flatten(tmp_path):
+    archive = _write(tmp_path, _tar([("top/a/1.jpg", b"1"), ("top/2.jpg", b"2"), ("top.jpg", b"x")]))
+    store = LocalStorage(tmp_path / "root")
+    index = extract_tar(archive, store, "data/x", Extract(into="x", strip_components=1))
+    assert sorted(key for key, _, _ in index) == ["data/x/2.jpg", "data/x/a/1.jpg"]
+    assert store.read_bytes("data/x/a/1.jpg") == b"1"
+
+
+def test_resume_writes_only_what_is_missing_or_wrong(storage, tmp_path, monkeypatch):
+    members = _sa1b_members(1, 3)
+    archive = _write(tmp_path, _tar(members))
+    first = extract_tar(archive, storage, FOLDER, SAM)
+    storage.delete(f"{FOLDER}/sa_1.jpg")  # never written by the killed run
+    storage.write_bytes(f"{FOLDER}/sa_2.jpg", b"short")  # wrong size
+    spy = _WriteSpy(storage, monkeypatch)
+    second = extract_tar(archive, storage, FOLDER, SAM)
+    assert sorted(spy.keys) == [f"{FOLDER}/sa_1.jpg", f"{FOLDER}/sa_2.jpg"]
+    assert second == first  # the index is complete even for the members skipped
+    assert storage.read_bytes(f"{FOLDER}/sa_2.jpg") == dict(members)["sa_2.jpg"]
+    spy.keys.clear()
+    assert extract_tar(archive, storage, FOLDER, SAM) == first
+    assert spy.keys == []  # all present: nothing rewritten
+
+
+def test_skip_present_false_rewrites_everything(tmp_path, monkeypatch):
+    archive = _write(tmp_path, _tar([("sa_1.jpg", b"right")]))
+    store = LocalStorage(tmp_path / "root")
+    extract_tar(archive, store, FOLDER, SAM)
+    store.write_bytes(f"{FOLDER}/sa_1.jpg", b"wrong")  # same size, other bytes
+    extract_tar(archive, store, FOLDER, SAM, skip_present=False)
+    assert store.read_bytes(f"{FOLDER}/sa_1.jpg") == b"right"
+
+
+# ---------------------------------------------------------------- choosing zip or tar
+
+
+@pytest.mark.parametrize("name, compression", [("a.tar", ""), ("a.tar.gz", "gz"), ("a.tgz", "gz"), ("a.tar.xz", "xz"), ("no-extension", ""), ("gz-no-extension", "gz")])
+def test_extract_archive_picks_tar_by_name_or_content(tmp_path, name, compression):
+    archive = _write(tmp_path, _tar([("d/sa_1.jpg", b"1"), ("d/sa_1.json", b"{}")], compression), name)
+    store = LocalStorage(tmp_path / "root")
+    assert extract_archive(archive, store, FOLDER, SAM) == [[f"{FOLDER}/sa_1.jpg", 1, None]]
+
+
+def test_extract_archive_picks_zip_by_content(tmp_path):
+    archive = _write(tmp_path, make_zip({"d/sa_1.jpg": b"1"}), "download")
+    store = LocalStorage(tmp_path / "root")
+    (entry,) = extract_archive(archive, store, FOLDER, SAM)
+    assert entry[:2] == [f"{FOLDER}/sa_1.jpg", 1] and entry[2] is not None  # a zip's index carries the CRC
+
+
+def test_extract_archive_refuses_what_is_neither(tmp_path):
+    archive = _write(tmp_path, b"<html>URL signature expired</html>\n" * 40, "download")
+    with pytest.raises(NotAnArchive, match="download: neither a zip nor a tar"):
+        extract_archive(archive, LocalStorage(tmp_path / "root"), FOLDER, SAM)
+
+
+def test_html_saved_as_tar_raises_read_error_naming_it(tmp_path):
+    archive = _write(tmp_path, gzip.compress(b"<html>expired</html>"), "sa_000001.tar")
+    with pytest.raises(tarfile.ReadError, match="sa_000001.tar"):
+        extract_archive(archive, LocalStorage(tmp_path / "root"), FOLDER, SAM)

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetAll, AssetAny, Param
+from airflow.sdk import DAG, Asset, AssetAll, AssetAny, Param, TriggerRule
 
 from .acquire import TRANSPORTS
 from .catalog import Source, load_catalog
 from .layout import Profile, load_profiles
 from .mix import Recipe, load_recipes
-from .operators import BuildMixtureOperator, MaterialiseLayoutOperator, PlanAcquisitionOperator, PublishSourceOperator, VerifySourceOperator, fetch_operator_for
+from .operators import (
+    BuildMixtureOperator,
+    CrawlShardOperator,
+    FinishCrawlOperator,
+    MaterialiseLayoutOperator,
+    PlanAcquisitionOperator,
+    PlanCrawlOperator,
+    PublishSourceOperator,
+    VerifySourceOperator,
+    fetch_operator_for,
+)
 
 DEFAULT_ARGS = {"owner": "vlmdata", "retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
 
@@ -66,7 +76,16 @@ def acquisition_dag(source: Source) -> DAG:
     ) as dag:
         plan = PlanAcquisitionOperator(task_id="plan", source_id=source.id)
         fetch = fetch_operator_for(source.kind).partial(task_id="fetch", source_id=source.id, max_active_tis_per_dagrun=4).expand(artifact=plan.output)
-        PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)])
+        if source.kind != "urllist":
+            PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)])
+        else:
+            # The list file first; the crawl plans even when the list is unchanged, so a
+            # refresh retries the images still missing.
+            publish = PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output)
+            shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
+            publish >> shards
+            crawled = CrawlShardOperator.partial(task_id="crawl", source_id=source.id, max_active_tis_per_dagrun=2).expand(shard=shards.output)
+            crawled >> FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, outlets=[acquired(source.id)])
     return dag
 
 

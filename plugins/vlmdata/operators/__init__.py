@@ -2,14 +2,18 @@
 
 from .acquire import FetchArtifactOperator, HfFetchOperator, HttpFetchOperator, PlanAcquisitionOperator, PublishSourceOperator, fetch_operator_for
 from .build import BuildMixtureOperator, MaterialiseLayoutOperator, VerifySourceOperator
+from .crawl import CrawlShardOperator, FinishCrawlOperator, PlanCrawlOperator
 
 __all__ = [
     "BuildMixtureOperator",
+    "CrawlShardOperator",
+    "FinishCrawlOperator",
     "FetchArtifactOperator",
     "HfFetchOperator",
     "HttpFetchOperator",
     "MaterialiseLayoutOperator",
     "PlanAcquisitionOperator",
+    "PlanCrawlOperator",
     "PublishSourceOperator",
     "VerifySourceOperator",
     "fetch_operator_for",

@@ -15,6 +15,7 @@ from pathlib import Path
 from .catalog import Artifact, Source
 from .extract import extract_archive
 from .fetch.digest import IntegrityError, sha256_of
+from .fetch.gdrive import GDRIVE
 from .fetch.github import GITHUB
 from .fetch.hf import HF
 from .fetch.sa1b import SA1B
@@ -26,7 +27,8 @@ from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
 
-TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP, "github": GITHUB, "sa1b": SA1B}
+# OCR-VQA (urllist) takes its list file from a Drive folder; its crawl is crawl.py's.
+TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP, "github": GITHUB, "sa1b": SA1B, "gdrive": GDRIVE, "urllist": GDRIVE}
 
 
 class LicenceNotAcknowledged(PermissionError):

@@ -171,12 +171,17 @@ class LocalAirflow:
             with _suppress_gone():
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        leftovers = [p for p in tracked.values() if _alive(p)]
-        for p in leftovers:
-            with _suppress_gone():
-                p.kill()
-        psutil.wait_procs(leftovers, timeout=10)
         self._procs.clear()
+        # What is left lives outside those groups: task runners and anything they started.
+        for _ in range(5):  # again, in case one of them forked meanwhile
+            leftovers = [p for p in tracked.values() if _alive(p)]
+            if not leftovers:
+                return
+            for p in leftovers:
+                with _suppress_gone():
+                    p.kill()
+            psutil.wait_procs(leftovers, timeout=5)
+            tracked = {p.pid: p for p in self.processes()}
 
     def __enter__(self) -> LocalAirflow:
         try:

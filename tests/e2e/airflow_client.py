@@ -126,5 +126,5 @@ def _log_line(entry: dict | str) -> str:
     entry = dict(entry)
     head = " ".join(str(entry.pop(k)) for k in ("timestamp", "level") if entry.get(k))
     event = entry.pop("event", "")
-    extra = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("sources",))
+    extra = " ".join(f"{k}={v}" for k, v in entry.items())
     return " ".join(part for part in (head, str(event), extra) if part)

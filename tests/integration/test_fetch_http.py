@@ -147,3 +147,21 @@ def test_progress_is_logged(server, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="vlmdata.fetch"):
         download(f"{server.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA)), policy=FAST, progress_every=0)
     assert "f.bin: 1.0 MiB of 1.0 MiB (100.0%)" in caplog.text
+
+
+def test_an_html_page_answering_a_resume_keeps_the_partial(tmp_path, waits):
+    """Drive may answer a resume with its quota page: the bytes on disk must survive it."""
+    with FakeHttpServer() as srv:
+        original = srv.add("/f.bin", DATA)
+        srv.script("/f.bin", drop_after(300_000))
+        with pytest.raises(FetchError):
+            download(f"{srv.url}/f.bin", tmp_path / "f.bin", policy=RetryPolicy(attempts=1))
+        kept = (tmp_path / "f.bin.part").stat().st_size
+        srv.add("/f.bin", b"<html>Too many users have viewed this file</html>", content_type="text/html")
+        with pytest.raises(FetchError, match="HTML page instead"):
+            download(f"{srv.url}/f.bin", tmp_path / "f.bin", policy=RetryPolicy(attempts=2, backoff=0.01))
+        assert (tmp_path / "f.bin.part").stat().st_size == kept
+        srv.add("/f.bin", DATA, etag=original.etag, last_modified=original.last_modified)  # the quota lifts
+        download(f"{srv.url}/f.bin", tmp_path / "f.bin", Expected(sha256=SHA), policy=FAST)
+        assert (tmp_path / "f.bin").read_bytes() == DATA
+        assert ranges(srv)[-1] == f"bytes={kept}-"

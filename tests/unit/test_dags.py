@@ -75,3 +75,15 @@ def test_assets_chain_acquire_to_verify_to_mix(dagbag):
     assert mix_triggers == {"vlmdata.verified.llava_instruct_150k"}
     convllava = triggers(dagbag.dags["mix_convllava_stage1"])
     assert convllava == {"vlmdata.verified.sharegpt4v", "vlmdata.verified.allava_4v"}  # never blocked by alternative image sources
+
+
+def test_every_source_of_both_seed_pages_has_an_acquisition_dag(dagbag):
+    assert {f"acquire_{sid}" for sid in load_catalog()} <= set(dagbag.dags)
+
+
+def test_ocr_vqa_fetches_its_list_then_crawls_and_only_the_crawl_emits_the_event(dagbag):
+    dag = dagbag.dags["acquire_ocr_vqa"]
+    assert {t.task_id for t in dag.tasks} == {"plan", "fetch", "publish", "plan_crawl", "crawl", "finish_crawl"}
+    assert not dag.get_task("publish").outlets
+    assert [o.name for o in dag.get_task("finish_crawl").outlets] == ["vlmdata.acquired.ocr_vqa"]
+    assert dag.get_task("plan_crawl").trigger_rule == "none_failed"  # a refresh retries missing images

@@ -16,11 +16,10 @@ client relies on (SOURCES.md; [M] = several third-party clients agree, [U] = ass
   the name in ``div.flip-entry-title`` and a day-resolution date in
   ``div.flip-entry-last-modified`` [M].
 * [U] The bytes URL honours ``HEAD``, ``Range`` and ``If-Range`` and sends ``Content-Length``
-  and ``Last-Modified`` (or an ``ETag``); no cookie is needed once ``confirm`` is in the URL;
-  ``confirm=t`` works without the page's ``uuid``. The last one matters: ``fetch.http``
-  resumes a ``.part`` across task attempts only when the URL is the same, and the ``uuid``
-  changes with every warning page. So the URL without ``uuid`` is tried first, and the
-  form's exact URL is the fallback (then a killed worker's partial file is started over).
+  and ``Last-Modified`` (or an ``ETag``); no cookie is needed once ``confirm`` is in the URL.
+  The form's ``uuid`` changes with every warning page, so the URL of one attempt differs from
+  the next; ``fetch.http`` resumes a ``.part`` on its validator, not its URL, so a killed
+  worker's partial file still resumes.
 
 Every URL, including form actions and redirect targets, goes through the mirror map, so
 ``https://drive.google.com`` and ``https://drive.usercontent.google.com`` can both be
@@ -132,14 +131,12 @@ class _UcPage(HTMLParser):
             self.error = " ".join("".join(self._capture).split())
             self._capture = None
 
-    def confirmed_urls(self, mirrors: Mirrors) -> list[str]:
-        """The form's target without ``uuid`` (stable across pages), then exactly as the form says."""
+    def confirmed_url(self, mirrors: Mirrors) -> str:
+        """What submitting the form asks for: its action with its hidden inputs, after mirrors."""
         split = urlsplit(self.action or f"{USERCONTENT}/download")
         base = mirrors.rewrite(urlunsplit(split._replace(query="", fragment="")))
         query = dict(parse_qsl(split.query, keep_blank_values=True)) | self.inputs
-        exact = f"{base}?{urlencode(query)}"
-        stable = f"{base}?{urlencode({k: v for k, v in query.items() if k != 'uuid'})}"
-        return list(dict.fromkeys([stable, exact]))
+        return f"{base}?{urlencode(query)}"
 
 
 @dataclass(frozen=True)
@@ -375,11 +372,10 @@ class DriveClient:
             if isinstance(found, Resolved):
                 return found
             check(found)
-            for url in found.confirmed_urls(self.mirrors):
-                confirmed = self._file_or_page(file_id, url)
-                if isinstance(confirmed, Resolved):
-                    return confirmed
-                check(confirmed)  # the warning page again: try the form's exact URL
+            confirmed = self._file_or_page(file_id, found.confirmed_url(self.mirrors))
+            if isinstance(confirmed, Resolved):
+                return confirmed
+            check(confirmed)
             raise FetchError(f"Google Drive file {file_id}: Drive still answers the virus-scan warning page after confirming; Drive's protocol may have changed")
 
         return with_retries(f"Google Drive file {file_id}", self.policy, attempt)
@@ -481,6 +477,14 @@ def _folder_id(source: Source) -> str | None:
     return source.gdrive.folder_id if source.gdrive else None
 
 
+def folder_files(client: DriveClient, folder_id: str, ctx: Context) -> list[Entry]:
+    """The folder's files, listed once per step: discovery and resolving share the listing."""
+    key = ("gdrive", client.folder_url(folder_id))
+    if key not in ctx.memo:
+        ctx.memo[key] = client.list_folder(folder_id)
+    return ctx.memo[key]
+
+
 def gdrive_discover(source: Source, ctx: Context) -> list[Artifact]:
     """The files of ``source.gdrive.folder_id`` that the catalog does not list."""
     folder_id = _folder_id(source)
@@ -489,7 +493,7 @@ def gdrive_discover(source: Source, ctx: Context) -> list[Artifact]:
     known_ids = {a.drive_id for a in source.artifacts if a.drive_id}
     known = {a.name for a in source.artifacts} | {a.path for a in source.artifacts if a.path}
     with DriveClient(ctx.mirrors, ctx.policy) as client:
-        entries = client.list_folder(folder_id)
+        entries = folder_files(client, folder_id, ctx)
     return [artifact_for(source, e) for e in entries if e.id not in known_ids and e.path not in known]
 
 
@@ -503,7 +507,7 @@ def gdrive_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> l
         def listed() -> dict[str, Entry]:
             nonlocal listing
             if listing is None:
-                listing = {e.path: e for e in client.list_folder(folder_id)} if folder_id else {}
+                listing = {e.path: e for e in folder_files(client, folder_id, ctx)} if folder_id else {}
             return listing
 
         for artifact in artifacts:

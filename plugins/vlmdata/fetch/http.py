@@ -257,6 +257,10 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
                 raise Transient("HTTP 416 for our Range: starting over")
             if status not in (200, 206):
                 raise FetchError(_explain_status(url, status, response))
+            if offset and status == 200 and response.headers.get("Content-Type", "").startswith("text/html"):
+                # An HTML page in answer to a resume (Drive's quota page) is not the file:
+                # keep the partial bytes and try again later.
+                raise Transient("an HTML page instead of the file's bytes")
             if status == 206 and _content_range_start(response.headers.get("Content-Range")) == offset:
                 state["hasher"] = hasher = _rehash(state["hasher"], partial, offset)
                 mode = "ab"

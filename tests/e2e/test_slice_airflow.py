@@ -16,9 +16,9 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.airflow_client import AirflowClient
-from tests.fakes.hf_hub import FakeHfHub
-from tests.fakes.http_server import FakeHttpServer
-from tests.fakes.replicas import SliceReplica
+from vlmdata.replicas.hf_hub import FakeHfHub
+from vlmdata.replicas.http_server import FakeHttpServer
+from vlmdata.replicas.slice import SliceReplica
 from vlmdata.localairflow import LocalAirflow
 from vlmdata.storage import LocalStorage, S3Options, S3Storage
 

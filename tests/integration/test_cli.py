@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from tests.fakes.hf_hub import FakeHfHub
-from tests.fakes.http_server import FakeHttpServer
-from tests.fakes.replicas import SliceReplica
+from vlmdata.replicas.hf_hub import FakeHfHub
+from vlmdata.replicas.http_server import FakeHttpServer
+from vlmdata.replicas.slice import SliceReplica
 from vlmdata.cli import main
 
 

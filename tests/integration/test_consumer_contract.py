@@ -15,9 +15,9 @@ import os
 import pytest
 from PIL import Image
 
-from tests.fakes.hf_hub import FakeHfHub
-from tests.fakes.http_server import FakeHttpServer
-from tests.fakes.replicas import SliceReplica
+from vlmdata.replicas.hf_hub import FakeHfHub
+from vlmdata.replicas.http_server import FakeHttpServer
+from vlmdata.replicas.slice import SliceReplica
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import load_catalog
 from vlmdata.mirrors import Mirrors

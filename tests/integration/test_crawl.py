@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 from PIL import Image
 
-from tests.fakes.data import gif_bytes, jpeg_bytes, make_zip, png_bytes, truncated_jpeg_bytes
-from tests.fakes.http_server import FakeHttpServer, Resource, reset_after, status
+from vlmdata.replicas.data import gif_bytes, jpeg_bytes, make_zip, png_bytes, truncated_jpeg_bytes
+from vlmdata.replicas.http_server import FakeHttpServer, Resource, reset_after, status
 from vlmdata import crawl
 from vlmdata.catalog import load_catalog
 from vlmdata.crawl import crawl_shard, fill_from_archive, finish, missing_ids, plan_shards

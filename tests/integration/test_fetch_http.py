@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tests.fakes.http_server import FakeHttpServer, corrupt, drop_after, ignore_range, reset_after, status
+from vlmdata.replicas.http_server import FakeHttpServer, corrupt, drop_after, ignore_range, reset_after, status
 from vlmdata.fetch import http as fetch_http
 from vlmdata.fetch.digest import Expected, IntegrityError
 from vlmdata.fetch.http import FetchError, RetryPolicy, download

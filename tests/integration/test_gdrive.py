@@ -12,9 +12,9 @@ from datetime import date
 import pytest
 from PIL import Image
 
-from tests.fakes.data import jpeg_bytes, make_zip
-from tests.fakes.gdrive import FakeDrive
-from tests.fakes.http_server import drop_after, reset_after, status
+from vlmdata.replicas.data import jpeg_bytes, make_zip
+from vlmdata.replicas.gdrive import FakeDrive
+from vlmdata.replicas.http_server import drop_after, reset_after, status
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import Source, load_catalog

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.github import FakeGitHub
-from tests.fakes.http_server import FakeHttpServer, corrupt
+from vlmdata.replicas.github import FakeGitHub
+from vlmdata.replicas.http_server import FakeHttpServer, corrupt
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import load_catalog
 from vlmdata.fetch.http import FetchError, RetryPolicy

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from tests.fakes.hf_hub import FakeHfHub
-from tests.fakes.http_server import corrupt
+from vlmdata.replicas.hf_hub import FakeHfHub
+from vlmdata.replicas.http_server import corrupt
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import Source
 from vlmdata.fetch.hf import hf_remotes, hub_endpoint

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.data import jpeg_bytes, llava_record
-from tests.fakes.http_server import FakeHttpServer, Resource, Response
+from vlmdata.replicas.data import jpeg_bytes, llava_record
+from vlmdata.replicas.http_server import FakeHttpServer, Resource, Response
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, acquire, selected_artifacts
 from vlmdata.catalog import load_catalog

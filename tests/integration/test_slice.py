@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from tests.fakes.hf_hub import FakeHfHub
-from tests.fakes.http_server import FakeHttpServer, reset_after
-from tests.fakes.replicas import LLAVA_REPO, MISSING_FROM_COCO, SliceReplica
+from vlmdata.replicas.hf_hub import FakeHfHub
+from vlmdata.replicas.http_server import FakeHttpServer, reset_after
+from vlmdata.replicas.slice import LLAVA_REPO, MISSING_FROM_COCO, SliceReplica
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, LicenceNotAcknowledged, acquire
 from vlmdata.catalog import load_catalog
@@ -148,7 +148,7 @@ def test_pinned_revision_stays_pinned(storage, upstream):
 
 def test_changed_archive_replaces_its_members_and_removes_stale_ones(storage, upstream, tmp_path, monkeypatch):
     replica, http, hub = upstream
-    from tests.fakes.data import coco_like_zip
+    from vlmdata.replicas.data import coco_like_zip
 
     catalog = load_catalog()
     ctx = context(storage)

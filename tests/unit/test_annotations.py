@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.fakes.data import llava_annotation_json, llava_record
+from vlmdata.replicas.data import llava_annotation_json, llava_record
 from vlmdata.annotations import AnnotationError, check_records, load_records, record_problem
 
 

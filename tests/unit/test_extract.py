@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.data import jpeg_bytes, make_zip, png_bytes
+from vlmdata.replicas.data import jpeg_bytes, make_zip, png_bytes
 from vlmdata.catalog import Extract
 from vlmdata.extract import Limits, UnsafeArchive, extract_zip, plan
 from vlmdata.storage import LocalStorage

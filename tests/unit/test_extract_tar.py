@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.data import jpeg_bytes, make_zip
+from vlmdata.replicas.data import jpeg_bytes, make_zip
 from vlmdata import extract
 from vlmdata.catalog import Extract
 from vlmdata.extract import Limits, NotAnArchive, UnsafeArchive, extract_archive, extract_tar, extract_zip

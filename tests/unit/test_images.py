@@ -9,7 +9,7 @@ import random
 import pytest
 from PIL import Image
 
-from tests.fakes.data import gif_bytes, jpeg_bytes, png_bytes, truncated_jpeg_bytes
+from vlmdata.replicas.data import gif_bytes, jpeg_bytes, png_bytes, truncated_jpeg_bytes
 from vlmdata.images import check_image, check_images, is_image_name
 
 
@@ -180,7 +180,7 @@ def test_check_images_of_no_keys(storage):
 def test_truncated_images_fail_even_if_a_library_relaxed_pillow(monkeypatch):
     from PIL import ImageFile
 
-    from tests.fakes.data import truncated_jpeg_bytes
+    from vlmdata.replicas.data import truncated_jpeg_bytes
     from vlmdata.images import check_image
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmdata.catalog import DEFAULT_CATALOG
+from ..catalog import DEFAULT_CATALOG
 
 from .data import coco_like_zip, llava_annotation_json, llava_record
 from .hf_hub import FakeHfHub

@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
 )
 from PIL import Image
 
-from tests.fakes.data import (
+from vlmdata.replicas.data import (
     coco_like_zip,
     gif_bytes,
     jpeg_bytes,
@@ -34,8 +34,8 @@ from tests.fakes.data import (
     png_bytes,
     truncated_jpeg_bytes,
 )
-from tests.fakes.hf_hub import FakeHfHub, git_blob_sha1
-from tests.fakes.http_server import (
+from vlmdata.replicas.hf_hub import FakeHfHub, git_blob_sha1
+from vlmdata.replicas.http_server import (
     FakeHttpServer,
     Resource,
     Response,

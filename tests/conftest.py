@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 
 import pytest
@@ -18,10 +17,7 @@ os.environ.pop("VLMDATA_MIRRORS", None)
 os.environ.pop("HF_TOKEN", None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from vlmdata.localairflow import free_port  # noqa: E402  (re-exported for the tests)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,12 @@ def _settings(home: Path, dags_folder: Path, port: int, log_server_port: int) ->
     }
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -297,7 +303,9 @@ def main() -> None:
     passed_on = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
     extra_env = {k: v for k, v in os.environ.items() if k.startswith(passed_on)}
     extra_env["VLMDATA_ROOT"] = os.environ.get("VLMDATA_ROOT", str(REPO_ROOT / "data"))
-    airflow = LocalAirflow(REPO_ROOT / ".airflow", REPO_ROOT / "dags", port=port, extra_env=extra_env)
+    # The scheduler's log server is internal: take the usual port if free, any free one if not.
+    log_port = 8793 if not _port_in_use(8793) else free_port()
+    airflow = LocalAirflow(REPO_ROOT / ".airflow", REPO_ROOT / "dags", port=port, extra_env=extra_env, log_server_port=log_port)
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop cleanly (even if SIGINT was ignored)
         signal.signal(sig, _interrupt)
     print(f"Starting Airflow (logs in {airflow.log_dir}) ...", flush=True)

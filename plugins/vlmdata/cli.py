@@ -5,6 +5,7 @@
     vlmdata verify coco_train2017
     vlmdata layout llava15
     vlmdata mix llava_instruct_150k [--seed N] [--format jsonl]
+    vlmdata pools > pools.json && airflow pools import pools.json
 
 ``--root`` (or ``VLMDATA_ROOT``) is a folder or ``s3://bucket/prefix``; ``--catalog`` (or
 ``VLMDATA_CATALOG``) adds a folder of private source YAML files to the built-in catalog.
@@ -22,6 +23,7 @@ from . import __version__, acquire, settings
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
 from .mix import build, load_recipes
+from .pools import pools
 from .verify import summary, verify_source
 
 
@@ -42,6 +44,11 @@ def cmd_acquire(args, catalog) -> int:
     ctx = settings.from_env(args.root).context(revision=args.revision)
     result = acquire.acquire(_lookup(catalog, args.source), ctx, acknowledge=args.acknowledge_licence, dry_run=args.dry_run, only=args.artifact or None, include_optional=args.include_optional, who=f"cli ({os.environ.get('USER', 'unknown')})")
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_pools(args, catalog) -> int:
+    print(json.dumps(pools(catalog), indent=1))
     return 0
 
 
@@ -85,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include-optional", action="store_true")
     p.add_argument("--revision", help="Hub branch, tag or commit (overrides the catalog)")
     p.set_defaults(func=cmd_acquire)
+    sub.add_parser("pools", help="the Airflow pools the DAGs use, for `airflow pools import`").set_defaults(func=cmd_pools)
     p = sub.add_parser("verify", help="integrity report of an acquired source")
     p.add_argument("source")
     p.add_argument("--workers", type=int, help="processes that decode images (default: all cores)")

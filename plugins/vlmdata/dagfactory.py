@@ -16,6 +16,7 @@ from .acquire import TRANSPORTS
 from .catalog import Source, load_catalog
 from .layout import Profile, load_profiles
 from .mix import Recipe, load_recipes
+from .pools import crawl_pool, fetch_pool
 from .operators import (
     BuildMixtureOperator,
     CrawlShardOperator,
@@ -75,7 +76,7 @@ def acquisition_dag(source: Source) -> DAG:
         tags=["vlmdata", "acquire", source.kind],
     ) as dag:
         plan = PlanAcquisitionOperator(task_id="plan", source_id=source.id)
-        fetch = fetch_operator_for(source.kind).partial(task_id="fetch", source_id=source.id, max_active_tis_per_dagrun=4).expand(artifact=plan.output)
+        fetch = fetch_operator_for(source.kind).partial(task_id="fetch", source_id=source.id, pool=fetch_pool(source), max_active_tis_per_dagrun=4).expand(artifact=plan.output)
         if source.kind != "urllist":
             PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)])
         else:
@@ -84,7 +85,7 @@ def acquisition_dag(source: Source) -> DAG:
             publish = PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output)
             shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
             publish >> shards
-            crawled = CrawlShardOperator.partial(task_id="crawl", source_id=source.id, max_active_tis_per_dagrun=2).expand(shard=shards.output)
+            crawled = CrawlShardOperator.partial(task_id="crawl", source_id=source.id, pool=crawl_pool(source)).expand(shard=shards.output)
             crawled >> FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, outlets=[acquired(source.id)])
     return dag
 

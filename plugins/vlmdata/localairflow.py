@@ -257,7 +257,22 @@ class LocalAirflow:
         seen = {str((self.dags_folder / f).resolve()) for f in seen}  # import errors are relative
         files = [p for p in self.dags_folder.rglob("*.py") if _might_contain_dag(p)]
         missing = sorted(str(p.relative_to(self.dags_folder)) for p in files if str(p.resolve()) not in seen)
-        return f"DAG files not parsed yet: {', '.join(missing)}" if missing else "ready"
+        if missing:
+            return f"DAG files not parsed yet: {', '.join(missing)}"
+        self._ensure_pools(session)
+        return "ready"
+
+    def _ensure_pools(self, session: requests.Session) -> None:
+        """The per-host pools the DAGs use: Airflow does not schedule tasks of a missing pool."""
+        from .catalog import load_catalog
+        from .pools import pools
+
+        for name, pool in pools(load_catalog(self.env.get("VLMDATA_CATALOG"))).items():
+            body = {"name": name, **pool}
+            response = session.post(f"{self.url}/api/v2/pools", json=body, timeout=10)
+            if response.status_code == 409:  # exists: keep the slots an admin may have changed
+                continue
+            response.raise_for_status()
 
     def _list(self, session: requests.Session, endpoint: str, key: str) -> list[dict]:
         items: list[dict] = []

@@ -87,3 +87,12 @@ def test_ocr_vqa_fetches_its_list_then_crawls_and_only_the_crawl_emits_the_event
     assert not dag.get_task("publish").outlets
     assert [o.name for o in dag.get_task("finish_crawl").outlets] == ["vlmdata.acquired.ocr_vqa"]
     assert dag.get_task("plan_crawl").trigger_rule == "none_failed"  # a refresh retries missing images
+
+
+def test_every_pool_a_task_uses_is_one_the_deployment_creates(dagbag):
+    from vlmdata.pools import pools
+
+    created = set(pools(load_catalog())) | {"default_pool"}
+    used = {task.pool for dag in dagbag.dags.values() for task in dag.tasks}
+    assert used <= created, used - created
+    assert dagbag.dags["acquire_coco_train2017"].get_task("fetch").pool == "vlmdata_images_cocodataset_org"

@@ -1,0 +1,57 @@
+"""Airflow pools, one per upstream host: work spreads over workers, a host is not flooded.
+
+Airflow never schedules a task whose pool does not exist, so the pools must be created where
+the DAGs run: ``make run``, the demo and the tests create them (``LocalAirflow``); elsewhere
+``vlmdata pools > pools.json && airflow pools import pools.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from .catalog import Source
+
+# Slots: how many downloads may hit a host at once. The Hub and plain HTTP servers take
+# several connections well; Drive answers quota pages to eager clients.
+SLOTS = {"huggingface.co": 4, "drive.google.com": 2, "github.com": 2}
+DEFAULT_SLOTS = 3
+CRAWL_SLOTS = 2  # crawl tasks; each limits its own per-host connections
+
+
+def _host(source: Source) -> str:
+    if source.kind == "hf":
+        return "huggingface.co"
+    if source.kind in ("gdrive", "urllist"):
+        return "drive.google.com"
+    if source.kind == "github":
+        return "github.com"
+    if source.kind == "sa1b":
+        return "sa1b-cdn"  # Meta's signed links; the host is in the user's links file
+    urls = [a.url for a in source.artifacts if a.url]
+    return urlsplit(urls[0]).hostname if urls else source.id
+
+
+def _name(text: str) -> str:
+    return "vlmdata_" + re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def fetch_pool(source: Source) -> str:
+    return _name(_host(source))
+
+
+def crawl_pool(source: Source) -> str:
+    return _name(f"crawl {source.id}")
+
+
+def pools(catalog: dict[str, Source]) -> dict[str, dict]:
+    """``airflow pools import`` format: name -> slots and description."""
+    users: dict[str, list[str]] = {}
+    found: dict[str, dict] = {}
+    for source in catalog.values():
+        host = _host(source)
+        users.setdefault(fetch_pool(source), []).append(source.id)
+        found[fetch_pool(source)] = {"slots": SLOTS.get(host, DEFAULT_SLOTS), "description": f"downloads from {host} ({', '.join(users[fetch_pool(source)])})", "include_deferred": False}
+        if source.crawl:
+            found[crawl_pool(source)] = {"slots": CRAWL_SLOTS, "description": f"image crawl of {source.id}", "include_deferred": False}
+    return found

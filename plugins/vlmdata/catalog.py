@@ -124,6 +124,14 @@ class CrawlUpstream(_Model):
     fallback_mirrors: list[str] = Field(default_factory=list, description="archives that fill the gaps")
 
 
+class Integrity(_Model):
+    """When the integrity check fails rather than warns (fractions of what was checked)."""
+
+    max_broken_images: float = Field(0.01, ge=0, le=1, description="images that do not decode; VG_100K_2 has ~0.2%")
+    max_unresolved_references: float = Field(1.0, ge=0, le=1, description="annotation images missing or broken; 1.0 never fails (sources may be absent on purpose)")
+    max_malformed_records: float = Field(0.01, ge=0, le=1)
+
+
 class Source(_Model):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     title: str
@@ -139,6 +147,7 @@ class Source(_Model):
     sa1b: Sa1bUpstream | None = None
     crawl: CrawlUpstream | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
+    integrity: Integrity = Field(default_factory=Integrity)
 
     @model_validator(mode="after")
     def _upstream_matches_kind(self) -> Source:

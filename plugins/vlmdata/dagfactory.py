@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetAll, AssetAny, Param, TriggerRule
+from airflow.sdk import DAG, Asset, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
 
 from .acquire import TRANSPORTS
 from .catalog import Source, load_catalog
@@ -29,6 +29,7 @@ from .operators import (
     fetch_operator_for,
 )
 
+REVERIFY = "0 3 * * 0"  # Sundays 03:00 UTC
 DEFAULT_ARGS = {"owner": "vlmdata", "retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
 
 
@@ -100,9 +101,11 @@ def verify_dag(source: Source) -> DAG:
 Re-hashes kept files against the manifest, checks every extracted member is present with its size,
 fully decodes every image with Pillow, validates annotation files as LLaVA conversations and resolves
 every image they reference. Report: `_vlmdata/reports/{source.id}/integrity.json` on the storage.
-Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references) + ' is verified' if source.references else ''}.
+Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references) + ' is verified' if source.references else ''},
+and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` decide failure or warning.
 """,
-        schedule=AssetAny(*triggers) if len(triggers) > 1 else triggers,
+        # The assets, and a weekly re-check that catches bit rot on the storage.
+        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(REVERIFY, timezone="UTC"), assets=AssetAny(*triggers)),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,

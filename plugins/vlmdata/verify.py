@@ -8,6 +8,7 @@ mixture builds read (presence comes from the manifests' indexes, never from a st
 
 from __future__ import annotations
 
+import html
 import logging
 import posixpath
 from dataclasses import dataclass
@@ -144,10 +145,28 @@ def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], 
                 image_keys += [path for path, _, _ in index if path in present and is_image_name(path)]
     report["images"] = _check_all_images(storage, image_keys, workers, report)
     _check_annotations(source, storage, catalog, records, report)
+    _apply_thresholds(source, report)
     report["status"] = "fail" if report["failures"] else "warn" if report["warnings"] else "ok"
     storage.write_json(report_key(source.id), report)
+    storage.write_bytes(report_key(source.id, "integrity.html"), render_html(report).encode())
+    write_index(storage)
     log.info(summary(report))
     return report
+
+
+def _apply_thresholds(source: Source, report: dict) -> None:
+    """Beyond the source's thresholds a warning becomes a failure."""
+    limits = source.integrity
+    images = report["images"]
+    if images["checked"] and images["broken_count"] / images["checked"] > limits.max_broken_images:
+        report["failures"].append(f"{images['broken_count']} of {images['checked']} images do not decode, above the threshold of {limits.max_broken_images:.2%}")
+    for name, checked in report["annotations"].items():
+        if checked["records"] and checked["invalid"] / checked["records"] > limits.max_malformed_records:
+            report["failures"].append(f"{name}: {checked['invalid']} of {checked['records']} records malformed, above {limits.max_malformed_records:.2%}")
+    for name, refs in report["references"].items():
+        total = refs["resolved"] + refs["unresolved"]
+        if total and refs["unresolved"] / total > limits.max_unresolved_references:
+            report["failures"].append(f"{name}: {refs['unresolved']} of {total} referenced images unresolved, above {limits.max_unresolved_references:.2%}")
 
 
 def _check_all_images(storage, keys, workers, report) -> dict:
@@ -196,3 +215,50 @@ def summary(report: dict) -> str:
     for line in report["failures"] + report["warnings"]:
         text += f"\n  - {line}"
     return text
+
+
+def render_html(report: dict) -> str:
+    """The report as a page a person reads: status, counts, and every listed problem."""
+    esc = html.escape
+    colour = {"ok": "#2e7d32", "warn": "#b26a00", "fail": "#c62828"}[report["status"]]
+    images = report.get("images", {})
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{a.get('size', '')}</td><td><code>{esc(str(a.get('sha256', ''))[:16])}</code></td>"
+        f"<td>{esc(str(a.get('checksum', a.get('members', ''))))}</td><td>{a.get('missing', '')}</td></tr>"
+        for name, a in report["artifacts"].items()
+    )
+    refs = "".join(
+        f"<tr><td>{esc(name)}</td><td>{r['resolved']}</td><td>{r['unresolved']}</td><td>"
+        + "<br>".join(f"{esc(reason)}: {v['count']} (e.g. {esc(', '.join(map(str, v['examples'][:5])))})" for reason, v in r["reasons"].items())
+        + "</td></tr>"
+        for name, r in report["references"].items()
+    )
+    broken = "".join(f"<li><code>{esc(k)}</code>: {esc(v)}</li>" for k, v in images.get("broken", {}).items())
+    notes = "".join(f"<li class=fail>{esc(x)}</li>" for x in report["failures"]) + "".join(f"<li>{esc(x)}</li>" for x in report["warnings"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report['source'])}: integrity</title>
+<style>body{{font:14px sans-serif;margin:2em}}td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}.fail{{color:#c62828}}</style></head><body>
+<h1>{esc(report['source'])} <span style="color:{colour}">{report['status'].upper()}</span></h1>
+<p>Checked {esc(report['checked_at'])}. Images: {images.get('ok', 0)} of {images.get('checked', 0)} decode; formats {esc(str(images.get('formats', {})))}.</p>
+<ul>{notes}</ul>
+<h2>Artifacts</h2><table><tr><th>artifact</th><th>bytes</th><th>sha256</th><th>checksum / members</th><th>missing</th></tr>{rows}</table>
+<h2>Referenced images</h2><table><tr><th>annotation file</th><th>resolve</th><th>do not</th><th>why</th></tr>{refs}</table>
+<h2>Images that do not decode ({images.get('broken_count', 0)})</h2><ul>{broken}</ul>
+</body></html>
+"""
+
+
+def write_index(storage: Storage) -> None:
+    """``_vlmdata/reports/index.html``: every source's last status on one page."""
+    reports = []
+    for key, _size in storage.list(f"{STATE_PREFIX}/reports"):
+        if key.endswith("/integrity.json"):
+            reports.append(storage.read_json(key))
+    rows = "".join(
+        f"<tr><td><a href=\"{html.escape(r['source'])}/integrity.html\">{html.escape(r['source'])}</a></td><td>{r['status']}</td>"
+        f"<td>{r.get('images', {}).get('ok', 0)}/{r.get('images', {}).get('checked', 0)}</td><td>{len(r['failures'])}</td><td>{len(r['warnings'])}</td><td>{html.escape(r['checked_at'])}</td></tr>"
+        for r in sorted(reports, key=lambda r: r["source"])
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlmdata integrity</title><style>body{{font:14px sans-serif;margin:2em}}td,th{{border-bottom:1px solid #ddd;padding:4px 8px}}</style></head><body>
+<h1>Integrity of every source</h1><table><tr><th>source</th><th>status</th><th>images decode</th><th>failures</th><th>warnings</th><th>checked</th></tr>{rows}</table></body></html>
+"""
+    storage.write_bytes(f"{STATE_PREFIX}/reports/index.html", page.encode())

@@ -202,3 +202,18 @@ def test_licence_needs_acknowledgement_once_and_is_recorded(storage, upstream, t
     ack = Manifest(storage, "coco_train2017").source().acknowledged
     assert ack.by == "tester" and "COCO" in ack.licence
     acquire(source, ctx)  # recorded: no need to say it again
+
+
+def test_thresholds_turn_warnings_into_failures_and_the_report_reads_as_html(storage, upstream, tmp_path):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    acquire(catalog["coco_train2017"], context(storage))
+    report = verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
+    assert report["status"] == "warn"  # 2 of 12 broken, under the replica's threshold of 50%
+    strict = catalog["coco_train2017"].model_copy(update={"integrity": catalog["coco_train2017"].integrity.model_copy(update={"max_broken_images": 0.1})})
+    report = verify_source(strict, storage, catalog, workers=1)
+    assert report["status"] == "fail" and any("above the threshold of 10.00%" in f for f in report["failures"])
+    page = storage.read_bytes("_vlmdata/reports/coco_train2017/integrity.html").decode()
+    assert "FAIL" in page and all(key in page for key in replica.broken_keys)
+    index = storage.read_bytes("_vlmdata/reports/index.html").decode()
+    assert "coco_train2017/integrity.html" in index

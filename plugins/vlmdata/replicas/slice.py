@@ -73,5 +73,6 @@ class SliceReplica:
         overlay.mkdir(exist_ok=True)
         coco = yaml.safe_load((DEFAULT_CATALOG / "sources" / "coco_train2017.yaml").read_text())
         coco["artifacts"][0].update(size=len(self.coco_zip), md5=hashlib.md5(self.coco_zip).hexdigest())
+        coco["integrity"] = {"max_broken_images": 0.5}  # a dozen images, two planted broken
         (overlay / "coco_train2017.yaml").write_text(yaml.safe_dump(coco, sort_keys=False))
         return {"VLMDATA_MIRRORS": str(mirrors), "VLMDATA_CATALOG": str(overlay)}

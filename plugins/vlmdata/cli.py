@@ -22,7 +22,7 @@ import sys
 from . import __version__, acquire, settings
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
-from .mix import build, load_recipes
+from .mix import build, load_recipes, rebuild
 from .pools import pools
 from .verify import summary, verify_source
 
@@ -65,7 +65,13 @@ def cmd_layout(args, catalog) -> int:
 
 
 def cmd_mix(args, catalog) -> int:
-    lock = build(_lookup(load_recipes(), args.recipe), settings.from_env(args.root).storage(), catalog, seed=args.seed, fmt=args.format)
+    storage = settings.from_env(args.root).storage()
+    if args.from_lock:
+        lock = rebuild(json.loads(open(args.from_lock).read()), storage, catalog)
+    elif args.recipe:
+        lock = build(_lookup(load_recipes(), args.recipe), storage, catalog, seed=args.seed, fmt=args.format)
+    else:
+        raise SystemExit("vlmdata mix: name a recipe or give --from-lock")
     print(json.dumps({"output": lock["output"], "counts": lock["counts"]}, indent=1))
     return 0
 
@@ -101,7 +107,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("profile")
     p.set_defaults(func=cmd_layout)
     p = sub.add_parser("mix", help="build a recipe's training file and lock")
-    p.add_argument("recipe")
+    p.add_argument("recipe", nargs="?")
+    p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock file describes (its inputs must be unchanged)")
     p.add_argument("--seed", type=int)
     p.add_argument("--format", choices=["json", "jsonl"])
     p.set_defaults(func=cmd_mix)

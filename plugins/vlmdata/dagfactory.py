@@ -166,6 +166,27 @@ Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. O
     return dag
 
 
+def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
+    """One form for every recipe: pick it, a seed and a format in the Trigger dialog."""
+    with DAG(
+        dag_id="mix",
+        description="Build any recipe with a chosen seed and format",
+        doc_md="### Build a mixture\n\nTrigger with a recipe from `include/recipes/`, a seed (sampling of components that take a count or a fraction) and a format. "
+        "Output: `mixtures/<recipe>/` with the training file, `lock.json` and `composition.svg`. The per-recipe `mix_<recipe>` DAGs rebuild on their own when their sources are verified.",
+        schedule=None,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params={
+            "recipe": Param(sorted(recipes)[0], enum=sorted(recipes), description="Which recipe of include/recipes/ to build."),
+            "seed": Param(0, type="integer", description="Seed of the sampling of components that take a count or a fraction."),
+            "format": Param("json", enum=["json", "jsonl"], description="json: one list (what LLaVA's loader reads); jsonl: one record a line."),
+        },
+        tags=["vlmdata", "mixture"],
+    ) as dag:
+        BuildMixtureOperator(task_id="build")
+    return dag
+
+
 def acquisition_dags() -> dict[str, DAG]:
     """One per source whose kind has a transport; the other kinds arrive with their transports."""
     return {f"acquire_{s.id}": acquisition_dag(s) for s in load_catalog().values() if s.kind in TRANSPORTS}
@@ -181,4 +202,5 @@ def layout_dags() -> dict[str, DAG]:
 
 
 def mixture_dags() -> dict[str, DAG]:
-    return {f"mix_{r.id}": mixture_dag(r) for r in load_recipes().values()}
+    recipes = load_recipes()
+    return {"mix": any_mixture_dag(recipes), **{f"mix_{r.id}": mixture_dag(r) for r in recipes.values()}}

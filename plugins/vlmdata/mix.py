@@ -11,6 +11,7 @@ seeded and serialisation fixed, so the same inputs and seed give a byte-identica
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import posixpath
@@ -58,6 +59,8 @@ class Recipe(BaseModel):
     image_folder: TreePath | Literal["."] = Field(".", description="folder of the data tree the output's image paths are relative to")
     components: list[Component]
     filters: list[Filter] = ["drop_malformed", "drop_missing_images", "drop_broken_images"]
+    max_turns: int | None = Field(None, ge=1, description="drop records with more human-gpt rounds than this")
+    duplicate_ids: Literal["keep", "drop", "suffix"] = Field("keep", description="keep (LLaVA's loaders do not need unique ids), drop later ones, or suffix them #2, #3")
     seed: int = 0
     format: Literal["json", "jsonl"] = "json"
 
@@ -90,6 +93,7 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
     images = ImageIndex.load(storage, catalog, sorted({s for src in sources for s in (src.id, *src.references)} & set(catalog)))
     folder = posixpath.normpath(posixpath.join(DATA_PREFIX, recipe.image_folder))
     output, inputs, counts, dropped = [], [], {}, []
+    seen_ids: dict[str, int] = {}
     for component in recipe.components:
         source = catalog[component.source]
         artifact = source.artifact(component.artifact)
@@ -104,8 +108,11 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
         tally = counts[component.label] = {"available": len(rows), "sampled": len(chosen), "kept": 0, "dropped": {}}
         for row in chosen:
             reason = _drop_reason(row, recipe.filters, artifact.annotation, images)
+            if reason is None and recipe.max_turns and len(row["conversations"]) // 2 > recipe.max_turns:
+                reason = "too many turns"
             if reason is None:
-                row = dict(row)
+                row, reason = _apply_duplicate_policy(dict(row), recipe.duplicate_ids, seen_ids)
+            if reason is None:
                 if "image" in row:
                     row["image"] = posixpath.relpath(image_key(artifact.annotation, row["image"]), folder)
                     if row["image"].startswith(".."):
@@ -130,6 +137,7 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
         "dropped": dropped,
     }
     storage.write_json(lock_key(recipe.id), lock)
+    storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
     log.info("%s: %d records kept, %d dropped; %s", recipe.id, len(output), len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
     return lock
 
@@ -144,6 +152,17 @@ def _component_sources(recipe: Recipe, catalog: dict[str, Source]) -> list[Sourc
             raise MixError(f"{recipe.id}: {component.label} is not an annotation file")
         sources.append(catalog[component.source])
     return sources
+
+
+def _apply_duplicate_policy(row: dict, policy: str, seen: dict[str, int]) -> tuple[dict, str | None]:
+    key = str(row["id"])
+    seen[key] = seen.get(key, 0) + 1
+    if seen[key] == 1 or policy == "keep":
+        return row, None
+    if policy == "drop":
+        return row, "duplicate id"
+    row["id"] = f"{row['id']}#{seen[key]}"
+    return row, None
 
 
 def _drop_reason(row, filters: list[str], annotation: Annotation, images: ImageIndex) -> str | None:
@@ -167,3 +186,39 @@ def serialise(records: list, fmt: str) -> bytes:
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
     return (json.dumps(records, ensure_ascii=False, indent=1) + "\n").encode()
+
+
+def rebuild(lock: dict, storage: Storage, catalog: dict[str, Source]) -> dict:
+    """Build again from a lock; fails if an input changed since. Returns the new lock, whose
+    output sha256 equals the old one's when nothing else changed."""
+    for item in lock["inputs"]:
+        record = Manifest(storage, item["source"]).artifact(item["artifact"])
+        if record is None or record.sha256 != item["sha256"]:
+            now_sha = record.sha256 if record else "absent"
+            raise MixError(f"{item['component']}: {item['artifact']} is {now_sha} now, the lock pins {item['sha256']} (revision {item['revision']}): re-acquire that revision first")
+    again = build(Recipe.model_validate(lock["recipe"]), storage, catalog, seed=lock["seed"], fmt=lock["format"])
+    if again["output"]["sha256"] != lock["output"]["sha256"]:
+        log.warning("%s: rebuilt with different bytes (images changed since: %d records dropped now, %d then)", lock["recipe"]["id"], len(again["dropped"]), len(lock["dropped"]))
+    return again
+
+
+def composition_svg(title: str, counts: dict[str, dict]) -> str:
+    """A bar per component: records kept, and dropped ones stacked after them."""
+    width, bar_height, label_width = 720, 22, 260
+    total = max((c["kept"] + sum(c["dropped"].values()) for c in counts.values()), default=1) or 1
+    scale = (width - label_width - 120) / total
+    rows = []
+    for number, (name, c) in enumerate(counts.items()):
+        y = 40 + number * (bar_height + 8)
+        dropped = sum(c["dropped"].values())
+        rows.append(
+            f'<text x="4" y="{y + 15}">{html.escape(name[:40])}</text>'
+            f'<rect x="{label_width}" y="{y}" width="{c["kept"] * scale:.1f}" height="{bar_height}" fill="#4a7ebb"/>'
+            f'<rect x="{label_width + c["kept"] * scale:.1f}" y="{y}" width="{dropped * scale:.1f}" height="{bar_height}" fill="#d9534f"/>'
+            f'<text x="{label_width + (c["kept"] + dropped) * scale + 6:.1f}" y="{y + 15}">{c["kept"]} kept, {dropped} dropped</text>'
+        )
+    height = 50 + len(counts) * (bar_height + 8)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">'
+        f'<text x="4" y="20" font-size="14">{html.escape(title)}</text>{"".join(rows)}</svg>\n'
+    )

@@ -92,3 +92,55 @@ def test_the_same_lock_rebuilds_byte_identical(built):
         again = build(load_recipes()[recipe_id], storage, load_catalog(), seed=locks[recipe_id]["seed"])
         assert storage.read_bytes(output_key(recipe_id, "json")) == before
         assert again["output"]["sha256"] == locks[recipe_id]["output"]["sha256"]
+
+
+def _recipe(**fields):
+    from vlmdata.mix import Recipe
+
+    base = {"id": "custom", "title": "custom", "components": [{"source": "llava_instruct_150k", "artifact": "conversation_58k.json"}, {"source": "llava_instruct_150k", "artifact": "detail_23k.json"}]}
+    return Recipe.model_validate({**base, **fields})
+
+
+def test_duplicate_id_policies(built):
+    storage, _ = built
+    catalog = load_catalog()
+    # conversation_58k and detail_23k both name COCO images 1-3 (same ids); #3 is broken.
+    keep = build(_recipe(), storage, catalog)
+    drop = build(_recipe(duplicate_ids="drop"), storage, catalog)
+    suffix = build(_recipe(duplicate_ids="suffix"), storage, catalog)
+    assert keep["output"]["records"] == suffix["output"]["records"] == drop["output"]["records"] + 2
+    assert [d["reason"] for d in drop["dropped"]].count("duplicate id") == 2
+    ids = [r["id"] for r in json.loads(storage.read_bytes(output_key("custom", "json")))]
+    assert len(ids) == len(set(ids)) and sum(i.endswith("#2") for i in ids) == 2
+
+
+def test_turn_bound_sampling_and_jsonl(built):
+    storage, _ = built
+    catalog = load_catalog()
+    bounded = build(_recipe(max_turns=1), storage, catalog)
+    assert bounded["counts"]["llava_instruct_150k:conversation_58k.json"]["dropped"] == {"too many turns": 4, "image broken": 1}
+    half = build(_recipe(components=[{"source": "llava_instruct_150k", "artifact": "llava_instruct_80k.json", "take": 0.5}], format="jsonl"), storage, catalog, seed=7)
+    lines = storage.read_bytes(output_key("custom", "jsonl")).decode().splitlines()
+    counts = half["counts"]["llava_instruct_150k:llava_instruct_80k.json"]
+    assert counts["available"] == 6 and counts["sampled"] == 3 and counts["kept"] == len(lines) == half["output"]["records"]
+    again = build(_recipe(components=[{"source": "llava_instruct_150k", "artifact": "llava_instruct_80k.json", "take": 0.5}], format="jsonl"), storage, catalog, seed=7)
+    assert again["output"]["sha256"] == half["output"]["sha256"]  # the seed decides the sample
+    assert storage.read_bytes("mixtures/custom/composition.svg").startswith(b"<svg")
+
+
+def test_rebuild_from_a_lock_is_byte_identical_and_refuses_changed_inputs(built):
+    from vlmdata.manifest import Manifest
+    from vlmdata.mix import MixError, lock_key, rebuild
+
+    storage, _ = built
+    catalog = load_catalog()
+    lock = storage.read_json(lock_key("llava_instruct_150k"))
+    assert rebuild(lock, storage, catalog)["output"]["sha256"] == lock["output"]["sha256"]
+    manifest = Manifest(storage, "llava_instruct_150k")
+    record = manifest.artifact("llava_instruct_150k.json")
+    manifest.save_artifact(record.model_copy(update={"sha256": "0" * 64}))
+    try:
+        with pytest.raises(MixError, match="the lock pins"):
+            rebuild(lock, storage, catalog)
+    finally:
+        manifest.save_artifact(record)

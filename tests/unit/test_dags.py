@@ -99,3 +99,9 @@ def test_every_pool_a_task_uses_is_one_the_deployment_creates(dagbag):
     used = {task.pool for dag in dagbag.dags.values() for task in dag.tasks}
     assert used <= created, used - created
     assert dagbag.dags["acquire_coco_train2017"].get_task("fetch").pool == "vlmdata_images_cocodataset_org"
+
+
+def test_the_mix_form_offers_every_recipe(dagbag):
+    dag = dagbag.dags["mix"]
+    assert set(dag.params.get_param("recipe").schema["enum"]) == set(load_recipes())
+    assert dag.params.get_param("format").schema["enum"] == ["json", "jsonl"]

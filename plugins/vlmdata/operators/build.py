@@ -57,18 +57,20 @@ class MaterialiseLayoutOperator(BaseOperator):
 
 
 class BuildMixtureOperator(BaseOperator):
-    """Build a recipe's training file and lock; ``seed`` and ``format`` come from the run's params."""
+    """Build a recipe's training file and lock; ``seed`` and ``format`` (and, without a fixed
+    ``recipe_id``, ``recipe``) come from the run's params."""
 
     ui_color = "#f8d7e3"
 
-    def __init__(self, *, recipe_id: str, **kwargs):
+    def __init__(self, *, recipe_id: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.recipe_id = recipe_id
 
     def execute(self, context) -> dict:
         params = context["params"]
+        recipe_id = self.recipe_id or params["recipe"]
         seed = params.get("seed")
-        lock = build(load_recipes()[self.recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=params.get("format") or None)
-        brief = {"recipe": self.recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}
+        lock = build(load_recipes()[recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=params.get("format") or None)
+        brief = {"recipe": recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}
         _emit(context, self.outlets, brief)
         return brief

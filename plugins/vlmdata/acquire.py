@@ -100,7 +100,8 @@ def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
     if key not in ctx.memo:
         ctx.memo[key] = dict(ctx.storage.list(record.placement.folder))
     present = ctx.memo[key]
-    return all(present.get(path) == size for path, size, _crc in manifest.index(record.name))
+    quarantined = manifest.quarantined()
+    return all(present.get(path) == size or path in quarantined for path, size, _crc in manifest.index(record.name))
 
 
 @dataclass
@@ -124,10 +125,13 @@ def _gib(size: int | None) -> str:
     return "size unknown" if size is None else f"{size / 1024**3:.2f} GiB"
 
 
-def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True) -> Plan:
+def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True, refetch_quarantined: bool = False) -> Plan:
     """Probe upstream and compare with the manifest. Checks the licence and the free space."""
     manifest = Manifest(ctx.storage, source.id)
     check_licence(source, manifest, acknowledge, who)
+    if refetch_quarantined and manifest.quarantined():
+        log.info("%s: fetching the %d quarantined files again (their copies stay in quarantine)", source.id, len(manifest.quarantined()))
+        manifest.save_quarantined({})
     found = remotes(source, selected_artifacts(source, ctx, only, include_optional), ctx)
     todo = [r for r in found if not is_current(ctx, manifest, r)]
     result = Plan(
@@ -209,9 +213,9 @@ def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
     return {"source": source.id, "revision": record.revision, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
 
 
-def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli") -> dict:
+def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", refetch_quarantined: bool = False) -> dict:
     """All steps in a row (the CLI); Airflow runs them as separate tasks."""
-    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run)
+    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run, refetch_quarantined=refetch_quarantined)
     if dry_run:
         return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
     fetched = [fetch_artifact(source, item["name"], ctx) for item in the_plan.fetch]

@@ -42,7 +42,7 @@ def cmd_sources(args, catalog) -> int:
 
 def cmd_acquire(args, catalog) -> int:
     ctx = settings.from_env(args.root).context(revision=args.revision)
-    result = acquire.acquire(_lookup(catalog, args.source), ctx, acknowledge=args.acknowledge_licence, dry_run=args.dry_run, only=args.artifact or None, include_optional=args.include_optional, who=f"cli ({os.environ.get('USER', 'unknown')})")
+    result = acquire.acquire(_lookup(catalog, args.source), ctx, acknowledge=args.acknowledge_licence, dry_run=args.dry_run, only=args.artifact or None, include_optional=args.include_optional, who=f"cli ({os.environ.get('USER', 'unknown')})", refetch_quarantined=args.refetch_quarantined)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", action="append", help="only this artifact (repeatable)")
     p.add_argument("--include-optional", action="store_true")
     p.add_argument("--revision", help="Hub branch, tag or commit (overrides the catalog)")
+    p.add_argument("--refetch-quarantined", action="store_true", help="fetch again the files verify moved to the quarantine")
     p.set_defaults(func=cmd_acquire)
     sub.add_parser("pools", help="the Airflow pools the DAGs use, for `airflow pools import`").set_defaults(func=cmd_pools)
     p = sub.add_parser("verify", help="integrity report of an acquired source")

@@ -51,6 +51,7 @@ def acquisition_dag(source: Source) -> DAG:
         "dry_run": Param(False, type="boolean", description="Only say what would be fetched and how big it is."),
         "artifacts": Param([], type="array", description=f"Fetch only these artifacts (empty: all). Known: {', '.join(a.name for a in source.artifacts)}"),
         "include_optional": Param(False, type="boolean", description="Also fetch artifacts marked optional in the catalog."),
+        "refetch_quarantined": Param(False, type="boolean", description="Fetch again the files verify moved to the quarantine (their copies stay there)."),
     }
     if source.kind == "hf":
         params["revision"] = Param(source.hf.revision, type="string", description="Branch, tag or 40-hex commit of the Hub repository (the catalog's pin by default).")

@@ -101,3 +101,11 @@ class Manifest:
 
     def index(self, artifact: str) -> list[list]:
         return self.storage.read_json(index_key(self.source_id, artifact), default=[])
+
+    # Broken files verify moved out of the data tree: {original key: why}. Not "missing" for
+    # a refresh (which would fetch the archive again every time); cleared to fetch them again.
+    def quarantined(self) -> dict[str, str]:
+        return self.storage.read_json(f"{self.prefix}/quarantine.json", default={})
+
+    def save_quarantined(self, entries: dict[str, str]) -> None:
+        self.storage.write_json(f"{self.prefix}/quarantine.json", entries)

@@ -107,6 +107,10 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def move(self, key: str, new_key: str) -> None:
+        """Rename an object (quarantine): atomic on POSIX, copy then delete on S3."""
+
     # --- layout and staging ------------------------------------------------------------
     supports_links = False
 
@@ -210,6 +214,11 @@ class LocalStorage(Storage):
         else:
             path.unlink(missing_ok=True)
 
+    def move(self, key: str, new_key: str) -> None:
+        target = self._path(new_key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path(key), target)
+
     def link(self, key: str, target_key: str) -> None:
         """A relative symlink, so the tree stays valid wherever the root is mounted."""
         link = self._path(key)
@@ -305,6 +314,10 @@ class S3Storage(Storage):
             return
         for sub_key, _ in list(self.list(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(sub_key))
+
+    def move(self, key: str, new_key: str) -> None:
+        self.client.copy_object(Bucket=self.bucket, Key=self._key(new_key), CopySource={"Bucket": self.bucket, "Key": self._key(key)})
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def staging_dir(self) -> Path:
         base = self._staging or Path(os.environ.get("VLMDATA_STAGING") or Path(tempfile.gettempdir()) / "vlmdata-staging")

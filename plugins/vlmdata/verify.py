@@ -135,7 +135,8 @@ def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], 
         else:
             index = manifest.index(name)
             present = dict(storage.list(record.placement.folder))
-            missing = [path for path, size, _ in index if path not in present]
+            quarantined = manifest.quarantined()
+            missing = [path for path, size, _ in index if path not in present and path not in quarantined]
             wrong_size = [path for path, size, _ in index if path in present and present[path] != size]
             entry.update(members=len(index), missing=len(missing), wrong_size=len(wrong_size))
             for what, paths in (("missing", missing), ("size differs from the archive", wrong_size)):
@@ -143,7 +144,7 @@ def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], 
                     report["failures"].append(f"{name}: {len(paths)} extracted files {what}, e.g. {paths[:5]}")
             if record.placement.images:
                 image_keys += [path for path, _, _ in index if path in present and is_image_name(path)]
-    report["images"] = _check_all_images(storage, image_keys, workers, report)
+    report["images"] = _check_all_images(storage, image_keys, workers, report, manifest)
     _check_annotations(source, storage, catalog, records, report)
     _apply_thresholds(source, report)
     report["status"] = "fail" if report["failures"] else "warn" if report["warnings"] else "ok"
@@ -169,9 +170,20 @@ def _apply_thresholds(source: Source, report: dict) -> None:
             report["failures"].append(f"{name}: {refs['unresolved']} of {total} referenced images unresolved, above {limits.max_unresolved_references:.2%}")
 
 
-def _check_all_images(storage, keys, workers, report) -> dict:
+def quarantine_key(source_id: str, key: str) -> str:
+    return f"{STATE_PREFIX}/quarantine/{source_id}/{key}"
+
+
+def _check_all_images(storage, keys, workers, report, manifest: Manifest) -> dict:
     results = check_images(storage, keys, workers) if keys else {}
     broken = {key: r["error"] for key, r in results.items() if not r["ok"]}
+    # Out of the training tree, never deleted: a loader must not trip on them.
+    for key in broken:
+        storage.move(key, quarantine_key(report["source"], key))
+    quarantined = {**manifest.quarantined(), **broken}
+    manifest.save_quarantined(quarantined)
+    report["quarantined"] = len(quarantined)
+    broken = quarantined
     mislabelled = {key: r["mislabelled"] for key, r in results.items() if r.get("mislabelled")}
     formats: dict[str, int] = {}
     for r in results.values():
@@ -179,10 +191,11 @@ def _check_all_images(storage, keys, workers, report) -> dict:
             formats[r["format"]] = formats.get(r["format"], 0) + 1
     storage.write_json(report_key(report["source"], "broken.json"), broken)
     if broken:
-        report["warnings"].append(f"{len(broken)} of {len(results)} images do not decode (see broken.json); mixtures drop their records")
+        report["warnings"].append(f"{len(broken)} images do not decode: moved to {STATE_PREFIX}/quarantine/{report['source']}/ (see broken.json); mixtures drop their records")
     if mislabelled:
         report["warnings"].append(f"{len(mislabelled)} images are named with the wrong format")
-    return {"checked": len(results), "ok": len(results) - len(broken), "broken": dict(list(broken.items())[:MAX_EXAMPLES]), "broken_count": len(broken), "mislabelled": dict(list(mislabelled.items())[:MAX_EXAMPLES]), "formats": formats}
+    checked = len(set(results) | set(broken))
+    return {"checked": checked, "ok": checked - len(broken), "broken": dict(list(broken.items())[:MAX_EXAMPLES]), "broken_count": len(broken), "mislabelled": dict(list(mislabelled.items())[:MAX_EXAMPLES]), "formats": formats}
 
 
 def _check_annotations(source, storage, catalog, records, report) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from tests.conftest import free_port
-from tests.e2e.airflow_client import AirflowClient
+from vlmdata.airflow_client import AirflowClient
 from vlmdata.localairflow import LocalAirflow
 
 pytestmark = pytest.mark.e2e

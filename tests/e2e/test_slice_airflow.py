@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.airflow_client import AirflowClient
+from vlmdata.airflow_client import AirflowClient
 from vlmdata.replicas.hf_hub import FakeHfHub
 from vlmdata.replicas.http_server import FakeHttpServer
 from vlmdata.replicas.slice import SliceReplica
@@ -81,7 +81,8 @@ def run_slice(client: AirflowClient) -> None:
 
 def check_outputs(storage, replica: SliceReplica) -> None:
     """What a user checks on the storage after the slice ran."""
-    assert len(list(storage.list("data/coco/train2017"))) == len(replica.coco_members)
+    assert len(list(storage.list("data/coco/train2017"))) == len(replica.good_bare_names)  # broken ones quarantined
+    assert {k.rsplit("coco_train2017/", 1)[1] for k, _ in storage.list("_vlmdata/quarantine/coco_train2017")} == replica.broken_keys
     assert storage.read_bytes("data/llava/llava_instruct_150k.json") == replica.llava_files["llava_instruct_150k.json"]
     manifest = storage.read_json("_vlmdata/sources/llava_instruct_150k/source.json")
     assert manifest["revision"] == replica.commit and manifest["published_at"]
@@ -103,7 +104,7 @@ def test_slice_on_a_local_root(deployment):
     storage = LocalStorage(work / "root")
     check_outputs(storage, replica)
     view = work / "root" / "playground" / "data" / "coco" / "train2017"
-    assert view.is_symlink() and len(list(view.iterdir())) == len(replica.coco_members)
+    assert view.is_symlink() and len(list(view.iterdir())) == len(replica.good_bare_names)
 
 
 def test_rerun_with_nothing_changed_fetches_nothing_and_emits_no_event(deployment):

@@ -50,7 +50,7 @@ def test_the_slice_through_the_cli(tmp_path, monkeypatch, capsys):
         assert main(["--root", str(root), "acquire", "llava_instruct_150k"]) == 0
     capsys.readouterr()
     assert main(["--root", str(root), "verify", "coco_train2017", "--workers", "1"]) == 0
-    assert "2 of 12 images do not decode" in capsys.readouterr().out
+    assert "10/12 images decode" in capsys.readouterr().out
     assert main(["--root", str(root), "mix", "llava_instruct_150k"]) == 0
     assert json.loads(capsys.readouterr().out)["output"]["records"] == 10
     assert main(["--root", str(root), "layout", "llava15"]) == 0

@@ -62,6 +62,9 @@ def test_slice_end_to_end(storage, upstream):
     coco_report = verify_source(catalog["coco_train2017"], storage, catalog, workers=2)
     assert set(json.loads(storage.read_bytes("_vlmdata/reports/coco_train2017/broken.json"))) == replica.broken_keys
     assert coco_report["images"]["ok"] == len(replica.coco_members) - 2
+    # Broken files leave the training tree for the quarantine; nothing is deleted.
+    assert len(list(storage.list("data/coco/train2017"))) == len(replica.good_bare_names)
+    assert {k.removeprefix("_vlmdata/quarantine/coco_train2017/") for k, _ in storage.list("_vlmdata/quarantine")} == replica.broken_keys
     llava_report = verify_source(catalog["llava_instruct_150k"], storage, catalog)
     assert llava_report["annotations"]["llava_instruct_150k.json"]["invalid"] == 1
     refs = llava_report["references"]["llava_instruct_150k.json"]
@@ -100,7 +103,7 @@ def test_slice_end_to_end(storage, upstream):
     if storage.supports_links:
         linked = storage.local_path("playground/data/coco/train2017")
         assert linked.is_symlink() and not os.readlink(linked).startswith("/")
-        assert len(list(linked.iterdir())) == len(replica.coco_members)
+        assert len(list(linked.iterdir())) == len(replica.good_bare_names)
         assert (storage.local_path("playground/data/llava_v1_5_mix665k.json")).read_bytes() == replica.llava_files["llava_v1_5_mix665k.json"]
     else:
         assert storage.read_json("_vlmdata/layouts/llava15.json")["views"]["playground/data/coco/train2017"] == "data/coco/train2017"
@@ -217,3 +220,18 @@ def test_thresholds_turn_warnings_into_failures_and_the_report_reads_as_html(sto
     assert "FAIL" in page and all(key in page for key in replica.broken_keys)
     index = storage.read_bytes("_vlmdata/reports/index.html").decode()
     assert "coco_train2017/integrity.html" in index
+
+
+def test_quarantined_files_are_not_fetched_again_until_asked(storage, upstream):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    ctx = context(storage)
+    acquire(catalog["coco_train2017"], ctx)
+    verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
+    assert acquire(catalog["coco_train2017"], context(storage))["changed"] == []  # a refresh does not re-download 19 GB
+    again = verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
+    assert again["status"] == "warn" and again["images"]["broken_count"] == 2 and not any("missing" in f for f in again["failures"])
+    refetched = acquire(catalog["coco_train2017"], context(storage), refetch_quarantined=True)
+    assert refetched["changed"] == ["train2017.zip"]
+    assert all(storage.exists(key) for key in replica.broken_keys)  # back in the tree, as upstream has them
+    assert {k for k, _ in storage.list("_vlmdata/quarantine")}  # and the quarantined copies kept

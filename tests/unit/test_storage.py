@@ -376,3 +376,10 @@ def test_free_bytes_and_staging(storage):
     else:
         assert storage.free_bytes() is None
         assert storage.local_path("data/x") is None
+
+
+def test_move_renames_an_object(storage):
+    storage.write_bytes("data/a/x.jpg", b"broken")
+    storage.move("data/a/x.jpg", "_vlmdata/quarantine/s/data/a/x.jpg")
+    assert not storage.exists("data/a/x.jpg")
+    assert storage.read_bytes("_vlmdata/quarantine/s/data/a/x.jpg") == b"broken"

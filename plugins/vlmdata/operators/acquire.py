@@ -36,6 +36,7 @@ class PlanAcquisitionOperator(BaseOperator):
             _source(self.source_id), ctx,
             acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
             include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
+            refetch_quarantined=bool(params.get("refetch_quarantined")),
         )
         self.log.info(the_plan.summary())
         if params.get("dry_run"):

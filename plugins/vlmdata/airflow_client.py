@@ -1,4 +1,5 @@
-"""A small client for Airflow's REST API (v2), for the end-to-end tests."""
+"""A small client for Airflow's REST API (v2): what the demo and the end-to-end tests ask of
+a running Airflow (DAGs, runs, task logs, variables, queued asset events)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ class AirflowClient:
     def import_errors(self) -> list[dict]:
         return self.list("importErrors", "import_errors")
 
+    def dag_details(self, dag_id: str) -> dict:
+        """A DAG's details: ``params``, ``asset_expression`` (its asset schedule), ``is_paused`` ..."""
+        return self.request("GET", f"dags/{dag_id}/details").json()
+
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"dags/{dag_id}", json={"is_paused": False})
 
@@ -105,6 +110,15 @@ class AirflowClient:
             if not ti["try_number"]:
                 parts.append(f"===== {dag_id} / {run_id} / {name}: never ran ({ti['state']}) =====")
         return "\n".join(parts)
+
+    # -- assets ----------------------------------------------------------------------
+
+    def assets(self) -> list[dict]:
+        return self.list("assets", "assets")
+
+    def queued_events(self, dag_id: str) -> list[dict]:
+        """Asset events waiting to trigger a run of this DAG (``asset_id``, ``created_at``)."""
+        return self.request("GET", f"dags/{dag_id}/assets/queuedEvents").json()["queued_events"]
 
     # -- variables -------------------------------------------------------------------
 

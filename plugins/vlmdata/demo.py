@@ -1,0 +1,293 @@
+"""``python -m vlmdata.demo``: every source acquired, verified, laid out and mixed in a real
+Airflow, from tiny loopback replicas of the upstreams. Nothing leaves the machine.
+
+It builds the replicas (:class:`vlmdata.replicas.sources.Replicas`) under ``.demo/`` in the
+repository, starts Airflow (:class:`vlmdata.localairflow.LocalAirflow`: API server, scheduler,
+DAG processor) with the repository's DAGs, storage root ``.demo/data`` and what a user sets to
+use a mirror (``VLMDATA_MIRRORS``, ``VLMDATA_CATALOG``, ``VLMDATA_SA1B_LINKS``), unpauses every
+vlmdata DAG, triggers every ``acquire_*`` DAG through the REST API (acknowledging the licences
+that ask for it), waits until the asset-triggered verify, layout and mixture runs have
+settled, prints a summary, and keeps Airflow up until Ctrl-C (``--exit``: stop at once; exit
+code 1 if a DAG's last run failed).
+
+    VLMDATA_DEMO_PORT=8081 python -m vlmdata.demo [--exit]
+
+``.demo/`` is wiped at the start of every demo (it is a demo, not a deployment).
+The end-to-end test ``tests/e2e/test_every_source.py`` runs the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .airflow_client import AirflowClient
+from .catalog import load_catalog
+from .layout import load_profiles
+from .localairflow import LocalAirflow, _port_in_use, free_port
+from .mix import load_recipes
+from .replicas.sources import Replicas
+from .storage import LocalStorage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_DIR = REPO_ROOT / ".demo"
+DEFAULT_PORT = 8081
+ACTIVE = {"queued", "running"}
+FINISHED = {"success", "failed"}
+
+# Settings of the demo's Airflow on top of LocalAirflow's: the DAG files do not change during a
+# demo, so the DAG processor re-parses them every 5 minutes instead of every 30 s (CPU that the
+# tasks need on a small machine).
+AIRFLOW_SETTINGS = {"AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "300"}
+
+
+def demo_airflow(replicas: Replicas, work: Path, port: int, log_server_port: int | None = None, extra_env: dict[str, str] | None = None) -> LocalAirflow:
+    """An Airflow on ``work/airflow`` whose tasks store under ``work/data`` and reach the replicas."""
+    env = {
+        **AIRFLOW_SETTINGS,
+        **replicas.env(),
+        "VLMDATA_ROOT": str(work / "data"),
+        "VLMDATA_STAGING": str(work / "staging"),
+        **(extra_env or {}),
+    }
+    return LocalAirflow(work / "airflow", REPO_ROOT / "dags", port=port, extra_env=env, log_server_port=log_server_port or free_port())
+
+
+def expected_dags() -> set[str]:
+    """The DAGs the catalog, the layout profiles and the recipes generate."""
+    sources = load_catalog()
+    return (
+        {f"acquire_{s}" for s in sources} | {f"verify_{s}" for s in sources}
+        | {f"layout_{p}" for p in load_profiles()} | {f"mix_{r}" for r in load_recipes()}
+    )
+
+
+# ----------------------------------------------------------------------- trigger and settle
+
+
+@dataclass
+class Outcome:
+    """What a demo run did: the runs it triggered, and every run of every vlmdata DAG."""
+
+    triggered: dict[str, str]  # acquire DAG -> run id
+    runs: dict[str, list[dict]] = field(default_factory=dict)  # DAG -> runs, oldest first
+    seconds: float = 0.0
+
+    def last(self, dag_id: str) -> dict | None:
+        runs = self.runs.get(dag_id) or []
+        return runs[-1] if runs else None
+
+    @property
+    def failed_dags(self) -> list[str]:
+        """DAGs whose last run failed (earlier failures that a later run made good are not counted)."""
+        return sorted(d for d in self.runs if (self.last(d) or {}).get("state") == "failed")
+
+    @property
+    def failed_runs(self) -> list[tuple[str, str]]:
+        return [(d, r["dag_run_id"]) for d, runs in sorted(self.runs.items()) for r in runs if r["state"] == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_dags and all(self.run_state(d, r) == "success" for d, r in self.triggered.items())
+
+    def run_state(self, dag_id: str, run_id: str) -> str | None:
+        return next((r["state"] for r in self.runs.get(dag_id, []) if r["dag_run_id"] == run_id), None)
+
+
+def _satisfied(expression: dict | list | None, queued: set[str]) -> bool:
+    """Whether queued asset events (by asset name) satisfy a DAG's asset expression."""
+    if not expression:
+        return False
+    if isinstance(expression, list):
+        return all(_satisfied(e, queued) for e in expression)
+    if "any" in expression:
+        return any(_satisfied(e, queued) for e in expression["any"])
+    if "all" in expression:
+        return all(_satisfied(e, queued) for e in expression["all"])
+    if "asset" in expression:
+        return expression["asset"].get("name") in queued or expression["asset"].get("uri") in queued
+    return bool(queued)  # an alias or a form this helper does not know: assume it fires
+
+
+class _Settle:
+    """Polls until no vlmdata run is queued or running and no queued asset event can start one."""
+
+    def __init__(self, client: AirflowClient, dag_ids: list[str]):
+        self.client, self.dag_ids = client, dag_ids
+        self.expressions = {d: self.client.dag_details(d).get("asset_expression") for d in dag_ids}
+        self.asset_names: dict[int, str] = {}
+
+    def _name(self, asset_id: int) -> str:
+        if asset_id not in self.asset_names:
+            self.asset_names = {a["id"]: a["name"] for a in self.client.assets()}
+        return self.asset_names.get(asset_id, str(asset_id))
+
+    def snapshot(self) -> tuple[dict[str, list[dict]], list[str]]:
+        """Every run per DAG, and what still keeps the system busy."""
+        runs = {d: self.client.runs(d) for d in self.dag_ids}
+        busy = [f"{d} ({r['state']})" for d, rs in runs.items() for r in rs if r["state"] in ACTIVE]
+        for dag_id, expression in self.expressions.items():
+            if not expression:
+                continue
+            queued = {self._name(e["asset_id"]) for e in self.client.queued_events(dag_id)}
+            if queued and _satisfied(expression, queued):
+                busy.append(f"{dag_id} (asset events queued)")
+        return runs, busy
+
+
+def trigger_acquisitions(client: AirflowClient, dag_ids: list[str]) -> dict[str, str]:
+    """Trigger each acquisition DAG once; acknowledge the licence where the DAG asks for it."""
+    triggered = {}
+    for dag_id in sorted(dag_ids):
+        params = client.dag_details(dag_id).get("params") or {}
+        conf = {"acknowledge_licence": True} if "acknowledge_licence" in params else {}
+        triggered[dag_id] = client.trigger(dag_id, conf)
+    return triggered
+
+
+def run_everything(client: AirflowClient, *, timeout: float = 1800, poll: float = 3.0, progress: Callable[[str], None] = print) -> Outcome:
+    """Unpause every vlmdata DAG, trigger every acquisition, wait until everything has settled.
+
+    Settled: every triggered run has finished, no run of a vlmdata DAG is queued or running, and
+    no queued asset event would start one, twice in a row ``poll`` seconds apart.
+    """
+    started = time.monotonic()
+    expected = expected_dags()
+    client.wait_until(lambda: expected <= {d["dag_id"] for d in client.dags()}, timeout=300, interval=2)
+    dags = sorted(d["dag_id"] for d in client.dags() if "vlmdata" in {t["name"] if isinstance(t, dict) else t for t in d.get("tags") or []} or d["dag_id"] in expected)
+    for dag_id in dags:
+        client.unpause(dag_id)
+    triggered = trigger_acquisitions(client, [d for d in dags if d.startswith("acquire_")])
+    progress(f"triggered {len(triggered)} acquisitions: {', '.join(sorted(triggered))}")
+    settle = _Settle(client, dags)
+    quiet, last_report, runs = 0, 0.0, {}
+    while True:
+        runs, busy = settle.snapshot()
+        mine_done = all(next((r["state"] for r in runs[d] if r["dag_run_id"] == rid), None) in FINISHED for d, rid in triggered.items())
+        quiet = quiet + 1 if mine_done and not busy else 0
+        elapsed = time.monotonic() - started
+        if quiet >= 2:
+            break
+        if elapsed - last_report >= 15:
+            last_report = elapsed
+            states: dict[str, int] = {}
+            for rs in runs.values():
+                for r in rs:
+                    states[r["state"]] = states.get(r["state"], 0) + 1
+            progress(f"{elapsed:5.0f} s: runs {dict(sorted(states.items()))}; busy: {', '.join(busy[:6]) + (' ...' if len(busy) > 6 else '') or 'settling'}")
+        if elapsed > timeout:
+            raise TimeoutError(f"not settled after {timeout:.0f} s; still busy: {busy}")
+        time.sleep(poll)
+    outcome = Outcome(triggered, runs, time.monotonic() - started)
+    progress(f"settled in {outcome.seconds:.0f} s")
+    return outcome
+
+
+# ------------------------------------------------------------------------------ summary
+
+
+def summary(outcome: Outcome, root: Path) -> str:
+    """Each DAG's last state, integrity per source, layout gaps, mixture sizes (from the storage)."""
+    storage = LocalStorage(root)
+    lines = ["", "DAGs (runs, last state):"]
+    for dag_id, runs in sorted(outcome.runs.items()):
+        if runs:
+            failed = sum(r["state"] == "failed" for r in runs)
+            lines.append(f"  {dag_id:<40} {len(runs):>3} runs  {runs[-1]['state']}{f'  ({failed} failed)' if failed else ''}")
+    lines += ["", "Integrity (status, images decoding, references resolving):"]
+    for source in sorted(load_catalog()):
+        report = storage.read_json(f"_vlmdata/reports/{source}/integrity.json", default=None)
+        if report is None:
+            lines.append(f"  {source:<26} no report")
+            continue
+        images = report.get("images", {})
+        refs = report.get("references", {})
+        resolved = sum(r["resolved"] for r in refs.values())
+        unresolved = sum(r["unresolved"] for r in refs.values())
+        text = f"  {source:<26} {report['status']:<5} images {images.get('ok', 0)}/{images.get('checked', 0)}"
+        if refs:
+            text += f", references {resolved}/{resolved + unresolved}"
+        if images.get("broken"):
+            text += f"; broken: {', '.join(sorted(images['broken']))}"
+        lines.append(text)
+    crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json", default=None)
+    if crawl:
+        counts = crawl["counts"]
+        lines.append(f"  ocr_vqa crawl: {counts['stored']} stored ({counts['converted']} converted to JPEG), {counts['dead']} dead, {counts['broken']} broken: missing {', '.join(crawl['missing'])}")
+    lines += ["", "Layouts (paths missing):"]
+    for profile in sorted(load_profiles()):
+        layout = storage.read_json(f"_vlmdata/layouts/{profile}.json", default=None)
+        lines.append(f"  {profile:<26} " + ("not built" if layout is None else f"{len(layout['views'])} views, missing: {', '.join(layout['missing']) or 'nothing'}"))
+    lines += ["", "Mixtures (records kept, dropped):"]
+    for recipe in sorted(load_recipes()):
+        lock = storage.read_json(f"mixtures/{recipe}/lock.json", default=None)
+        lines.append(f"  {recipe:<26} " + ("not built" if lock is None else f"{lock['output']['records']:>3} records, {len(lock['dropped'])} dropped  ({lock['output']['key']})"))
+    if outcome.failed_dags:
+        lines += ["", f"FAILED: {', '.join(outcome.failed_dags)}"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vlmdata.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exit", action="store_true", help="stop Airflow once everything has settled (exit code 1 if a DAG failed)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything to settle")
+    args = parser.parse_args(argv)
+    port = int(os.environ.get("VLMDATA_DEMO_PORT", DEFAULT_PORT))
+    if _port_in_use(port):
+        print(f"port {port} is in use (another demo or Airflow running?); set VLMDATA_DEMO_PORT", file=sys.stderr)
+        return 2
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    DEMO_DIR.mkdir(parents=True)
+    (DEMO_DIR / ".gitignore").write_text("*\n")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    started = time.monotonic()
+    replicas = airflow = None
+    try:
+        replicas = Replicas(DEMO_DIR / "replicas").start()
+        print(f"Replicas of {len(replicas.files)} sources served on loopback; mirror map {replicas.mirrors_path.relative_to(REPO_ROOT)}", flush=True)
+        airflow = demo_airflow(replicas, DEMO_DIR, port)
+        print(f"Starting Airflow (logs in {airflow.log_dir.relative_to(REPO_ROOT)}) ...", flush=True)
+        airflow.start()
+        airflow.wait_ready(timeout=600)
+        print(f"Airflow is up after {time.monotonic() - started:.0f} s: {airflow.url}", flush=True)
+        client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
+        outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True))
+        print(summary(outcome, DEMO_DIR / "data"))
+        print(f"\nEverything settled {time.monotonic() - started:.0f} s after the start.", flush=True)
+        if args.exit:
+            return 0 if outcome.ok else 1
+        print(f"\nAirflow: http://localhost:{port}  user: {airflow.user}  password: {airflow.admin_password}")
+        print(f"  data: {DEMO_DIR / 'data'}   Ctrl-C stops it.", flush=True)
+        while True:
+            time.sleep(1)
+            airflow.check_running()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        if airflow is not None:
+            print("Stopping Airflow ...", flush=True)
+            airflow.stop()
+        if replicas is not None:
+            replicas.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

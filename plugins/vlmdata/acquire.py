@@ -219,7 +219,13 @@ def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run:
     if dry_run:
         return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
     fetched = [fetch_artifact(source, item["name"], ctx) for item in the_plan.fetch]
-    return publish(source, ctx, fetched)
+    summary = publish(source, ctx, fetched)
+    if source.crawl:  # the URL list is in place: fetch the images it names that are missing
+        from .catalog import load_catalog
+        from .crawl import crawl_all
+
+        summary["crawl"] = crawl_all(ctx.storage, source.id, load_catalog(), ctx.mirrors)
+    return summary
 
 
 __all__ = ["Context", "IntegrityError", "LicenceNotAcknowledged", "acquire", "fetch_artifact", "plan", "publish"]

@@ -56,7 +56,7 @@ from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, RetryPolicy, parse_retry
 from .images import check_image
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from .mirrors import Mirrors
-from .storage import STATE_PREFIX, Storage
+from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
 log = logging.getLogger("vlmdata.crawl")
 
@@ -685,3 +685,18 @@ def fill_from_archive(
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def locations(source_id: str, catalog: dict) -> tuple[str, str]:
+    """Storage keys of a crawl source's URL list and of the folder its images land in."""
+    upstream = catalog[source_id].crawl
+    list_target = catalog[upstream.list_source].artifact(upstream.list_artifact).target
+    return f"{DATA_PREFIX}/{list_target}", f"{DATA_PREFIX}/{upstream.into}"
+
+
+def crawl_all(storage: Storage, source_id: str, catalog: dict, mirrors: Mirrors | None = None) -> dict:
+    """Plan, crawl every shard and finish in one process: what the CLI does (Airflow maps the shards)."""
+    list_key, into = locations(source_id, catalog)
+    for shard in plan_shards(storage, list_key, into, source_id=source_id):
+        crawl_shard(storage, shard["key"], into, mirrors=mirrors)
+    return finish(storage, source_id, into)

@@ -5,14 +5,10 @@ from __future__ import annotations
 from airflow.sdk import BaseOperator
 
 from .. import crawl, settings
-from ..storage import DATA_PREFIX
 
 
-def _crawl_settings(source_id: str):
-    source = settings.catalog()[source_id]
-    upstream = source.crawl
-    list_target = settings.catalog()[upstream.list_source].artifact(upstream.list_artifact).target
-    return f"{DATA_PREFIX}/{list_target}", f"{DATA_PREFIX}/{upstream.into}"
+def _crawl_settings(source_id: str) -> tuple[str, str]:
+    return crawl.locations(source_id, settings.catalog())
 
 
 class PlanCrawlOperator(BaseOperator):

@@ -1,0 +1,236 @@
+"""Mixture: ``vlmdata.mix.build`` against the by-hand way (``json.load`` + a list comprehension
+that keeps records whose image is in the index + writing the kept records out).
+
+A LocalStorage is laid out as acquire and verify leave it: the annotation file
+(``llava_instruct_150k.json``, records in the LLaVA conversation format from
+``vlmdata.replicas.data.llava_record``) with its manifest record, and COCO's manifest record, file
+index and ``broken.json`` report, written with the classes of ``vlmdata.manifest``. About 1%
+of the referenced images are missing from the index, 0.5% are listed broken, 0.1% of the
+records are malformed and 0.2% have no image.
+
+Each build runs in a fresh process (``python -m bench.mixture --child ...``), so its peak RSS
+(``VmHWM`` from /proc, else ``getrusage``'s ru_maxrss) is its own; the time is measured inside
+the child around the build only (not the interpreter start-up or imports). Ours does more
+than the peer: it validates every record, counts and lists every dropped record with its
+reason, and writes a lock file with the inputs' hashes. The peer is measured in two variants:
+``json.dump`` (the idiom, which runs Python's encoder in pure Python) and
+``f.write(json.dumps(...))`` (the C encoder), so that ours is compared with the fast one too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from . import REPO_ROOT
+from .common import Context, Contender, Row, fmt_count_rate, fmt_time, pair_rows, python, rotated, settle_disk
+
+NAME = "mixture"
+SOURCE, ARTIFACT = "llava_instruct_150k", "llava_instruct_150k.json"
+IMAGES_SOURCE = "coco_train2017"
+PEER_OUTPUT = "by-hand.json"
+
+
+def _maxrss_mb() -> float:
+    """Peak RSS of this process in MiB. Linux's VmHWM belongs to this process image alone;
+    ru_maxrss would carry over the parent's peak from before fork+exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 * 1024)
+
+
+def setup(root: Path, records: int) -> dict:
+    """Write the storage a mix reads; return what the by-hand peer needs to know."""
+    from vlmdata.replicas.data import llava_record
+    from vlmdata.catalog import load_catalog
+    from vlmdata.manifest import ArtifactRecord, Manifest, Placement, index_key, now
+    from vlmdata.storage import DATA_PREFIX, LocalStorage
+    from vlmdata.verify import image_key, report_key
+
+    storage = LocalStorage(root)
+    catalog = load_catalog()
+    annotation_artifact = catalog[SOURCE].artifact(ARTIFACT)
+    annotation = annotation_artifact.annotation
+    zip_artifact = next(a for a in catalog[IMAGES_SOURCE].artifacts if a.extract)
+
+    n_images = max(1000, records * 6 // 10)
+    names = [f"{i:012d}.jpg" for i in range(1, n_images + 1)]
+    keys = [image_key(annotation, name) for name in names]
+    missing = set(keys[::100])
+    broken = {k: "does not decode: image file is truncated" for k in keys[50::200]}
+    index = [[k, 10_000 + i % 5_000, zlib.crc32(k.encode())] for i, k in enumerate(keys) if k not in missing]
+
+    rows = []
+    for j in range(records):
+        if j % 500 == 499:
+            row = llava_record(f"text-{j}", None, turns=1 + j % 3)
+        else:
+            row = llava_record(f"{j:09d}", names[(j * 7919) % n_images], turns=1 + j % 4)
+        if j % 1000 == 999:
+            row["conversations"] = row["conversations"][:1]  # malformed: a question with no answer
+        rows.append(row)
+    body = json.dumps(rows, indent=1).encode()
+    target = f"{DATA_PREFIX}/{annotation_artifact.target}"
+    storage.write_bytes(target, body)
+
+    import hashlib
+
+    Manifest(storage, SOURCE).save_artifact(ArtifactRecord(
+        name=ARTIFACT, url="http://127.0.0.1/llava_instruct_150k.json", size=len(body), sha256=hashlib.sha256(body).hexdigest(),
+        revision="b" * 40, fetched_at=now(), placement=Placement(target=target, bytes=len(body)), complete=True,
+    ))
+    Manifest(storage, IMAGES_SOURCE).save_artifact(ArtifactRecord(
+        name=zip_artifact.name, url="http://127.0.0.1/train2017.zip", size=1, sha256="0" * 64, fetched_at=now(),
+        placement=Placement(folder=f"{DATA_PREFIX}/{zip_artifact.extract.into}", images=True, members=len(index), bytes=sum(r[1] for r in index)),
+        complete=True,
+    ))
+    storage.write_json(index_key(IMAGES_SOURCE, zip_artifact.name), index)
+    storage.write_json(report_key(IMAGES_SOURCE, "broken.json"), broken)
+    return {
+        "annotation": target,
+        "index": index_key(IMAGES_SOURCE, zip_artifact.name),
+        "broken": report_key(IMAGES_SOURCE, "broken.json"),
+        "prefix": image_key(annotation, "x").removesuffix("x"),
+        "bytes": len(body),
+        "images": n_images,
+    }
+
+
+# ------------------------------------------------------------------------------- children
+
+
+def _child_ours(root: Path, fmt: str) -> dict:
+    from vlmdata.catalog import load_catalog
+    from vlmdata.mix import Component, Recipe, build
+    from vlmdata.storage import LocalStorage
+
+    catalog = load_catalog()
+    recipe = Recipe(id="bench_mix", title="bench", components=[Component(source=SOURCE, artifact=ARTIFACT)])
+    storage = LocalStorage(root)
+    before = _maxrss_mb()
+    start = time.perf_counter()
+    lock = build(recipe, storage, catalog, fmt=fmt)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "kept": lock["output"]["records"], "dropped": len(lock["dropped"])}
+
+
+def _child_peer(root: Path, spec: dict, dump: str) -> dict:
+    """By hand: ``json.load``, keep records whose image is indexed and not broken, write them
+    out with ``json.dump`` (the idiom; Python's encoder runs in pure Python when it streams to
+    a file) or with ``f.write(json.dumps(...))`` (C encoder, one big string)."""
+    before = _maxrss_mb()
+    start = time.perf_counter()
+    with open(root / spec["annotation"], "rb") as f:
+        rows = json.load(f)
+    with open(root / spec["index"], "rb") as f:
+        present = {path for path, _size, _crc in json.load(f)}
+    with open(root / spec["broken"], "rb") as f:
+        broken = json.load(f)
+    prefix = spec["prefix"]
+    kept = [r for r in rows if "image" not in r or ((k := prefix + r["image"]) in present and k not in broken)]
+    with open(root / PEER_OUTPUT, "w") as f:
+        if dump == "dump":
+            json.dump(kept, f)
+        else:
+            f.write(json.dumps(kept))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "kept": len(kept), "dropped": len(rows) - len(kept)}
+
+
+def _child_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.mixture")
+    parser.add_argument("--child", choices=["ours-json", "ours-jsonl", "peer-dump", "peer-dumps"], required=True)
+    parser.add_argument("root")
+    parser.add_argument("--spec", default="{}")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if args.child.startswith("peer-"):
+        result = _child_peer(root, json.loads(args.spec), args.child.split("-", 1)[1])
+    else:
+        result = _child_ours(root, args.child.split("-", 1)[1])
+    print(json.dumps(result))
+
+
+def _in_child(kind: str, root: Path, spec: dict) -> dict:
+    out = subprocess.run([python(), "-m", "bench.mixture", "--child", kind, str(root), "--spec", json.dumps(spec)], cwd=REPO_ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"mixture child {kind} failed: {out.stderr.strip()[-800:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------- comparison
+
+
+def run(ctx: Context) -> list[Row]:
+    records = ctx.mixture_records or (50_000 if ctx.quick else 200_000)
+    root = ctx.tmp / "root"
+    ctx.log(f"  writing a {records:,}-record annotation, its manifest and a COCO index")
+    spec = setup(root, records)
+    ctx.log(f"  annotation: {spec['bytes'] / 1e6:.0f} MB, {spec['images']:,} images in the index")
+
+    contenders = {
+        "ours-json": Contender("vlmdata mix.build", None),
+        "peer-dump": Contender("json.load + list comprehension + json.dump", None),
+        "peer-dumps": Contender("json.load + list comprehension + write(json.dumps)", None),
+    }
+    details: dict[str, list[dict]] = {k: [] for k in contenders}
+    for number in range(1, ctx.rounds + 1):
+        for kind in rotated(list(contenders), number):
+            c = contenders[kind]
+            settle_disk()  # the previous build's output is not written back on this one's time
+            result = _in_child(kind, root, spec)
+            details[kind].append(result)
+            c.times.append(result["seconds"])
+            c.result = result
+            ctx.log(f"  round {number}/{ctx.rounds} {c.name}: {result['seconds']:.3f} s, peak RSS {result['rss_peak_mb']:.0f} MiB")
+
+    def cell_of(kind: str):
+        def fmt(c: Contender) -> str:
+            runs = details[kind]
+            peak = max(r["rss_peak_mb"] for r in runs)
+            grown = statistics.median(r["rss_peak_mb"] - r["rss_before_mb"] for r in runs)
+            return f"{fmt_time(c.time)} ({fmt_count_rate(records, c.time, 'rec')}), peak RSS {peak:.0f} MiB (+{grown:.0f})"
+
+        return fmt
+
+    ours = contenders["ours-json"]
+    r_ours = ours.result
+    kind_of = {c.name: k for k, c in contenders.items()}
+    notes = {
+        "peer-dump": "the idiom; json.dump streams through the pure-Python encoder",
+        "peer-dumps": "the tuned by-hand way: C encoder, the whole output as one string",
+    }
+
+    def note(c: Contender) -> str:
+        r_peer = c.result
+        return (
+            f"{notes[kind_of[c.name]]}; ours kept {r_ours['kept']:,}, listed {r_ours['dropped']:,} dropped with reasons "
+            f"(image missing, broken, malformed) and wrote a lock; by hand kept {r_peer['kept']:,} (malformed records included)"
+        )
+
+    peers = [contenders["peer-dump"], contenders["peer-dumps"]]
+    return pair_rows(
+        f"mix {records:,} records ({spec['bytes'] / 1e6:.0f} MB annotation)",
+        ours,
+        peers,
+        cell_of("ours-json"),
+        lambda c: cell_of(kind_of[c.name])(c),
+        note,
+        lambda c: {"records": records, "annotation_bytes": spec["bytes"], "runs": {k: details[k] for k in ("ours-json", kind_of[c.name])}},
+    )
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lock clean
+.PHONY: run demo test test-fast bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 run: $(STAMP)  ## Airflow (API server, scheduler, DAG processor) on http://localhost:8080, storage in ./data
 	$(BIN)/python -m vlmdata.localairflow
+
+demo: $(STAMP)  ## tiny replicas of every source on loopback, every DAG run in Airflow (http://localhost:8081)
+	$(BIN)/python -m vlmdata.demo
 
 test: $(STAMP)  ## the whole suite, end-to-end Airflow runs included
 	$(BIN)/python -m pytest -q -ra
@@ -30,4 +33,4 @@ lock:  ## re-resolve requirements.lock after changing pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .airflow
+	rm -rf $(VENV) .airflow .demo

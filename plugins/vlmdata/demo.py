@@ -19,11 +19,11 @@ The end-to-end test ``tests/e2e/test_every_source.py`` runs the same functions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / ".demo"
 DEFAULT_PORT = 8081
 ACTIVE = {"queued", "running"}
-FINISHED = {"success", "failed"}
 
 # Settings of the demo's Airflow on top of LocalAirflow's: the DAG files do not change during a
 # demo, so the DAG processor re-parses them every 5 minutes instead of every 30 s (CPU that the
@@ -49,10 +48,22 @@ FINISHED = {"success", "failed"}
 AIRFLOW_SETTINGS = {"AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "300"}
 
 
+def bytecode_env() -> dict[str, str]:
+    """Where Python may not write bytecode (``PYTHONDONTWRITEBYTECODE``, as in some sandboxes and
+    containers), every task process compiles Airflow and the libraries from source again: tens
+    of seconds each on a busy 2-core machine. The demo's Airflow then keeps compiled bytecode
+    in a cache folder outside the virtual environment (``PYTHONPYCACHEPREFIX``)."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return {}
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX") or str(Path(tempfile.gettempdir()) / "vlmdata-pycache")
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": prefix}
+
+
 def demo_airflow(replicas: Replicas, work: Path, port: int, log_server_port: int | None = None, extra_env: dict[str, str] | None = None) -> LocalAirflow:
     """An Airflow on ``work/airflow`` whose tasks store under ``work/data`` and reach the replicas."""
     env = {
         **AIRFLOW_SETTINGS,
+        **bytecode_env(),
         **replicas.env(),
         "VLMDATA_ROOT": str(work / "data"),
         "VLMDATA_STAGING": str(work / "staging"),
@@ -118,11 +129,12 @@ def _satisfied(expression: dict | list | None, queued: set[str]) -> bool:
 
 
 class _Settle:
-    """Polls until no vlmdata run is queued or running and no queued asset event can start one."""
+    """What keeps a set of DAGs busy: runs queued or running, or queued asset events that would
+    start a run. One query for the runs of every DAG; the queued events only once no run is active."""
 
     def __init__(self, client: AirflowClient, dag_ids: list[str]):
-        self.client, self.dag_ids = client, dag_ids
-        self.expressions = {d: self.client.dag_details(d).get("asset_expression") for d in dag_ids}
+        self.client, self.dag_ids = client, set(dag_ids)
+        self.expressions = {d: self.client.dag_details(d).get("asset_expression") for d in sorted(dag_ids)}
         self.asset_names: dict[int, str] = {}
 
     def _name(self, asset_id: int) -> str:
@@ -130,17 +142,27 @@ class _Settle:
             self.asset_names = {a["id"]: a["name"] for a in self.client.assets()}
         return self.asset_names.get(asset_id, str(asset_id))
 
-    def snapshot(self) -> tuple[dict[str, list[dict]], list[str]]:
-        """Every run per DAG, and what still keeps the system busy."""
-        runs = {d: self.client.runs(d) for d in self.dag_ids}
-        busy = [f"{d} ({r['state']})" for d, rs in runs.items() for r in rs if r["state"] in ACTIVE]
+    def all_runs(self, **filters) -> list[dict]:
+        return [r for r in self.client.list("dags/~/dagRuns", "dag_runs", **filters) if r["dag_id"] in self.dag_ids]
+
+    def busy(self) -> list[str]:
+        busy = [f"{r['dag_id']} ({r['state']})" for r in self.all_runs(state=sorted(ACTIVE))]
+        if busy:
+            return busy
         for dag_id, expression in self.expressions.items():
             if not expression:
                 continue
             queued = {self._name(e["asset_id"]) for e in self.client.queued_events(dag_id)}
             if queued and _satisfied(expression, queued):
                 busy.append(f"{dag_id} (asset events queued)")
-        return runs, busy
+        return busy
+
+    def runs_by_dag(self) -> dict[str, list[dict]]:
+        """Every run of every DAG, oldest first."""
+        runs: dict[str, list[dict]] = {d: [] for d in sorted(self.dag_ids)}
+        for run in sorted(self.all_runs(), key=lambda r: (r["run_after"], r["dag_run_id"])):
+            runs[run["dag_id"]].append(run)
+        return runs
 
 
 def trigger_acquisitions(client: AirflowClient, dag_ids: list[str]) -> dict[str, str]:
@@ -153,11 +175,12 @@ def trigger_acquisitions(client: AirflowClient, dag_ids: list[str]) -> dict[str,
     return triggered
 
 
-def run_everything(client: AirflowClient, *, timeout: float = 1800, poll: float = 3.0, progress: Callable[[str], None] = print) -> Outcome:
+def run_everything(client: AirflowClient, *, timeout: float = 1800, poll: float = 3.0, progress: Callable[[str], None] = print, check: Callable[[], None] | None = None) -> Outcome:
     """Unpause every vlmdata DAG, trigger every acquisition, wait until everything has settled.
 
     Settled: every triggered run has finished, no run of a vlmdata DAG is queued or running, and
-    no queued asset event would start one, twice in a row ``poll`` seconds apart.
+    no queued asset event would start one, twice in a row ``poll`` seconds apart. ``check`` is
+    called at every poll (``LocalAirflow.check_running``: a component that died raises).
     """
     started = time.monotonic()
     expected = expected_dags()
@@ -168,24 +191,25 @@ def run_everything(client: AirflowClient, *, timeout: float = 1800, poll: float 
     triggered = trigger_acquisitions(client, [d for d in dags if d.startswith("acquire_")])
     progress(f"triggered {len(triggered)} acquisitions: {', '.join(sorted(triggered))}")
     settle = _Settle(client, dags)
-    quiet, last_report, runs = 0, 0.0, {}
+    quiet, last_report = 0, 0.0
     while True:
-        runs, busy = settle.snapshot()
-        mine_done = all(next((r["state"] for r in runs[d] if r["dag_run_id"] == rid), None) in FINISHED for d, rid in triggered.items())
-        quiet = quiet + 1 if mine_done and not busy else 0
+        if check is not None:
+            check()
+        busy = settle.busy()  # the triggered runs are among the queued and running ones
+        quiet = 0 if busy else quiet + 1
         elapsed = time.monotonic() - started
         if quiet >= 2:
             break
         if elapsed - last_report >= 15:
             last_report = elapsed
             states: dict[str, int] = {}
-            for rs in runs.values():
-                for r in rs:
-                    states[r["state"]] = states.get(r["state"], 0) + 1
-            progress(f"{elapsed:5.0f} s: runs {dict(sorted(states.items()))}; busy: {', '.join(busy[:6]) + (' ...' if len(busy) > 6 else '') or 'settling'}")
+            for run in settle.all_runs():
+                states[run["state"]] = states.get(run["state"], 0) + 1
+            progress(f"{elapsed:5.0f} s: runs {dict(sorted(states.items()))}; busy: {', '.join(busy[:5]) + (' ...' if len(busy) > 5 else '') or 'settling'}")
         if elapsed > timeout:
             raise TimeoutError(f"not settled after {timeout:.0f} s; still busy: {busy}")
         time.sleep(poll)
+    runs = settle.runs_by_dag()
     outcome = Outcome(triggered, runs, time.monotonic() - started)
     progress(f"settled in {outcome.seconds:.0f} s")
     return outcome
@@ -216,7 +240,7 @@ def summary(outcome: Outcome, root: Path) -> str:
         if refs:
             text += f", references {resolved}/{resolved + unresolved}"
         if images.get("broken"):
-            text += f"; broken: {', '.join(sorted(images['broken']))}"
+            text += f"; broken (quarantined): {', '.join(sorted(images['broken']))}"
         lines.append(text)
     crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json", default=None)
     if crawl:
@@ -231,7 +255,7 @@ def summary(outcome: Outcome, root: Path) -> str:
         lock = storage.read_json(f"mixtures/{recipe}/lock.json", default=None)
         lines.append(f"  {recipe:<26} " + ("not built" if lock is None else f"{lock['output']['records']:>3} records, {len(lock['dropped'])} dropped  ({lock['output']['key']})"))
     if outcome.failed_dags:
-        lines += ["", f"FAILED: {', '.join(outcome.failed_dags)}"]
+        lines += ["", f"FAILED: {', '.join(outcome.failed_dags)} (task logs under {DEMO_DIR.relative_to(REPO_ROOT)}/airflow/logs/dag_id=<dag>/)"]
     return "\n".join(lines)
 
 
@@ -253,7 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir(parents=True)
-    (DEMO_DIR / ".gitignore").write_text("*\n")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     started = time.monotonic()
@@ -267,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         airflow.wait_ready(timeout=600)
         print(f"Airflow is up after {time.monotonic() - started:.0f} s: {airflow.url}", flush=True)
         client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
-        outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True))
+        outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True), check=airflow.check_running)
         print(summary(outcome, DEMO_DIR / "data"))
         print(f"\nEverything settled {time.monotonic() - started:.0f} s after the start.", flush=True)
         if args.exit:
@@ -279,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             airflow.check_running()
     except KeyboardInterrupt:
         return 0
+    except (RuntimeError, TimeoutError) as exc:  # a component died, or the runs did not settle
+        print(f"\nDemo failed: {exc}\nLogs: {DEMO_DIR.relative_to(REPO_ROOT)}/airflow/logs", file=sys.stderr, flush=True)
+        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
             signal.signal(sig, signal.SIG_IGN)

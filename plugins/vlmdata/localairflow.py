@@ -33,6 +33,11 @@ USER = "admin"
 _MARKER = "VLMDATA_LOCALAIRFLOW_ID"
 _COMPONENTS = ("scheduler", "dag-processor", "api-server")  # stopped in this order
 
+# SQLite lets one writer in at a time. On a busy 2-core machine the scheduler, the API server
+# and the DAG processor can hold the lock longer than sqlite3's default 5 s wait, and the
+# scheduler dies on "database is locked": every Airflow process waits up to a minute instead.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
 
 def _settings(home: Path, dags_folder: Path, port: int, log_server_port: int) -> dict[str, str]:
     """Airflow settings for a quick single-machine instance (strings, as environment values)."""
@@ -56,6 +61,8 @@ def _settings(home: Path, dags_folder: Path, port: int, log_server_port: int) ->
         # New DAG files show up within seconds (a directory listing; re-parsing every file stays
         # at the default of every 30 s, which is what costs CPU).
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "vlmdata.localairflow.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "vlmdata.localairflow.SQLITE_CONNECT_ARGS",
     }
 
 

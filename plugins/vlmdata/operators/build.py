@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator
 
 from .. import settings
 from ..layout import load_profiles, materialise
+from ..manifest import Manifest
 from ..mix import build, load_recipes
 from ..verify import summary, verify_source
 
@@ -21,6 +22,9 @@ class VerifySourceOperator(BaseOperator):
 
     Fails (without retrying) when an artifact is missing or its bytes changed; broken images
     and unresolved references are warnings: the report lists them and mixtures drop them.
+    Skips a source whose acquisition has not published yet: a referenced source's verification
+    (or the weekly re-check) can trigger it while the first acquisition is still placing files,
+    and that acquisition's own event triggers the verification once it is complete.
     """
 
     ui_color = "#fde2cf"
@@ -31,7 +35,11 @@ class VerifySourceOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         catalog = settings.catalog()
-        report = verify_source(catalog[self.source_id], settings.from_airflow().storage(), catalog)
+        storage = settings.from_airflow().storage()
+        acquired = Manifest(storage, self.source_id).source()
+        if acquired is None or not acquired.published_at:
+            raise AirflowSkipException(f"{self.source_id} is not acquired yet (acquire_{self.source_id} has not published): nothing to verify")
+        report = verify_source(catalog[self.source_id], storage, catalog)
         self.log.info(summary(report))
         if report["status"] == "fail":
             raise AirflowFailException(summary(report))

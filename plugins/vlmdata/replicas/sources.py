@@ -6,7 +6,7 @@ with the replica servers, as the upstreams would be reached:
 
 * one :class:`FakeHttpServer` for the plain-HTTP archives (COCO, GQA, TextVQA, Visual
   Genome), SA-1B's CDN (the links file's signed URLs) and the book covers OCR-VQA crawls;
-* one :class:`FakeHfHub` for the Hugging Face repositories;
+* one :class:`FakeHfHub` for the Hugging Face repositories (LFS files redirected to a CDN origin);
 * one :class:`FakeDrive` for the Drive folders and files (WebData, OCR-VQA's list, the SAM
   9K subset), with the catalog's Drive ids and the virus-scan warning for archives;
 * one :class:`FakeGitHub` for LLaVA's prompts folder.
@@ -136,7 +136,7 @@ class Replicas:
         self.sa1b_links: dict[str, str] = {}
         self.commits: dict[str, str] = {}  # hub repo -> commit
         self.http = self.hub = self.drive = self.github = None
-        self._servers: list[FakeHttpServer] = []
+        self._servers: list = []  # what start() started, stopped in stop()
         self._build()
 
     # ---------------------------------------------------------------------------- images
@@ -153,9 +153,9 @@ class Replicas:
             "empty": lambda: b"",
         }[kind]()
         status = {"truncated": "broken", "empty": "broken"}.get(kind, "ok")
-        suffix = posixpath.splitext(tree_path)[1].lower()
-        if kind == "gif" and suffix != ".gif" or kind == "png" and suffix != ".png" or kind == "jpeg" and suffix not in (".jpg", ".jpeg"):
-            status = "mislabelled"
+        named_as = {"gif": (".gif",), "png": (".png",), "jpeg": (".jpg", ".jpeg")}.get(kind)
+        if named_as and posixpath.splitext(tree_path)[1].lower() not in named_as:
+            status = "mislabelled"  # decodes, but not as the format its name says
         if tree_path:
             self.tree[tree_path] = status
         return data
@@ -429,11 +429,11 @@ class Replicas:
         if self.http is not None:
             return self
         self.http = FakeHttpServer().start()
-        self.hub = FakeHfHub().start()
+        self.hub = FakeHfHub(lfs_cdn=True).start()  # LFS files redirect to a CDN origin, as on the Hub
         # Archives (and OCR-VQA's list, ~100 MB upstream) answer the virus-scan warning first, as on Drive.
         self.drive = FakeDrive(warn_above=1024, real_urls=True, uc_redirects=True).start()
         self.github = FakeGitHub(FakeHttpServer().start())
-        self._servers = [self.http, self.hub.server, self.drive.server, self.github.server]
+        self._servers = [self.http, self.hub, self.drive.server, self.github.server]
         try:
             self._serve()
             self._write_user_files()

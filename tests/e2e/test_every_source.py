@@ -1,0 +1,173 @@
+"""Every source of the catalog acquired in real Airflow from its loopback replica, then verified,
+laid out and mixed by the asset-triggered DAGs: what ``python -m vlmdata.demo`` does, run by the
+same functions (``vlmdata.demo.run_everything``), with the replicas' planted faults checked
+against the integrity reports.
+
+One Airflow run serves every test of the module (about 5 minutes on an idle 2-core machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from vlmdata.airflow_client import AirflowClient
+from vlmdata.catalog import load_catalog
+from vlmdata.demo import demo_airflow, run_everything
+from vlmdata.layout import load_profiles
+from vlmdata.localairflow import free_port
+from vlmdata.manifest import Manifest
+from vlmdata.mix import load_recipes
+from vlmdata.operators.acquire import fetch_operator_for
+from vlmdata.replicas.sources import Replicas
+from vlmdata.storage import LocalStorage
+
+pytestmark = pytest.mark.e2e
+
+SOURCES = sorted(load_catalog())
+
+
+def failure_logs(client: AirflowClient, runs: list[tuple[str, str]]) -> str:
+    return "\n".join(client.task_logs(dag_id, run_id) for dag_id, run_id in runs)
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory):
+    work = tmp_path_factory.mktemp("every-source")
+    started = time.monotonic()
+    with Replicas(work / "replicas") as replicas:
+        airflow = demo_airflow(replicas, work, port=free_port())
+        with airflow:
+            airflow.wait_ready(timeout=600)
+            client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
+            try:
+                outcome = run_everything(client, timeout=1500, check=airflow.check_running)
+            except BaseException:
+                unfinished = [(d["dag_id"], r["dag_run_id"]) for d in client.dags() for r in client.runs(d["dag_id"]) if r["state"] != "success"]
+                print(failure_logs(client, unfinished))
+                raise
+            print(f"\nAirflow up and every source settled in {time.monotonic() - started:.0f} s (runs: {outcome.seconds:.0f} s); logs in {airflow.log_dir}")
+            yield client, replicas, outcome, LocalStorage(work / "data")
+
+
+def test_no_run_failed(everything):
+    client, _replicas, outcome, _storage = everything
+    # A refresh schedule may fire when a DAG is unpaused (near its cron time): such a run of a
+    # licence-gated source fails without the acknowledgement, before the triggered run succeeds.
+    run_types = {(d, r["dag_run_id"]): r["run_type"] for d, runs in outcome.runs.items() for r in runs}
+    failed = [run for run in outcome.failed_runs if not (run[0].startswith("acquire_") and run_types[run] == "scheduled")]
+    assert not failed, failure_logs(client, failed)
+    assert outcome.ok, failure_logs(client, outcome.failed_runs)
+
+
+@pytest.mark.parametrize("source_id", SOURCES)
+def test_acquisition_ran_through_its_operator(everything, source_id):
+    client, replicas, outcome, storage = everything
+    source = load_catalog()[source_id]
+    dag_id = f"acquire_{source_id}"
+    run_id = outcome.triggered[dag_id]
+    assert outcome.run_state(dag_id, run_id) == "success", failure_logs(client, [(dag_id, run_id)])
+    # Every run of the DAG (a refresh schedule may have started one before ours, on some days).
+    instances = [ti for run in outcome.runs[dag_id] for ti in client.task_instances(dag_id, run["dag_run_id"])]
+    steps = {"plan", "fetch", "publish"} | ({"plan_crawl", "crawl", "finish_crawl"} if source.kind == "urllist" else set())
+    assert {ti["task_id"] for ti in instances} == steps
+    fetched = [ti for ti in instances if ti["task_id"] == "fetch" and ti["state"] == "success"]
+    assert all(ti["map_index"] >= 0 for ti in fetched), "fetch is mapped over the planned artifacts"
+    assert {ti["operator"] for ti in fetched} == {fetch_operator_for(source.kind).__name__}
+    assert len(fetched) == len(replicas.fetched_artifacts(source_id))
+    records = Manifest(storage, source_id).artifacts()
+    assert replicas.fetched_artifacts(source_id) <= {name for name, r in records.items() if r.complete}
+    assert Manifest(storage, source_id).source().published_at
+    if source.licence.acknowledge:
+        assert Manifest(storage, source_id).source().acknowledged is not None
+    if source.kind == "hf":
+        assert {r.revision for r in records.values()} == {replicas.commits[source.hf.repo]}
+    if source.kind == "urllist":
+        crawled = [ti for ti in instances if ti["task_id"] == "crawl"]
+        assert crawled and all(ti["state"] == "success" for ti in crawled)
+
+
+@pytest.mark.parametrize("source_id", SOURCES)
+def test_files_land_where_the_layout_expects_them(everything, source_id):
+    _client, replicas, _outcome, storage = everything
+    assert storage.exists(f"data/{replicas.spot_checks[source_id]}")
+
+
+def test_every_replica_image_is_placed_and_the_broken_ones_quarantined(everything):
+    _client, replicas, _outcome, storage = everything
+    folders = {path.split("/")[0] for path in replicas.tree}
+    placed = {key[len("data/"):] for folder in folders for key, _ in storage.list(f"data/{folder}")}
+    images = {path for path in placed if path.rsplit(".", 1)[-1] in ("jpg", "jpeg", "png")}
+    assert images == {path for path, status in replicas.tree.items() if status != "broken"}
+    for source_id, keys in replicas.expected_broken.items():  # out of the training tree, kept aside
+        assert {f"_vlmdata/quarantine/{source_id}/{key}" for key in keys} == {key for key, _ in storage.list(f"_vlmdata/quarantine/{source_id}")}
+
+
+def test_views_resolve_through_their_links(everything):
+    _client, replicas, _outcome, storage = everything
+    root = storage.root
+    view = root / "playground" / "data"
+    for folder, name in (("coco/train2017", "000000000001.jpg"), ("gqa/images", "2354786.jpg"), ("vg/VG_100K_2", "2345678.jpg"), ("ocr_vqa/images", "0001234567.jpg"), ("LLaVA-Pretrain/images", "00453/004539375.jpg")):
+        assert (view / folder).is_symlink() and (view / folder / name).is_file(), folder
+    assert (view / "llava_v1_5_mix665k.json").read_bytes() == replicas.files["llava_instruct_150k"]["llava_v1_5_mix665k.json"]
+    alias = root / "data" / "allava" / "allava_vflan" / "images" / "images_191task_1k"
+    assert alias.is_symlink() and (alias / "PACS+guitar_image_category_classification" / "guitar_145.png").is_file()
+
+
+@pytest.mark.parametrize("source_id", SOURCES)
+def test_integrity_report_names_exactly_the_planted_faults(everything, source_id):
+    _client, replicas, _outcome, storage = everything
+    report = storage.read_json(f"_vlmdata/reports/{source_id}/integrity.json")
+    assert report["status"] in ("ok", "warn"), report["failures"]
+    assert set(storage.read_json(f"_vlmdata/reports/{source_id}/broken.json")) == replicas.expected_broken.get(source_id, set())
+    assert set(report["images"]["mislabelled"]) == replicas.expected_mislabelled.get(source_id, set())
+    unresolved = {}
+    for artifact, refs in report["references"].items():
+        named = {image: "broken" if reason.startswith("image broken") else "missing" for reason, entry in refs["reasons"].items() for image in entry["examples"]}
+        assert len(named) == refs["unresolved"]
+        if named:
+            unresolved[artifact] = named
+    assert unresolved == replicas.expected_missing_refs.get(source_id, {})
+    for artifact, checked in report["annotations"].items():
+        assert checked["invalid"] == replicas.malformed[(source_id, artifact)], artifact
+
+
+def test_crawl_report_names_the_dead_and_broken_covers(everything):
+    _client, replicas, _outcome, storage = everything
+    crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
+    expected = replicas.expected_crawl
+    assert set(crawl["dead"]) == expected["dead"]
+    assert set(crawl["broken"]) == expected["broken"]
+    assert set(crawl["converted"]) == expected["converted"]
+    assert set(crawl["missing"]) == expected["dead"] | expected["broken"]
+    stored = {key.rsplit("/", 1)[1][:-4] for key, _ in storage.list("data/ocr_vqa/images")}
+    assert stored == expected["stored"]
+    for isbn in expected["converted"]:  # GIF and PNG covers stored as real JPEGs under <id>.jpg
+        assert storage.read_bytes(f"data/ocr_vqa/images/{isbn}.jpg")[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize("profile", sorted(load_profiles()))
+def test_layout_reports_nothing_missing(everything, profile):
+    _client, _replicas, _outcome, storage = everything
+    assert storage.read_json(f"_vlmdata/layouts/{profile}.json")["missing"] == []
+
+
+@pytest.mark.parametrize("recipe_id", sorted(load_recipes()))
+def test_mixture_is_built_from_what_the_replicas_hold(everything, recipe_id):
+    _client, replicas, _outcome, storage = everything
+    recipe = load_recipes()[recipe_id]
+    lock = storage.read_json(f"mixtures/{recipe_id}/lock.json")
+    records = json.loads(storage.read_bytes(lock["output"]["key"]))
+    assert len(records) == lock["output"]["records"] > 0
+    for component in recipe.components:
+        counts = lock["counts"][component.label]
+        assert counts["kept"] + sum(counts["dropped"].values()) == counts["sampled"]
+        if component.take == "all":
+            assert counts["kept"] == replicas.expected_kept(component.source, component.artifact), component.label
+    image_root = storage.root / "data" / recipe.image_folder
+    for record in records:
+        if "image" in record:
+            assert os.path.isfile(image_root / record["image"]), record["image"]

@@ -54,3 +54,13 @@ def storage(request, tmp_path):
 
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The waits between retries, recorded instead of slept (so Retry-After is observable)."""
+    import time
+
+    recorded = []
+    monkeypatch.setattr(time, "sleep", recorded.append)
+    return recorded

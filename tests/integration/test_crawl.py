@@ -89,13 +89,6 @@ def build_site(srv: FakeHttpServer) -> Site:
     return site
 
 
-@pytest.fixture
-def waits(monkeypatch):
-    recorded = []
-    monkeypatch.setattr(crawl.time, "sleep", recorded.append)
-    return recorded
-
-
 def image_gets(srv: FakeHttpServer) -> int:
     return sum(1 for r in srv.requests if r.method == "GET" and r.path.startswith("/amazon/"))
 

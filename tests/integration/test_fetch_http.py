@@ -8,7 +8,6 @@ import logging
 import pytest
 
 from vlmdata.replicas.http_server import FakeHttpServer, corrupt, drop_after, ignore_range, reset_after, status
-from vlmdata.fetch import http as fetch_http
 from vlmdata.fetch.digest import Expected, IntegrityError
 from vlmdata.fetch.http import FetchError, RetryPolicy, download
 
@@ -22,14 +21,6 @@ def server():
     with FakeHttpServer() as srv:
         srv.add("/f.bin", DATA)
         yield srv
-
-
-@pytest.fixture
-def waits(monkeypatch):
-    """The waits between retries, recorded instead of slept (so Retry-After is observable)."""
-    recorded = []
-    monkeypatch.setattr(fetch_http.time, "sleep", recorded.append)
-    return recorded
 
 
 def ranges(srv) -> list[str | None]:

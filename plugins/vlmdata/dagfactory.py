@@ -70,7 +70,8 @@ def acquisition_dag(source: Source) -> DAG:
         dag_id=f"acquire_{source.id}",
         description=f"Acquire {source.title}",
         doc_md=doc,
-        schedule=source.refresh,
+        # Explicitly not on unpause: a refresh runs at its next tick (a licence may need a yes first).
+        schedule=CronTriggerTimetable(source.refresh, timezone="UTC", run_immediately=False) if source.refresh else None,
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -106,7 +107,7 @@ Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references)
 and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` decide failure or warning.
 """,
         # The assets, and a weekly re-check that catches bit rot on the storage.
-        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(REVERIFY, timezone="UTC"), assets=AssetAny(*triggers)),
+        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(REVERIFY, timezone="UTC", run_immediately=False), assets=AssetAny(*triggers)),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,

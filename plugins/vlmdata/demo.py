@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,22 +47,10 @@ ACTIVE = {"queued", "running"}
 AIRFLOW_SETTINGS = {"AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "300"}
 
 
-def bytecode_env() -> dict[str, str]:
-    """Where Python may not write bytecode (``PYTHONDONTWRITEBYTECODE``, as in some sandboxes and
-    containers), every task process compiles Airflow and the libraries from source again: tens
-    of seconds each on a busy 2-core machine. The demo's Airflow then keeps compiled bytecode
-    in a cache folder outside the virtual environment (``PYTHONPYCACHEPREFIX``)."""
-    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        return {}
-    prefix = os.environ.get("PYTHONPYCACHEPREFIX") or str(Path(tempfile.gettempdir()) / "vlmdata-pycache")
-    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": prefix}
-
-
 def demo_airflow(replicas: Replicas, work: Path, port: int, log_server_port: int | None = None, extra_env: dict[str, str] | None = None) -> LocalAirflow:
     """An Airflow on ``work/airflow`` whose tasks store under ``work/data`` and reach the replicas."""
     env = {
         **AIRFLOW_SETTINGS,
-        **bytecode_env(),
         **replicas.env(),
         "VLMDATA_ROOT": str(work / "data"),
         "VLMDATA_STAGING": str(work / "staging"),

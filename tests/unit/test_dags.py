@@ -105,3 +105,8 @@ def test_the_mix_form_offers_every_recipe(dagbag):
     dag = dagbag.dags["mix"]
     assert set(dag.params.get_param("recipe").schema["enum"]) == set(load_recipes())
     assert dag.params.get_param("format").schema["enum"] == ["json", "jsonl"]
+
+
+def test_refresh_schedules_do_not_fire_on_unpause(dagbag):
+    timetable = dagbag.dags["acquire_coco_train2017"].timetable
+    assert timetable.expression == "0 0 1 * *" and timetable._run_immediately is False  # @monthly

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from .. import acquire, settings
 
@@ -32,12 +33,18 @@ class PlanAcquisitionOperator(BaseOperator):
     def execute(self, context) -> list[str]:
         params = context["params"]
         ctx = settings.from_airflow().context(revision=params.get("revision") or None)
-        the_plan = acquire.plan(
-            _source(self.source_id), ctx,
-            acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
-            include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
-            refetch_quarantined=bool(params.get("refetch_quarantined")),
-        )
+        try:
+            the_plan = acquire.plan(
+                _source(self.source_id), ctx,
+                acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
+                include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
+                refetch_quarantined=bool(params.get("refetch_quarantined")),
+            )
+        except acquire.LicenceNotAcknowledged as exc:
+            run = context.get("dag_run")
+            if run is not None and getattr(run.run_type, "value", run.run_type) == "scheduled":
+                raise AirflowSkipException(f"scheduled refresh skipped: {exc}") from exc  # nobody to say yes
+            raise AirflowFailException(str(exc)) from exc  # retrying cannot help
         self.log.info(the_plan.summary())
         if params.get("dry_run"):
             self.log.info("dry run: nothing fetched")

@@ -109,4 +109,4 @@ def test_the_mix_form_offers_every_recipe(dagbag):
 
 def test_refresh_schedules_do_not_fire_on_unpause(dagbag):
     timetable = dagbag.dags["acquire_coco_train2017"].timetable
-    assert timetable.expression == "0 0 1 * *" and timetable._run_immediately is False  # @monthly
+    assert timetable.expression == "0 0 1 * *" and timetable.run_immediately is False  # @monthly

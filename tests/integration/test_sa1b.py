@@ -340,3 +340,17 @@ def test_report_needed_shards_grows_with_what_was_fetched(cdn, tmp_path, monkeyp
     assert final.present == ["sam/images/sa_1.jpg", "sam/images/sa_5.jpg", "sam/images/sa_40.jpg"]
     assert final.tars == {"sa_000000.tar": ["sam/images/sa_2.jpg"]}
     assert final.unknown == ["sam/images/sa_545504.jpg"]
+
+
+def test_a_reset_mid_tar_is_recovered(cdn, tmp_path, monkeypatch, waits):
+    """The shared download core retries it (resume offsets are tested there; this tar is smaller than one read)."""
+    from vlmdata.replicas.http_server import reset_after
+    from vlmdata.storage import LocalStorage
+
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    cdn.http.script("/m1/v/t6/sa_000001.tar", reset_after(len(cdn.tars["sa_000001.tar"]) // 2))
+    storage = LocalStorage(tmp_path / "root")
+    result = acquire(_source(first_shard=0, last_shard=1), _ctx(storage), acknowledge=True)
+    assert sorted(result["changed"]) == ["sa_000000.tar", "sa_000001.tar"]
+    assert cdn.gets("sa_000001.tar") == 2 and len(waits) == 1  # one reset, one retry
+    assert all(storage.read_bytes(key) == body for key, body in _jpegs([1, 2, 5, 9]).items())

@@ -213,8 +213,9 @@ class Transient(Exception):
         self.reason, self.retry_after = reason, retry_after
 
 
-def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: ""):
-    """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried."""
+def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str = ""):
+    """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried.
+    ``hint`` ends the message when retries run out (what the user can do next)."""
     reason = ""
     for number in range(1, policy.attempts + 1):
         retry_after = None
@@ -228,7 +229,7 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
             wait = policy.wait(number, retry_after)
             log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
             time.sleep(wait)
-    raise FetchError(f"{what}: giving up after {policy.attempts} attempts: {reason}")
+    raise FetchError(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint}")
 
 
 def _raise_for_retry(response: requests.Response) -> None:
@@ -291,12 +292,7 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
     def resuming_from() -> str:
         return f" (resuming from {partial.path.stat().st_size} bytes)" if partial.path.exists() else ""
 
-    try:
-        return with_retries(redact(url), policy, attempt, resuming_from)
-    except FetchError as exc:
-        if "giving up" in str(exc):
-            raise FetchError(f"{exc}. The partial file is kept; re-running resumes it.") from None
-        raise
+    return with_retries(redact(url), policy, attempt, resuming_from, hint=". The partial file is kept; re-running resumes it.")
 
 
 def _rehash(hasher: MultiHasher, partial: _Partial, offset: int) -> MultiHasher:

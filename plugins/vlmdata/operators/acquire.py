@@ -6,6 +6,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from .. import acquire, settings
+from .events import emit
 
 
 def _source(source_id: str):
@@ -106,7 +107,6 @@ class PublishSourceOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         summary = acquire.publish(_source(self.source_id), settings.from_airflow().context(), list(self.fetched or []))
-        for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = summary
+        emit(context, self.outlets, summary)
         self.log.info("published %s: %s", self.source_id, summary)
         return summary

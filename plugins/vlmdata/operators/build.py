@@ -10,11 +10,7 @@ from ..layout import load_profiles, materialise
 from ..manifest import Manifest
 from ..mix import build, load_recipes
 from ..verify import summary, verify_source
-
-
-def _emit(context, outlets, extra: dict) -> None:
-    for outlet in outlets:
-        context["outlet_events"][outlet].extra = extra
+from .events import emit
 
 
 class VerifySourceOperator(BaseOperator):
@@ -44,7 +40,7 @@ class VerifySourceOperator(BaseOperator):
         if report["status"] == "fail":
             raise AirflowFailException(summary(report))
         brief = {"source": self.source_id, "status": report["status"], "images_ok": report["images"]["ok"], "images_broken": report["images"]["broken_count"]}
-        _emit(context, self.outlets, brief)
+        emit(context, self.outlets, brief)
         return brief
 
 
@@ -60,7 +56,7 @@ class MaterialiseLayoutOperator(BaseOperator):
     def execute(self, context) -> dict:
         report = materialise(load_profiles()[self.profile_id], settings.from_airflow().storage())
         brief = {"profile": self.profile_id, "paths": len(report["views"]), "missing": report["missing"]}
-        _emit(context, self.outlets, brief)
+        emit(context, self.outlets, brief)
         return brief
 
 
@@ -80,5 +76,5 @@ class BuildMixtureOperator(BaseOperator):
         seed = params.get("seed")
         lock = build(load_recipes()[recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=params.get("format") or None)
         brief = {"recipe": recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}
-        _emit(context, self.outlets, brief)
+        emit(context, self.outlets, brief)
         return brief

@@ -5,6 +5,7 @@ from __future__ import annotations
 from airflow.sdk import BaseOperator
 
 from .. import crawl, settings
+from .events import emit
 
 
 def _crawl_settings(source_id: str) -> tuple[str, str]:
@@ -55,7 +56,6 @@ class FinishCrawlOperator(BaseOperator):
     def execute(self, context) -> dict:
         _list_key, into = _crawl_settings(self.source_id)
         summary = crawl.finish(settings.from_airflow().storage(), self.source_id, into)
-        for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = {k: v for k, v in summary.items() if isinstance(v, (int, str))}
+        emit(context, self.outlets, summary)
         self.log.info("crawl of %s: %s", self.source_id, summary)
         return summary

@@ -125,13 +125,28 @@ def _gib(size: int | None) -> str:
     return "size unknown" if size is None else f"{size / 1024**3:.2f} GiB"
 
 
-def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True, refetch_quarantined: bool = False) -> Plan:
-    """Probe upstream and compare with the manifest. Checks the licence and the free space."""
+def needed_artifacts(source: Source, ctx: Context, needed_by: list[str]) -> list[str]:
+    """The artifacts holding what the annotation files ``needed_by`` reference and the storage lacks."""
+    chooser = transport_for(source).needed_by
+    if chooser is None:
+        raise ValueError(f"{source.id}: needed_by chooses artifacts by the images that annotation files reference; "
+                         f"sources of kind {source.kind!r} have no such choice (SA-1B has)")
+    return chooser(source, ctx, list(needed_by))
+
+
+def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True, refetch_quarantined: bool = False, needed_by: list[str] | None = None) -> Plan:
+    """Probe upstream and compare with the manifest. Checks the licence and the free space.
+    With ``needed_by`` the artifacts are those the annotation files need (plus ``only``)."""
     manifest = Manifest(ctx.storage, source.id)
     check_licence(source, manifest, acknowledge, who)
     if refetch_quarantined and manifest.quarantined():
         log.info("%s: fetching the %d quarantined files again (their copies stay in quarantine)", source.id, len(manifest.quarantined()))
         manifest.save_quarantined({})
+    if needed_by:
+        only = [*(only or []), *(name for name in needed_artifacts(source, ctx, needed_by) if name not in (only or []))]
+        if not only:
+            log.info("%s: the annotation files need nothing more from this source", source.id)
+            return Plan(source.id, [], [])
     found = remotes(source, selected_artifacts(source, ctx, only, include_optional), ctx)
     todo = [r for r in found if not is_current(ctx, manifest, r)]
     result = Plan(
@@ -213,9 +228,9 @@ def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
     return {"source": source.id, "revision": record.revision, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
 
 
-def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", refetch_quarantined: bool = False) -> dict:
+def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", refetch_quarantined: bool = False, needed_by: list[str] | None = None) -> dict:
     """All steps in a row (the CLI); Airflow runs them as separate tasks."""
-    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run, refetch_quarantined=refetch_quarantined)
+    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run, refetch_quarantined=refetch_quarantined, needed_by=needed_by)
     if dry_run:
         return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
     fetched = [fetch_artifact(source, item["name"], ctx) for item in the_plan.fetch]

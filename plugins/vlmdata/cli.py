@@ -2,6 +2,7 @@
 
     vlmdata sources
     vlmdata acquire coco_train2017 [--dry-run] [--acknowledge-licence] [--artifact NAME ...]
+    vlmdata acquire sa1b --acknowledge-licence --needed-by sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json
     vlmdata verify coco_train2017
     vlmdata layout llava15
     vlmdata mix llava_instruct_150k [--seed N] [--format jsonl]
@@ -42,7 +43,7 @@ def cmd_sources(args, catalog) -> int:
 
 def cmd_acquire(args, catalog) -> int:
     ctx = settings.from_env(args.root).context(revision=args.revision)
-    result = acquire.acquire(_lookup(catalog, args.source), ctx, acknowledge=args.acknowledge_licence, dry_run=args.dry_run, only=args.artifact or None, include_optional=args.include_optional, who=f"cli ({os.environ.get('USER', 'unknown')})", refetch_quarantined=args.refetch_quarantined)
+    result = acquire.acquire(_lookup(catalog, args.source), ctx, acknowledge=args.acknowledge_licence, dry_run=args.dry_run, only=args.artifact or None, include_optional=args.include_optional, who=f"cli ({os.environ.get('USER', 'unknown')})", refetch_quarantined=args.refetch_quarantined, needed_by=args.needed_by)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -98,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include-optional", action="store_true")
     p.add_argument("--revision", help="Hub branch, tag or commit (overrides the catalog)")
     p.add_argument("--refetch-quarantined", action="store_true", help="fetch again the files verify moved to the quarantine")
+    p.add_argument("--needed-by", action="append", metavar="TREE_PATH", help="SA-1B: the tars holding the images this annotation file (a data-tree path) references and the storage lacks, instead of the range (repeatable)")
     p.set_defaults(func=cmd_acquire)
     sub.add_parser("pools", help="the Airflow pools the DAGs use, for `airflow pools import`").set_defaults(func=cmd_pools)
     p = sub.add_parser("verify", help="integrity report of an acquired source")

@@ -55,6 +55,14 @@ def acquisition_dag(source: Source) -> DAG:
     }
     if source.kind == "hf":
         params["revision"] = Param(source.hf.revision, type="string", description="Branch, tag or 40-hex commit of the Hub repository (the catalog's pin by default).")
+    if TRANSPORTS[source.kind].needed_by:
+        params["needed_by"] = Param(
+            [], type="array",
+            description="Instead of the catalog's range: the tars holding the SAM images that these annotation files reference and the storage lacks "
+            "(paths in the data tree, e.g. sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json). Tars not fetched before are indexed by reading "
+            f"their member headers with Range requests (once; kept on the storage). The account: _vlmdata/reports/{source.id}/needed_tars.json. "
+            "With dry_run: only that account.",
+        )
     if source.licence.acknowledge:
         params["acknowledge_licence"] = Param(False, type="boolean", description=f"I accept: {source.licence.name}. {source.licence.notice or ''}".strip())
     doc = f"""### Acquire {source.title}

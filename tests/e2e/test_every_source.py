@@ -22,7 +22,7 @@ from vlmdata.localairflow import free_port
 from vlmdata.manifest import Manifest
 from vlmdata.mix import load_recipes
 from vlmdata.operators.acquire import fetch_operator_for
-from vlmdata.replicas.sources import Replicas
+from vlmdata.replicas.sources import SA1B_SHARDS, Replicas
 from vlmdata.storage import LocalStorage
 
 pytestmark = pytest.mark.e2e
@@ -171,3 +171,21 @@ def test_mixture_is_built_from_what_the_replicas_hold(everything, recipe_id):
     for record in records:
         if "image" in record:
             assert os.path.isfile(image_root / record["image"]), record["image"]
+
+
+def test_sa1b_fetches_the_tars_a_sharegpt4v_file_needs(everything):
+    """Last in the module: the run it triggers changes the SAM folder the tests above checked."""
+    client, replicas, _outcome, storage = everything
+    needed_by = "sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json"
+    sam = {ref.tree for ref in replicas.annotations["sharegpt4v"][needed_by.split("/")[1]] if ref and ref.tree.startswith("sam/images/")}
+    holding = {tar for tar, numbers in SA1B_SHARDS.items() if any(f"sam/images/sa_{n}.jpg" in sam for n in numbers)}
+    missing_tars = holding - replicas.fetched_artifacts("sa1b")
+    assert missing_tars and not all(storage.exists(f"data/{path}") for path in sam)  # the range did not cover them
+
+    run_id = client.trigger("acquire_sa1b", {"needed_by": [needed_by]})
+    assert client.wait_for_run("acquire_sa1b", run_id, timeout=300) == "success", failure_logs(client, [("acquire_sa1b", run_id)])
+    fetched = [ti for ti in client.task_instances("acquire_sa1b", run_id) if ti["task_id"] == "fetch" and ti["state"] == "success"]
+    assert len(fetched) == len(missing_tars)  # only the tars outside the range that hold referenced images
+    report = storage.read_json("_vlmdata/reports/sa1b/needed_tars.json")
+    assert set(report["tars"]) == missing_tars and report["unaccounted"] == 0
+    assert all(storage.exists(f"data/{path}") for path in sam)

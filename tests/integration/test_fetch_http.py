@@ -156,3 +156,21 @@ def test_an_html_page_answering_a_resume_keeps_the_partial(tmp_path, waits):
         download(f"{srv.url}/f.bin", tmp_path / "f.bin", Expected(sha256=SHA), policy=FAST)
         assert (tmp_path / "f.bin").read_bytes() == DATA
         assert ranges(srv)[-1] == f"bytes={kept}-"
+
+
+def test_range_reader_reads_what_is_asked_and_notices_a_changed_file(server, waits):
+    from vlmdata.fetch.http import RangeReader
+
+    reader = RangeReader(f"{server.url}/f.bin", policy=FAST, readahead=4096)
+    reader.seek(100_000)
+    assert reader.read(10) == DATA[100_000:100_010] and reader.read(100) == DATA[100_010:100_110]  # one range serves both
+    assert reader.size == len(DATA) and reader.requests == 1
+    assert reader.seek(-5, 2) == len(DATA) - 5 and reader.read(100) == DATA[-5:] and reader.read(1) == b""
+    server.script("/f.bin", reset_after(10))
+    reader.seek(500_000)
+    assert reader.read(8000) == DATA[500_000:508_000]  # a reset range is fetched again
+    assert ranges(server)[-1] == "bytes=500000-507999" and len(waits) == 1
+    server.replace("/f.bin", DATA[::-1])
+    reader.seek(0)
+    with pytest.raises(FetchError, match="changed while it was being read"):
+        reader.read(1)

@@ -187,8 +187,9 @@ def test_parse_accepts_crlf_bom_and_trailing_blank_lines():
 def test_default_range_needs_every_shard_in_the_links_file(cdn, tmp_path, monkeypatch):
     monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
     with pytest.raises(LinksFileError, match="no row for 48 of the shards sa_000000.tar..sa_000050.tar") as info:
-        sa1b_discover(load_catalog()["sa1b"], _ctx(LocalStorage(tmp_path / "root")))
+        acq.plan(load_catalog()["sa1b"], _ctx(LocalStorage(tmp_path / "root")), acknowledge=True)
     assert "sa_000003.tar" in str(info.value)
+    assert cdn.http.requests == []  # refused before any link is probed
 
 
 # ---------------------------------------------------------------- acquisition
@@ -354,3 +355,127 @@ def test_a_reset_mid_tar_is_recovered(cdn, tmp_path, monkeypatch, waits):
     assert sorted(result["changed"]) == ["sa_000000.tar", "sa_000001.tar"]
     assert cdn.gets("sa_000001.tar") == 2 and len(waits) == 1  # one reset, one retry
     assert all(storage.read_bytes(key) == body for key, body in _jpegs([1, 2, 5, 9]).items())
+
+
+# ------------------------------------------------- choosing tars by what an annotation file needs
+
+PT_FILE = "sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json"  # the catalog's target: paths relative to data/
+
+
+def _put_annotation(storage, records, path: str = PT_FILE) -> None:
+    storage.write_bytes(f"data/{path}", json.dumps(records).encode())
+
+
+def _ranged_gets(cdn, name: str) -> tuple[int, int]:
+    """(GETs of the whole tar, ranged GETs) of one tar."""
+    gets = [r for r in cdn.http.requests if r.method == "GET" and r.path.endswith(name)]
+    ranged = [r for r in gets if r.headers.get("Range", "").startswith("bytes=") and not r.headers["Range"].endswith("-")]
+    return len(gets) - len(ranged), len(ranged)
+
+
+def test_a_tar_is_indexed_from_its_member_headers_without_fetching_it(cdn, storage, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    ctx = _ctx(storage)
+    link = sa1b.read_links(_source(), ctx)["sa_000002.tar"]
+    assert sa1b.index_remote_tar(_source(), "sa_000002.tar", link, ctx) == ["sa_3.jpg", "sa_40.jpg"]
+    whole, ranged = _ranged_gets(cdn, "sa_000002.tar")
+    assert whole == 0 and ranged <= 2 * 2 + 2  # about one small range per member (jpg + json per image), never the tar
+    kept = storage.read_json(sa1b.contents_key("sa1b", "sa_000002.tar"))
+    assert kept["images"] == ["sa_3.jpg", "sa_40.jpg"] and kept["size"] == len(cdn.tars["sa_000002.tar"])
+    assert sa1b.tar_index(storage)["sa_000002.tar"] == ["sa_3.jpg", "sa_40.jpg"]  # known from now on
+
+
+def test_long_names_and_a_tar_with_many_members_are_indexed_exactly(tmp_path, monkeypatch):
+    """PAX headers (long names) and a readahead smaller than the headers still hop correctly."""
+    numbers = list(range(100, 160))
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for n in numbers:
+            data = jpeg_bytes(seed=n)
+            info = tarfile.TarInfo(f"{'deep/' * 30}sa_{n}.jpg")  # > 100 characters: a PAX header each
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with FakeHttpServer() as http:
+        cdn = FakeCdn(http, {"sa_000007.tar": body.getvalue()})
+        monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+        ctx = _ctx(LocalStorage(tmp_path / "root"))
+        link = sa1b.read_links(_source(), ctx)["sa_000007.tar"]
+        assert sa1b.index_remote_tar(_source(), "sa_000007.tar", link, ctx) == [f"sa_{n}.jpg" for n in numbers]
+
+
+def test_indexing_an_expired_link_or_a_server_without_ranges_fails_clearly(cdn, tmp_path, monkeypatch):
+    from vlmdata.replicas.http_server import ignore_range
+
+    old = cdn.sign()
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, old)))
+    ctx = _ctx(LocalStorage(tmp_path / "root"))
+    link = sa1b.read_links(_source(), ctx)["sa_000001.tar"]
+    cdn.sign()  # the user's file is now stale
+    with pytest.raises(FetchError, match="refresh the links file|links file.*expired|expired"):
+        sa1b.index_remote_tar(_source(), "sa_000001.tar", link, ctx)
+    fresh = parse_links(cdn.sign())["sa_000001.tar"]
+    cdn.http.script("/m1/v/t6/sa_000001.tar", ignore_range())
+    with pytest.raises(FetchError, match="does not answer Range requests"):
+        sa1b.index_remote_tar(_source(), "sa_000001.tar", fresh, ctx)
+    assert not list(ctx.storage.list("_vlmdata/sources/sa1b/tar-contents"))  # nothing half-known kept
+
+
+def test_needed_by_fetches_only_the_tars_holding_missing_images(cdn, storage, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    source = _source(first_shard=0, last_shard=0)
+    acquire(source, _ctx(storage), acknowledge=True)  # the range: sa_000000.tar, images 1 and 2
+    _put_annotation(storage, _sharegpt4v_like())
+
+    dry = acquire(source, _ctx(storage), needed_by=[PT_FILE], dry_run=True)
+    assert [item["name"] for item in dry["fetch"]] == ["sa_000001.tar", "sa_000002.tar"]  # sa_5 and sa_40
+    assert cdn.gets("sa_000001.tar") == _ranged_gets(cdn, "sa_000001.tar")[1]  # the dry run only read headers
+    report = storage.read_json("_vlmdata/reports/sa1b/needed_tars.json")
+    assert (report["present"], report["tars"], report["unaccounted"], report["tars_searched"]) == (2, {"sa_000001.tar": 1, "sa_000002.tar": 1}, 1, 3)
+    assert report["unaccounted_examples"] == ["sam/images/sa_545504.jpg"] and "in none of the 3 tars" in report["summary"]
+
+    def ranged() -> int:
+        return sum(_ranged_gets(cdn, name)[1] for name in cdn.tars)
+
+    indexed = ranged()
+    result = acquire(source, _ctx(storage), needed_by=[PT_FILE])
+    assert sorted(result["changed"]) == ["sa_000001.tar", "sa_000002.tar"]
+    assert [_ranged_gets(cdn, name)[0] for name in sorted(cdn.tars)] == [1, 1, 1]  # one download of each tar
+    assert ranged() == indexed  # the indexes the dry run made were kept, not read again
+    assert all(storage.read_bytes(key) == body for key, body in _jpegs([1, 2, 5, 9, 3, 40]).items())
+
+    requests_before = len(cdn.http.requests)
+    again = acquire(source, _ctx(storage), needed_by=[PT_FILE])
+    assert again["changed"] == [] and again["artifacts"] == 3
+    assert [r for r in cdn.http.requests[requests_before:] if r.method == "GET"] == []  # nothing needed: nothing read
+
+
+def test_indexing_stops_once_every_missing_image_is_placed(cdn, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    ctx = _ctx(LocalStorage(tmp_path / "root"))
+    needed = sa1b.locate_tars(_source(), ctx, ["sam/images/sa_2.jpg"], workers=1)
+    assert needed.tars == {"sa_000000.tar": ["sam/images/sa_2.jpg"]} and needed.searched is None
+    assert cdn.gets("sa_000001.tar") == cdn.gets("sa_000002.tar") == 0  # shard order, one at a time, stopped early
+
+
+def test_needed_by_names_what_is_wrong(cdn, storage, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    with pytest.raises(FileNotFoundError, match=f"{PT_FILE} is not in the data tree.*acquire the source"):
+        acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE])
+    storage.write_bytes(f"data/{PT_FILE}", b'{"not": "a list"}')
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE])
+    with pytest.raises(ValueError, match="kind 'http' have no such choice"):
+        acq.plan(load_catalog()["coco_train2017"], _ctx(storage), needed_by=[PT_FILE])
+    assert cdn.gets() == 0
+
+
+def test_the_cli_says_which_tars_an_annotation_file_needs(cdn, tmp_path, monkeypatch, capsys):
+    from vlmdata.cli import main
+
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    root = tmp_path / "root"
+    _put_annotation(LocalStorage(root), _sharegpt4v_like())
+    assert main(["--root", str(root), "acquire", "sa1b", "--acknowledge-licence", "--dry-run", "--needed-by", PT_FILE]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert [item["name"] for item in said["fetch"]] == ["sa_000000.tar", "sa_000001.tar", "sa_000002.tar"]  # sa_1 and sa_2, sa_5, sa_40
+    assert cdn.gets() == sum(_ranged_gets(cdn, name)[1] for name in cdn.tars)  # headers only

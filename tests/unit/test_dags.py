@@ -56,6 +56,12 @@ def test_licence_acknowledgement_is_a_parameter_where_the_licence_demands_it(dag
             assert ("acknowledge_licence" in dag.params) == source.licence.acknowledge, source.id
 
 
+def test_only_sa1b_can_choose_its_tars_by_an_annotation_file(dagbag):
+    choosers = {dag_id for dag_id, dag in dagbag.dags.items() if "needed_by" in dag.params}
+    assert choosers == {"acquire_sa1b"}
+    assert dagbag.dags["acquire_sa1b"].params["needed_by"] == []  # the catalog's range unless asked
+
+
 def triggers(dag) -> set[str]:
     """Names of the assets a DAG is scheduled on (an Asset, or AssetAny/AssetAll of them)."""
     condition = dag.timetable.asset_condition

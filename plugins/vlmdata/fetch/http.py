@@ -15,6 +15,7 @@ a reset and checks only the size).
 from __future__ import annotations
 
 import email.utils
+import io
 import json
 import logging
 import random
@@ -312,6 +313,108 @@ def _explain_status(url: str, status: int, response: requests.Response) -> str:
     }.get(status, "unexpected answer")
     code = response.headers.get("X-Error-Code")
     return f"{redact(url)}: HTTP {status}{f' ({code})' if code else ''}: {hint}"
+
+
+class RangeReader(io.RawIOBase):
+    """A remote file as a seekable, read-only file: each read outside the buffer is one
+    ``Range`` request of at least ``readahead`` bytes. A parser that seeks (``tarfile``
+    hopping from member header to member header) then reads only the bytes it looks at.
+
+    After the first answer every request carries ``If-Range`` with its validator: a file
+    that changes while it is read answers 200 and fails the read instead of mixing versions.
+    A server that ignores ``Range`` is an error too: the point is not to fetch the file.
+    ``refused(status, response)`` may give the message for 4xx answers (a signed link's).
+    """
+
+    def __init__(self, url: str, *, session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy(), readahead: int = 2048, refused: Callable[[int, requests.Response], str] | None = None):
+        super().__init__()
+        self.url, self.policy, self.readahead, self.refused = url, policy, readahead, refused
+        self.session = session or requests.Session()
+        self.size: int | None = None
+        self.validator: str | None = None
+        self.requests = 0  # how many ranges were fetched: the cost of what was read
+        self._pos = 0
+        self._buffer, self._buffer_start = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            if self.size is None:
+                self._fill(0, 1)  # the first answer says the size
+            offset += self.size
+        elif whence == io.SEEK_CUR:
+            offset += self._pos
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        self._pos = offset
+        return offset
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise io.UnsupportedOperation("RangeReader reads bounded ranges only")
+        if self.size is not None and self._pos >= self.size or size == 0:
+            return b""
+        offset = self._pos - self._buffer_start
+        if offset < 0 or offset + size > len(self._buffer):
+            self._fill(self._pos, max(size, self.readahead))
+            offset = 0
+        data = self._buffer[offset : offset + size]
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _fill(self, start: int, length: int) -> None:
+        if self.size is not None:
+            length = min(length, self.size - start)
+            if length <= 0:
+                self._buffer, self._buffer_start = b"", start
+                return
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        if self.validator:
+            headers["If-Range"] = self.validator
+
+        def attempt() -> bytes:
+            self.requests += 1
+            with self.session.get(self.url, headers=headers, stream=True, allow_redirects=True, timeout=(self.policy.connect_timeout, self.policy.read_timeout)) as response:
+                _raise_for_retry(response)
+                status = response.status_code
+                if status == 416:  # at or past the end
+                    self.size = _content_range_total(response.headers.get("Content-Range")) or start
+                    return b""
+                if status == 200:
+                    what = "changed while it was being read" if self.validator else "does not answer Range requests"
+                    raise FetchError(f"{redact(self.url)}: the server sent the whole file instead of bytes {start}-{start + length - 1}: the file {what}")
+                if status != 206:
+                    raise FetchError(self.refused(status, response) if self.refused and 400 <= status < 500 else _explain_status(self.url, status, response))
+                if _content_range_start(response.headers.get("Content-Range")) != start:
+                    raise FetchError(f"{redact(self.url)}: asked for bytes from {start}, got {response.headers.get('Content-Range')!r}")
+                self.size = _content_range_total(response.headers.get("Content-Range")) or self.size
+                self.validator = self.validator or validator_of(response.headers)
+                chunks, received = [], 0
+                for chunk in response.iter_content(1 << 16):  # never more than asked, whatever is sent
+                    chunks.append(chunk)
+                    received += len(chunk)
+                    if received >= length:
+                        break
+                data = b"".join(chunks)[:length]
+                if len(data) < min(length, (self.size or start + length) - start):
+                    raise Transient(f"connection closed after {len(data)} of {length} bytes")
+                return data
+
+        self._buffer = with_retries(f"{redact(self.url)} bytes {start}-{start + length - 1}", self.policy, attempt)
+        self._buffer_start = start
 
 
 def probe(url: str, *, headers: Mapping[str, str] | None = None, session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy()) -> dict[str, str | int | None]:

@@ -43,7 +43,11 @@ class Transport:
     ``remotes`` describes artifacts before fetching them (URL after mirrors, expected size
     and checksums, the fingerprint a refresh compares). ``discover`` lists artifacts the
     catalog cannot name in advance (a Drive folder's files, the shards of a links file).
+    ``needed_by`` chooses artifacts by what annotation files reference.
     """
 
     remotes: Callable[[Source, list[Artifact], Context], list[Remote]]
     discover: Callable[[Source, Context], list[Artifact]] | None = None
+    # The artifacts holding the images that annotation files (data-tree paths) reference and
+    # the storage lacks: for sources fetched for others' annotations (SA-1B tars).
+    needed_by: Callable[[Source, Context, list[str]], list[str]] | None = None

@@ -23,12 +23,14 @@ tar is extracted flat into ``sam/images/`` keeping the JPEGs (and, with ``keep_m
 
 Which tars does a mixture need? SA-1B image numbers are global (``sa_545504.jpg``) and a tar
 holds about 11,186 of them, but which numbers sit in which tar cannot be computed from the
-number. :func:`report_needed_shards` therefore knows the tar of an image only from the index
-of a tar already extracted (the manifest's per-tar file index) or from an index the user
-supplies (``{"sa_000123.tar": ["sa_1.jpg", ...]}``); every other missing image is reported as
-unaccounted for ("unknown: need the tar to know"), with its count, and the number shrinks as
-more tars are fetched. ConvLLaVA's 51 tars cover only about half of the SAM images
-ShareGPT4V-PT references, so expect a large unaccounted count with the default range.
+number, and Meta publishes no map. A tar's contents are known here from the manifest's file
+index of a tar already extracted, from a list the user supplies
+(``{"sa_000123.tar": ["sa_1.jpg", ...]}``), or by :func:`index_remote_tar`, which reads only the
+tar's member headers through HTTP Range requests and keeps the list. :func:`report_needed_shards`
+accounts for an annotation file's SAM images with what is known, reading nothing;
+:func:`locate_tars` also indexes the links file's other tars until every missing image is
+placed; ``needed_by`` (the DAG parameter, ``--needed-by``) fetches the tars it names instead of
+the range. ConvLLaVA's 51 tars cover only about half of the SAM images ShareGPT4V-PT references.
 """
 
 from __future__ import annotations
@@ -39,18 +41,23 @@ import os
 import posixpath
 import re
 import sys
+import tarfile
+import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from ..catalog import Artifact, Extract, Source
-from ..manifest import Manifest
-from ..storage import DATA_PREFIX, Storage
+from ..annotations import load_records
+from ..catalog import Artifact, Extract, Source, load_catalog
+from ..extract import Limits, UnsafeArchive
+from ..manifest import Manifest, now, source_prefix
+from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
-from .http import FetchError, _content_range_total, _raise_for_retry, redact, with_retries
+from .http import FetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
 from .remote import Context, Remote, Transport
 
 log = logging.getLogger("vlmdata.fetch.sa1b")
@@ -189,20 +196,13 @@ def extract_spec(source: Source) -> Extract:
 
 
 def sa1b_discover(source: Source, ctx: Context) -> list[Artifact]:
-    """One artifact per row of the links file; those outside the catalog's range are optional."""
+    """One artifact per row of the links file; those outside the catalog's range are optional.
+    A range shard the file lacks is listed without a link: fetching it fails with the advice."""
     upstream = source.sa1b
     first, last = upstream.first_shard, upstream.last_shard
     if last < first:
         raise LinksFileError(f"{source.id}: sa1b.last_shard ({last}) is before first_shard ({first})")
     links = read_links(source, ctx)
-    missing = [shard_name(n) for n in range(first, last + 1) if shard_name(n) not in links]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise LinksFileError(
-            f"{source.id}: the links file has no row for {len(missing)} of the shards {shard_name(first)}..{shard_name(last)} "
-            f"the catalog asks for ({shown}). Use the complete file from Meta's download page, or narrow "
-            f"sa1b.first_shard / last_shard in a private catalog (VLMDATA_CATALOG)."
-        )
     spec = extract_spec(source)
     artifacts = []
     for name, link in sorted(links.items()):
@@ -213,7 +213,18 @@ def sa1b_discover(source: Source, ctx: Context) -> list[Artifact]:
                 note=None if in_range else f"outside the catalog's range {first}..{last}: fetched when named or with include_optional",
             )
         )
+    artifacts += [Artifact(name=shard_name(n), extract=spec, note="in the catalog's range; not in the links file") for n in range(first, last + 1) if shard_name(n) not in links]
     return artifacts
+
+
+def _unlinked(source: Source, names: list[str]) -> LinksFileError:
+    upstream = source.sa1b
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return LinksFileError(
+        f"{source.id}: the links file has no row for {len(names)} of the shards {shard_name(upstream.first_shard)}..{shard_name(upstream.last_shard)} "
+        f"the catalog asks for ({shown}). Use the complete file from Meta's download page, or narrow "
+        f"sa1b.first_shard / last_shard in a private catalog (VLMDATA_CATALOG)."
+    )
 
 
 def _refused_message(source: Source, name: str, status: int, said: str) -> str:
@@ -270,16 +281,15 @@ def probe_link(source: Source, name: str, url: str, ctx: Context, session: reque
 
 
 def sa1b_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Remote]:
-    links = None
+    # Artifacts without a link (a range shard, or one a private catalog names) take it from the links file.
+    links = read_links(source, ctx) if any(a.url is None for a in artifacts) else {}
+    unlinked = [a.name for a in artifacts if a.url is None and a.name not in links]
+    if unlinked:
+        raise _unlinked(source, unlinked)
     session = requests.Session()
     remotes = []
     for artifact in artifacts:
-        url = artifact.url
-        if url is None:  # an artifact a private catalog names without a link: take it from the links file
-            links = links if links is not None else read_links(source, ctx)
-            if artifact.name not in links:
-                raise LinksFileError(f"{source.id}: the links file has no row for {artifact.name}")
-            url = ctx.mirrors.rewrite(links[artifact.name])
+        url = artifact.url or ctx.mirrors.rewrite(links[artifact.name])
         size = probe_link(source, artifact.name, url, ctx, session)
         if artifact.size is not None and size is not None and size != artifact.size:
             raise FetchError(f"{source.id}/{artifact.name}: the CDN has {size} bytes, the catalog expects {artifact.size}")
@@ -289,7 +299,6 @@ def sa1b_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> lis
     return remotes
 
 
-SA1B = Transport(sa1b_remotes, sa1b_discover)
 
 
 # ------------------------------------------------------------- which tars a mixture needs
@@ -328,13 +337,22 @@ def shards_for_annotation(records: Iterable[Mapping], image_folder: str = "", in
     return {path: owner.get(PurePosixPath(path).name, UNKNOWN) for path in sam_images(records, image_folder)}
 
 
+def contents_key(source_id: str, tar: str) -> str:
+    """Where the member list of a tar read remotely is kept: a tar's contents never change."""
+    return f"{source_prefix(source_id)}/tar-contents/{tar}.json"
+
+
 def tar_index(storage: Storage, source_id: str = "sa1b") -> dict[str, list[str]]:
-    """``{tar: [image names]}`` of every tar already extracted, from the manifest's file indexes."""
+    """``{tar: [image names]}`` of every tar known here: extracted (the manifest's file indexes)
+    or indexed remotely (:func:`index_remote_tar`)."""
     manifest = Manifest(storage, source_id)
     found = {}
     for name, record in manifest.artifacts().items():
         if record.placement.folder:
             found[name] = [PurePosixPath(key).name for key, _size, _crc in manifest.index(name) if _IMAGE_NAME.fullmatch(PurePosixPath(key).name)]
+    for key, _size in storage.list(f"{source_prefix(source_id)}/tar-contents"):
+        contents = storage.read_json(key)
+        found.setdefault(contents["tar"], contents["images"])
     return found
 
 
@@ -349,6 +367,36 @@ def load_tar_index(path: str | os.PathLike) -> dict[str, list[str]]:
     return data
 
 
+def index_remote_tar(source: Source, name: str, url: str, ctx: Context) -> list[str]:
+    """The image names a tar on the CDN holds, read from its member headers alone.
+
+    Range requests hop from header to header (``tarfile`` seeks over the data), about one
+    2 KiB request per member: ~22,000 requests and ~45 MB for a 10.5 GB SA-1B tar instead of
+    the tar. The list is kept on the storage (:func:`contents_key`) and never read again.
+    """
+    limits = Limits()
+    reader = RangeReader(url, policy=ctx.policy, refused=lambda status, response: _refused_message(source, name, status, _error_text(response)))
+    started = last_log = time.monotonic()
+    images, members = [], 0
+    try:
+        with tarfile.open(fileobj=reader, mode="r:") as tar:
+            while (info := tar.next()) is not None:
+                members += 1
+                if members > limits.max_members:
+                    raise UnsafeArchive(f"{name}: more than {limits.max_members} members")
+                base = PurePosixPath(info.name).name
+                if info.isreg() and _IMAGE_NAME.fullmatch(base):
+                    images.append(base)
+                if time.monotonic() - last_log > 30:
+                    last_log = time.monotonic()
+                    log.info("%s: indexing, %d members read (%d images), %d requests, %.0f s", name, members, len(images), reader.requests, last_log - started)
+    except tarfile.TarError as exc:
+        raise FetchError(f"{source.id}/{name}: not a readable tar at {redact(url)}: {exc}") from exc
+    ctx.storage.write_json(contents_key(source.id, name), {"tar": name, "size": reader.size, "images": images, "members": members, "indexed_at": now()})
+    log.info("%s: %d members, %d images, indexed with %d requests in %.1f s", name, members, len(images), reader.requests, time.monotonic() - started)
+    return images
+
+
 @dataclass
 class NeededShards:
     """What an annotation file's SAM references need from SA-1B."""
@@ -356,6 +404,7 @@ class NeededShards:
     present: list[str] = field(default_factory=list)  # referenced and already in data/sam/images
     tars: dict[str, list[str]] = field(default_factory=dict)  # tar -> referenced images it holds, not stored
     unknown: list[str] = field(default_factory=list)  # not stored, and no index says which tar holds them
+    searched: int | None = None  # every tar of the links file is indexed, this many: unknown means in none
 
     @property
     def referenced(self) -> int:
@@ -365,7 +414,12 @@ class NeededShards:
         parts = [f"{self.referenced} SAM images referenced", f"{len(self.present)} present"]
         if self.tars:
             parts.append(f"{sum(len(v) for v in self.tars.values())} in {len(self.tars)} known tars: fetch {sorted(self.tars)}")
-        if self.unknown:
+        if self.unknown and self.searched is not None:
+            parts.append(
+                f"{len(self.unknown)} in none of the {self.searched} tars of the links file (another source holds them, such as "
+                f"ShareGPT4V's SAM 9K subset, or the links file lacks rows)"
+            )
+        elif self.unknown:
             parts.append(
                 f"{len(self.unknown)} unaccounted for ({UNKNOWN}: an image's number does not say which tar holds it; "
                 f"fetching more tars, or an index of their contents, narrows this)"
@@ -379,19 +433,20 @@ class NeededShards:
             "tars": {tar: len(images) for tar, images in sorted(self.tars.items())},
             "unaccounted": len(self.unknown),
             "unaccounted_examples": self.unknown[:examples],
+            "tars_searched": self.searched,
             "summary": self.summary(),
         }
 
 
-def report_needed_shards(storage: Storage, records: Iterable[Mapping], image_folder: str = "", *, index: Mapping[str, Iterable[str]] | None = None, source_id: str = "sa1b") -> NeededShards:
-    """Which referenced SAM images are on the storage, which tars hold the others where that is
-    known (the manifest's indexes of extracted tars, then ``index``), and how many remain unknown."""
-    known = tar_index(storage, source_id)
-    for tar, names in (index or {}).items():
-        known.setdefault(tar, list(names))  # what this storage saw in a tar beats a supplied list
-    stored = {key for key, size in storage.list(f"{DATA_PREFIX}/{IMAGES_FOLDER}") if size > 0}
+def _stored_images(storage: Storage) -> set[str]:
+    return {key for key, size in storage.list(f"{DATA_PREFIX}/{IMAGES_FOLDER}") if size > 0}
+
+
+def _classify(paths: Iterable[str], stored: set[str], known: Mapping[str, Iterable[str]]) -> NeededShards:
+    owner = _by_image(known)
     needed = NeededShards()
-    for path, tar in shards_for_annotation(records, image_folder, known).items():
+    for path in paths:
+        tar = owner.get(PurePosixPath(path).name, UNKNOWN)
         if f"{DATA_PREFIX}/{path}" in stored:
             needed.present.append(path)
         elif tar == UNKNOWN:
@@ -399,3 +454,77 @@ def report_needed_shards(storage: Storage, records: Iterable[Mapping], image_fol
         else:
             needed.tars.setdefault(tar, []).append(path)
     return needed
+
+
+def report_needed_shards(storage: Storage, records: Iterable[Mapping], image_folder: str = "", *, index: Mapping[str, Iterable[str]] | None = None, source_id: str = "sa1b") -> NeededShards:
+    """Which referenced SAM images are on the storage, which tars hold the others where that is
+    known (the indexes kept here, then ``index``), and how many remain unknown. Reads no tar."""
+    known = tar_index(storage, source_id)
+    for tar, names in (index or {}).items():
+        known.setdefault(tar, list(names))  # what this storage saw in a tar beats a supplied list
+    return _classify(sam_images(records, image_folder), _stored_images(storage), known)
+
+
+def needed_images(storage: Storage, catalog: Mapping[str, Source], paths: Iterable[str]) -> list[str]:
+    """The distinct ``sam/images/...`` paths the annotation files at ``paths`` (data-tree paths,
+    on the storage) reference. A file the catalog declares as an annotation is read relative
+    to its ``image_folder``; any other relative to the data tree, as ShareGPT4V's records are."""
+    folders = {a.target: a.annotation.image_folder for s in catalog.values() for a in s.artifacts if a.annotation and a.target}
+    found: dict[str, None] = {}
+    for path in paths:
+        path = path.strip().strip("/")
+        key = f"{DATA_PREFIX}/{path}"
+        if not storage.exists(key):
+            raise FileNotFoundError(
+                f"needed_by: {path} is not in the data tree ({key} on {storage.url}): acquire the source of that annotation "
+                f"file first. The catalog's annotation files that reference SAM images: "
+                f"{', '.join(sorted(t for t, folder in folders.items() if t.startswith('sharegpt4v/'))) or 'none'}"
+            )
+        with storage.open_read(key) as handle:
+            records = load_records(handle, path)
+        found.update(dict.fromkeys(sam_images(records, folders.get(path, ""))))
+    return list(found)
+
+
+def locate_tars(source: Source, ctx: Context, images: list[str], *, index: Mapping[str, Iterable[str]] | None = None, workers: int = 8) -> NeededShards:
+    """Like :func:`report_needed_shards`, and the tars of the links file nobody indexed yet are
+    indexed remotely (:func:`index_remote_tar`, ``workers`` at a time, in shard order) until
+    every missing image is placed or every tar is indexed."""
+    known = tar_index(ctx.storage, source.id)
+    for tar, names in (index or {}).items():
+        known.setdefault(tar, list(names))
+    stored = _stored_images(ctx.storage)
+    needed = _classify(images, stored, known)
+    links = read_links(source, ctx)
+    pending = sorted((name for name in links if name not in known), key=shard_number)
+    if needed.unknown and pending:
+        log.info("%s: %d referenced images missing and in no indexed tar: indexing the %d other tars of the links file, %d at a time",
+                 source.id, len(needed.unknown), len(pending), workers)
+    done = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="sa1b-index") as pool:
+        while needed.unknown and pending:
+            batch, pending = pending[:workers], pending[workers:]
+            for name, names in zip(batch, pool.map(lambda n: index_remote_tar(source, n, ctx.mirrors.rewrite(links[n]), ctx), batch)):
+                known[name] = names
+            done += len(batch)
+            needed = _classify(images, stored, known)
+            log.info("%s: %d tars indexed, %d to go; %d missing images still unplaced", source.id, done, len(pending), len(needed.unknown))
+    if not pending:
+        needed.searched = len(links)
+    return needed
+
+
+def needed_report_key(source_id: str) -> str:
+    return f"{STATE_PREFIX}/reports/{source_id}/needed_tars.json"
+
+
+def sa1b_needed_by(source: Source, ctx: Context, paths: list[str]) -> list[str]:
+    """The tars holding the SAM images that the annotation files ``paths`` reference and the
+    storage lacks; the full account goes to :func:`needed_report_key`."""
+    needed = locate_tars(source, ctx, needed_images(ctx.storage, load_catalog(), paths))  # with the user's overlay
+    ctx.storage.write_json(needed_report_key(source.id), {"needed_by": paths, "at": now(), **needed.to_dict(), "examples_by_tar": {t: v[:10] for t, v in sorted(needed.tars.items())}})
+    log.info("%s: %s", source.id, needed.summary())
+    return sorted(needed.tars, key=shard_number)
+
+
+SA1B = Transport(sa1b_remotes, sa1b_discover, needed_by=sa1b_needed_by)

@@ -39,7 +39,7 @@ class PlanAcquisitionOperator(BaseOperator):
                 _source(self.source_id), ctx,
                 acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
                 include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
-                refetch_quarantined=bool(params.get("refetch_quarantined")),
+                refetch_quarantined=bool(params.get("refetch_quarantined")), needed_by=params.get("needed_by") or None,
             )
         except acquire.LicenceNotAcknowledged as exc:
             run = context.get("dag_run")

@@ -403,6 +403,24 @@ def test_long_names_and_a_tar_with_many_members_are_indexed_exactly(tmp_path, mo
         assert sa1b.index_remote_tar(_source(), "sa_000007.tar", link, ctx) == [f"sa_{n}.jpg" for n in numbers]
 
 
+@pytest.mark.parametrize("damage", ["header", "truncated"])
+def test_a_damaged_tar_is_not_indexed_partially(tmp_path, monkeypatch, damage):
+    body = bytearray(_tar([1, 2, 3]))
+    second = 512 + len(jpeg_bytes(seed=1)) + (-len(jpeg_bytes(seed=1)) % 512)  # the header after sa_1.jpg
+    if damage == "header":
+        body[second + 148 : second + 156] = b"garbage!"  # the header checksum field
+    else:
+        del body[second + 700 :]  # ends inside the second member's data
+    with FakeHttpServer() as http:
+        cdn = FakeCdn(http, {"sa_000004.tar": bytes(body)})
+        monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+        ctx = _ctx(LocalStorage(tmp_path / "root"))
+        said = "after 1 members, no valid header" if damage == "header" else "unexpected end of data"
+        with pytest.raises(FetchError, match=f"sa_000004.tar: not a readable tar at .*: {said}"):
+            sa1b.index_remote_tar(_source(), "sa_000004.tar", sa1b.read_links(_source(), ctx)["sa_000004.tar"], ctx)
+        assert not ctx.storage.exists(sa1b.contents_key("sa1b", "sa_000004.tar"))
+
+
 def test_indexing_an_expired_link_or_a_server_without_ranges_fails_clearly(cdn, tmp_path, monkeypatch):
     from vlmdata.replicas.http_server import ignore_range
 

@@ -390,6 +390,11 @@ def index_remote_tar(source: Source, name: str, url: str, ctx: Context) -> list[
                 if time.monotonic() - last_log > 30:
                     last_log = time.monotonic()
                     log.info("%s: indexing, %d members read (%d images), %d requests, %.0f s", name, members, len(images), reader.requests, last_log - started)
+            # tarfile stops quietly at a damaged header or a short file: only zeros (the end
+            # marker) or the file's end may follow the last member, or the list is not whole.
+            reader.seek(tar.offset)
+            if (reader.size is not None and tar.offset > reader.size) or reader.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                raise tarfile.ReadError(f"after {members} members, no valid header at byte {tar.offset} of {reader.size}")
     except tarfile.TarError as exc:
         raise FetchError(f"{source.id}/{name}: not a readable tar at {redact(url)}: {exc}") from exc
     ctx.storage.write_json(contents_key(source.id, name), {"tar": name, "size": reader.size, "images": images, "members": members, "indexed_at": now()})

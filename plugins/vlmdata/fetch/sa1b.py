@@ -299,8 +299,6 @@ def sa1b_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> lis
     return remotes
 
 
-
-
 # ------------------------------------------------------------- which tars a mixture needs
 
 

@@ -314,6 +314,13 @@ def _explain_status(url: str, status: int, response: requests.Response) -> str:
     return f"{redact(url)}: HTTP {status}{f' ({code})' if code else ''}: {hint}"
 
 
+def same_fingerprint(recorded: Mapping[str, object], probed: Mapping[str, object]) -> bool:
+    """Upstream unchanged: every validator the probe saw matches the recorded one (no validator:
+    nothing to tell by, so changed)."""
+    keys = [k for k, v in probed.items() if v is not None]
+    return bool(keys) and all(recorded.get(k) == probed[k] for k in keys)
+
+
 def probe(url: str, *, headers: Mapping[str, str] | None = None, session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy()) -> dict[str, str | int | None]:
     """HEAD the URL (following redirects): what a refresh compares with the manifest."""
     session = session or requests.Session()

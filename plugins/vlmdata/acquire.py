@@ -19,7 +19,7 @@ from .fetch.gdrive import GDRIVE
 from .fetch.github import GITHUB
 from .fetch.hf import HF
 from .fetch.sa1b import SA1B
-from .fetch.http import FetchError, download, redact
+from .fetch.http import FetchError, download, redact, same_fingerprint
 from .fetch.plain import HTTP
 from .fetch.remote import Context, Remote, Transport
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
@@ -84,8 +84,7 @@ def remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Rem
 
 
 def _same_fingerprint(record: ArtifactRecord, remote: Remote) -> bool:
-    keys = [k for k, v in remote.fingerprint.items() if v is not None]
-    return bool(keys) and all(record.fingerprint.get(k) == remote.fingerprint[k] for k in keys)
+    return same_fingerprint(record.fingerprint, remote.fingerprint)
 
 
 def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
@@ -235,11 +234,11 @@ def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run:
         return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
     fetched = [fetch_artifact(source, item["name"], ctx) for item in the_plan.fetch]
     summary = publish(source, ctx, fetched)
-    if source.crawl:  # the URL list is in place: fetch the images it names that are missing
+    if source.crawl:  # the URL list is in place: fetch the images it names that are missing, then fill from the mirrors
         from .catalog import load_catalog
         from .crawl import crawl_all
 
-        summary["crawl"] = crawl_all(ctx.storage, source.id, load_catalog(), ctx.mirrors)
+        summary["crawl"] = crawl_all(ctx.storage, source.id, load_catalog(), ctx.mirrors, ctx.policy)
     return summary
 
 

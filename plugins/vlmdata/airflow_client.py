@@ -1,5 +1,5 @@
 """A small client for Airflow's REST API (v2): what the demo and the end-to-end tests ask of
-a running Airflow (DAGs, runs, task logs, variables, queued asset events)."""
+a running Airflow (DAGs, runs, task logs, variables, asset events sent and queued)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,10 @@ class AirflowClient:
 
     def assets(self) -> list[dict]:
         return self.list("assets", "assets")
+
+    def asset_events(self, **filters: Any) -> list[dict]:
+        """Asset events sent so far (filters: ``asset_id``, ``source_dag_id``, ``source_task_id`` ...)."""
+        return self.list("assets/events", "asset_events", **filters)
 
     def queued_events(self, dag_id: str) -> list[dict]:
         """Asset events waiting to trigger a run of this DAG (``asset_id``, ``created_at``)."""

@@ -22,7 +22,9 @@ Plain functions for three Airflow tasks:
   stored image, so that verify (decode checks, ``ImageIndex``) sees the crawled images.
 
 :func:`fill_from_archive` fills the ids the crawl could not fetch from a local copy of a
-community mirror archive (zip or tar), converting as above.
+community mirror archive (zip or tar), converting as above; :func:`fill_from_mirrors` (a fourth
+task) downloads the catalog's fallback mirror archives one after the other for it, skipping an
+archive whose fill record shows it unchanged upstream and of no use for what is still missing.
 
 ``into`` is a storage key (``data/ocr_vqa/images``), as is the list's key.
 """
@@ -40,6 +42,7 @@ import tarfile
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -52,7 +55,8 @@ from PIL import Image
 
 from . import extract
 from .catalog import Extract
-from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, RetryPolicy, parse_retry_after
+from .fetch.digest import Expected
+from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, FetchError, RetryPolicy, download, parse_retry_after, probe, redact, same_fingerprint
 from .images import check_image
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from .mirrors import Mirrors
@@ -558,6 +562,7 @@ def finish(storage: Storage, source_id: str, into: str) -> dict:
         "invalid": plan.get("invalid", {}),
         "unfinished_shards": unfinished,
         "missing": missing,
+        "mirrors": storage.read_json(mirrors_key(source_id), default={}).get("mirrors", []),
     }
     storage.write_json(report_key(source_id), report)
     log.info("%s: %d images stored in %s (%d fetched this run, %d converted, %d filled from a mirror); %d missing (%d dead, %d broken, %d in unfinished shards)",
@@ -579,55 +584,32 @@ class _ArchiveMember:
     read: object  # () -> bytes
 
 
-def _tar_members(archive: tarfile.TarFile, limits: extract.Limits) -> list[tuple[str, tarfile.TarInfo]]:
-    """Vet every tar member before anything is written (when extract has no ``plan_tar``)."""
-    members, total = [], 0
-    infos = archive.getmembers()
-    if len(infos) > limits.max_members:
-        raise extract.UnsafeArchive(f"{len(infos)} members, more than the limit of {limits.max_members}")
-    for info in infos:
-        path = PurePosixPath(info.name)
-        if "\\" in info.name:
-            raise extract.UnsafeArchive(f"member {info.name!r}: backslash in a member name")
-        if path.is_absolute() or (path.parts and ":" in path.parts[0]):
-            raise extract.UnsafeArchive(f"member {info.name!r}: absolute path")
-        if ".." in path.parts:
-            raise extract.UnsafeArchive(f"member {info.name!r}: '..' would escape the extraction folder")
-        if info.issym() or info.islnk():
-            raise extract.UnsafeArchive(f"member {info.name!r}: link")
-        if info.isdir():
-            continue
-        if not info.isreg():
-            raise extract.UnsafeArchive(f"member {info.name!r}: special file")
-        total += info.size
-        if total > limits.max_total_bytes:
-            raise extract.UnsafeArchive(f"uncompressed size exceeds the limit of {limits.max_total_bytes} bytes")
-        members.append((info.name, info))
-    return members
-
-
 @contextmanager
 def _open_archive(path: Path) -> Iterator[list[_ArchiveMember]]:
-    """The vetted file members of a zip or tar; raises UnsafeArchive before anything is read."""
-    limits = extract.Limits()
+    """The vetted file members of a zip or tar (told apart by content: a mirror may name an HTML
+    page ``.zip``); raises UnsafeArchive or NotAnArchive before anything is read."""
+    spec, limits = Extract(into="mirror"), extract.Limits()
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            # extract.plan vets every member: absolute paths, '..', links, special files, bombs.
-            planned = extract.plan(archive, Extract(into="mirror"), limits)
+            planned = extract.plan(archive, spec, limits)
             yield [_ArchiveMember(m.info.filename, lambda info=m.info: archive.read(info)) for m in planned]
     elif tarfile.is_tarfile(path):
         with tarfile.open(path) as archive:
-            plan_tar = getattr(extract, "plan_tar", None)  # extract's own tar vetting, where it has one
-            if plan_tar is not None:
-                members = [(m.info.name, m.info) for m in plan_tar(archive, Extract(into="mirror"), limits, archive_size=path.stat().st_size)]
-            else:
-                members = _tar_members(archive, limits)
-            yield [_ArchiveMember(name, lambda info=info: archive.extractfile(info).read()) for name, info in members]
+            planned = extract.plan_tar(archive, spec, limits, archive_size=path.stat().st_size)
+            yield [_ArchiveMember(m.info.name, lambda info=m.info: archive.extractfile(info).read()) for m in planned]
     else:
-        raise CrawlError(f"{path.name}: neither a zip nor a tar archive")
+        raise extract.NotAnArchive(f"{path.name}: neither a zip nor a tar archive")
 
 
 _PREFERENCE = {".jpg": 0, ".jpeg": 0, ".png": 1, ".gif": 2, ".webp": 3}
+
+
+def fill_record_key(source_id: str, archive_name: str) -> str:
+    return f"{crawl_prefix(source_id)}/filled/{_safe_name(archive_name)}.json"
+
+
+def mirrors_key(source_id: str) -> str:
+    return f"{crawl_prefix(source_id)}/mirrors.json"
 
 
 def fill_from_archive(
@@ -638,14 +620,17 @@ def fill_from_archive(
     *,
     source_id: str = "ocr_vqa",
     refresh_report: bool = True,
+    upstream: dict | None = None,
 ) -> dict:
     """Copy the images of ``missing_ids`` that are not stored yet from a local mirror archive.
 
     Members are matched by file stem (``images/<id>.jpg``, ``<id>.jpg``, ``x/<id>.png`` ...;
     a ``.jpg`` wins over other extensions of the same id), decoded, converted to JPEG where
-    needed and stored as ``<into>/<id>.jpg``. What was filled goes to
-    ``_vlmdata/crawl/<source>/filled/<archive name>.json``; when a crawl report exists,
-    :func:`finish` runs again so that the report and the index include the filled images.
+    needed and stored as ``<into>/<id>.jpg``. What was filled goes to the fill record
+    (:func:`fill_record_key`), with every id the archive holds and ``upstream``, the archive's
+    fingerprint where it was downloaded (what :func:`fill_from_mirrors` compares on a later
+    run). When a crawl report exists, :func:`finish` runs again so that the report and the
+    index include the filled images.
     """
     archive_path = Path(archive_path)
     into = into.strip("/")
@@ -654,10 +639,13 @@ def fill_from_archive(
     filled: dict[str, str] = {}
     converted: dict[str, str] = {}
     broken: dict[str, str] = {}
+    holds: set[str] = set()
     with _open_archive(archive_path) as members:
         chosen: dict[str, tuple[int, str, _ArchiveMember]] = {}
         for member in members:
             path = PurePosixPath(member.name)
+            if not _valid_id(path.stem):
+                holds.add(path.stem)
             rank = _PREFERENCE.get(path.suffix.lower(), 9)
             if path.stem in wanted and (rank, member.name) < chosen.get(path.stem, (99, "", None))[:2]:
                 chosen[path.stem] = (rank, member.name, member)
@@ -673,14 +661,128 @@ def fill_from_archive(
             if conversion:
                 converted[image_id] = conversion
     not_found = sorted(wanted - set(chosen))
-    record = {"archive": archive_path.name, "filled_at": now(), "filled": filled, "converted": converted, "broken": broken, "not_in_archive": not_found}
-    storage.write_json(f"{crawl_prefix(source_id)}/filled/{_safe_name(archive_path.name)}.json", record)
+    _save_fill_record(storage, source_id, archive_path.name, wanted, upstream=upstream, filled=filled, converted=converted, broken=broken, not_in_archive=not_found, holds=sorted(holds))
     log.info("%s: filled %d of %d missing images from %s (%d converted, %d broken there, %d not in it)",
              source_id, len(filled), len(wanted), archive_path.name, len(converted), len(broken), len(not_found))
     summary = {"archive": archive_path.name, "wanted": len(wanted), "filled": len(filled), "converted": len(converted), "broken": len(broken), "not_in_archive": len(not_found)}
     if refresh_report and storage.exists(report_key(source_id)):
         summary["report"] = finish(storage, source_id, into)
     return summary
+
+
+def _save_fill_record(storage: Storage, source_id: str, archive_name: str, wanted: set[str], *, upstream: dict | None, **outcome) -> None:
+    """Write an archive's fill record; what earlier fills from it placed (ids not wanted now)
+    stays in it, so the report keeps naming where those images came from."""
+    key = fill_record_key(source_id, archive_name)
+    previous = storage.read_json(key, default=None) or {}
+    same_bytes = bool(upstream and previous.get("upstream")) and same_fingerprint(previous["upstream"], upstream)
+
+    def earlier(field: str) -> dict:
+        return {i: v for i, v in (previous.get(field) or {}).items() if i not in wanted}
+
+    record = {"archive": archive_name, "filled_at": now(), "upstream": upstream, "refused": None, "holds": None, "not_in_archive": [], **outcome}
+    record["filled"] = {**earlier("filled"), **outcome.get("filled", {})}
+    record["converted"] = {**earlier("converted"), **outcome.get("converted", {})}
+    # Broken members found earlier are still broken only in the same bytes.
+    record["broken"] = {**(earlier("broken") if same_bytes else {}), **outcome.get("broken", {})}
+    storage.write_json(key, record)
+
+
+# An archive unusable as it is upstream: recorded with its fingerprint, not fetched again until it changes.
+_UNUSABLE_ARCHIVE = (extract.UnsafeArchive, extract.NotAnArchive, zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError)
+# A mirror that did not hand out the file (404, 403, retries exhausted): tried again on the next run.
+_UNREACHABLE = (FetchError, requests.RequestException)
+
+
+def fill_from_mirrors(
+    storage: Storage,
+    source_id: str,
+    into: str,
+    urls: Iterable[str],
+    *,
+    mirrors: Mirrors | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+) -> dict:
+    """Fill the images the crawl left missing from community mirror archives, one URL after the other.
+
+    Each URL (through the mirror map) is downloaded to the staging folder with the shared
+    resumable core, applied with :func:`fill_from_archive` and deleted; the next URL gets the
+    ids still missing. A mirror is skipped without downloading when a probe finds its archive
+    unchanged since the last fill and the fill record says it holds none of the missing ids
+    (or holds them broken, or was refused). A mirror that fails (404, 403, retries exhausted,
+    not an archive, an unsafe archive) is logged as a warning and recorded, never fatal.
+    Outcomes go to :func:`mirrors_key` (and the report's ``mirrors``); :func:`finish` runs at
+    the end, so the report and the index include the filled images. Returns its counts plus
+    ``filled_this_run`` and the per-mirror outcomes.
+    """
+    into = into.strip("/")
+    mirrors = mirrors or Mirrors()
+    urls = list(urls)
+    names = [posixpath.basename(urlsplit(url).path) for url in urls]
+    if len(set(names)) != len(names) or not all(names):
+        raise CrawlError(f"{source_id}: every fallback mirror must end in its own archive file name (they name the fill records): {urls}")
+    still = set(missing_ids(storage, source_id)) - set(_present_ids(storage, into))
+    outcomes: list[dict] = []
+    filled = 0
+    for url, name in zip(urls, names):
+        outcome: dict = {"url": redact(url), "archive": name}
+        if not still:
+            outcome |= {"outcome": "skipped", "reason": "nothing missing"}
+        else:
+            try:
+                result, placed = _fill_from_mirror(storage, source_id, into, mirrors.rewrite(url), name, still, policy)
+            except _UNREACHABLE as exc:
+                log.warning("%s: mirror %s failed, trying the next one: %s", source_id, redact(url), exc)
+                result, placed = {"outcome": "failed", "reason": str(exc)}, set()
+            outcome |= result
+            still -= placed
+            filled += len(placed)
+        outcomes.append(outcome)
+    storage.write_json(mirrors_key(source_id), {"source": source_id, "at": now(), "mirrors": outcomes})
+    counts = finish(storage, source_id, into)
+    log.info("%s: %d images filled from the mirrors this run; %d still missing (%s)", source_id, filled, counts["missing"],
+             "; ".join(f"{o['archive']}: {o['outcome']}{' ' + str(o['filled']) if 'filled' in o else ''}{' (' + o['reason'] + ')' if o.get('reason') else ''}" for o in outcomes) or "no mirrors")
+    return {**counts, "filled_this_run": filled, "mirrors": outcomes}
+
+
+def _fill_from_mirror(storage: Storage, source_id: str, into: str, url: str, name: str, wanted: set[str], policy: RetryPolicy) -> tuple[dict, set[str]]:
+    """One mirror: the outcome, and the ids it placed."""
+    key = fill_record_key(source_id, name)
+    previous = storage.read_json(key, default=None)
+    if previous and previous.get("upstream"):
+        if reason := _needless(previous, probe(url, policy=policy), wanted):
+            log.info("%s: mirror archive %s not downloaded: %s", source_id, name, reason)
+            return {"outcome": "skipped", "reason": reason}, set()
+    staged = storage.staging_dir() / source_id / "mirrors" / name
+    fetched = download(url, staged, Expected(), policy=policy)  # a FetchError keeps the .part: the next run resumes it
+    upstream = {"etag": fetched.etag, "last_modified": fetched.last_modified, "size": fetched.size, "sha256": fetched.sha256}
+    try:
+        summary = fill_from_archive(storage, staged, into, wanted, source_id=source_id, refresh_report=False, upstream=upstream)
+    except _UNUSABLE_ARCHIVE as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        _save_fill_record(storage, source_id, name, wanted, upstream=upstream, refused=reason)
+        log.warning("%s: mirror archive %s refused, nothing placed from it: %s", source_id, name, reason)
+        return {"outcome": "failed", "reason": reason}, set()
+    finally:
+        staged.unlink(missing_ok=True)
+    placed = set(storage.read_json(key)["filled"]) & wanted
+    return {"outcome": "filled", **{k: summary[k] for k in ("filled", "converted", "broken", "not_in_archive")}}, placed
+
+
+def _needless(previous: dict, probed: dict, wanted: set[str]) -> str | None:
+    """Why downloading an archive again cannot fill anything, or None."""
+    if not same_fingerprint(previous["upstream"], probed):
+        return None  # changed upstream, or no validator to tell: fetch it
+    if previous.get("refused"):
+        return f"unchanged upstream since it was refused ({previous['refused']})"
+    if previous.get("holds") is None:
+        return None
+    held = wanted & set(previous["holds"])
+    if held - set(previous.get("broken") or {}):
+        return None
+    if held:
+        return f"unchanged upstream; the {len(held)} missing images it holds are broken in it"
+    return f"unchanged upstream; it holds none of the {len(wanted)} missing images"
 
 
 def _safe_name(name: str) -> str:
@@ -694,9 +796,11 @@ def locations(source_id: str, catalog: dict) -> tuple[str, str]:
     return f"{DATA_PREFIX}/{list_target}", f"{DATA_PREFIX}/{upstream.into}"
 
 
-def crawl_all(storage: Storage, source_id: str, catalog: dict, mirrors: Mirrors | None = None) -> dict:
-    """Plan, crawl every shard and finish in one process: what the CLI does (Airflow maps the shards)."""
+def crawl_all(storage: Storage, source_id: str, catalog: dict, mirrors: Mirrors | None = None, policy: RetryPolicy = RetryPolicy()) -> dict:
+    """Plan, crawl every shard, finish, fill from the fallback mirrors, in one process: what the
+    CLI does (Airflow maps the shards). ``policy`` is the mirror archives' download policy."""
     list_key, into = locations(source_id, catalog)
     for shard in plan_shards(storage, list_key, into, source_id=source_id):
         crawl_shard(storage, shard["key"], into, mirrors=mirrors)
-    return finish(storage, source_id, into)
+    finish(storage, source_id, into)
+    return fill_from_mirrors(storage, source_id, into, catalog[source_id].crawl.fallback_mirrors, mirrors=mirrors, policy=policy)

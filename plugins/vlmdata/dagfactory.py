@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
+from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
 
 from .acquire import TRANSPORTS
 from .catalog import Source, load_catalog
 from .layout import Profile, load_profiles
 from .mix import Recipe, load_recipes
-from .pools import crawl_pool, fetch_pool
+from .pools import crawl_pool, fetch_pool, mirror_pool
 from .operators import (
     BuildMixtureOperator,
     CrawlShardOperator,
+    FillFromMirrorsOperator,
     FinishCrawlOperator,
     MaterialiseLayoutOperator,
     PlanAcquisitionOperator,
@@ -35,6 +36,11 @@ DEFAULT_ARGS = {"owner": "vlmdata", "retries": 2, "retry_delay": timedelta(minut
 
 def acquired(source_id: str) -> Asset:
     return Asset(f"vlmdata.acquired.{source_id}", group="vlmdata")
+
+
+def acquired_if_changed(source_id: str) -> AssetAlias:
+    """The outlet of a task that emits ``acquired(source_id)`` only when the run changed something."""
+    return AssetAlias(f"vlmdata.acquired.{source_id}.if_changed", group="vlmdata")
 
 
 def verified(source_id: str) -> Asset:
@@ -72,7 +78,7 @@ def acquisition_dag(source: Source) -> DAG:
 * kind: `{source.kind}`; declared size: {_size(source)}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
 * artifacts: {', '.join(f'`{a.name}`' for a in source.artifacts)}
 * tasks: `plan` probes upstream and compares with the manifest (nothing changed: the rest skips and no asset event is sent);
-  `fetch` downloads, verifies and places each changed artifact; `publish` records the acquisition and emits `{acquired(source.id).name}`.
+  `fetch` downloads, verifies and places each changed artifact; {_after_fetch_doc(source)}
 """
     with DAG(
         dag_id=f"acquire_{source.id}",
@@ -97,8 +103,29 @@ def acquisition_dag(source: Source) -> DAG:
             shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
             publish >> shards
             crawled = CrawlShardOperator.partial(task_id="crawl", source_id=source.id, pool=crawl_pool(source)).expand(shard=shards.output)
-            crawled >> FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, outlets=[acquired(source.id)])
+            # none_failed: with nothing to crawl, the report still says what the mirrors should fill.
+            finished = FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
+            crawled >> finished
+            finished >> FillFromMirrorsOperator(
+                task_id="fill_from_mirrors", source_id=source.id, asset=acquired(source.id), published=publish.output,
+                outlets=[acquired_if_changed(source.id)], pool=mirror_pool(source), trigger_rule=TriggerRule.NONE_FAILED,
+            )
     return dag
+
+
+def _after_fetch_doc(source: Source) -> str:
+    """The doc of the tasks after `fetch`: publish, and for a crawl source the crawl and the mirrors."""
+    if source.kind != "urllist":
+        return f"`publish` records the acquisition and emits `{acquired(source.id).name}`."
+    mirrors = ", ".join(f"`{url}`" for url in source.crawl.fallback_mirrors) or "none in the catalog"
+    return f"""`publish` records the list's acquisition;
+  `plan_crawl` shards the images still missing (a refresh retries the dead ones); `crawl` (mapped over the shards)
+  fetches them, GIF/PNG converted to JPEG, dead URLs and broken images recorded; `finish_crawl` writes the crawl report
+  `_vlmdata/reports/{source.id}/crawl.json` and the manifest's image index; `fill_from_mirrors` fills what is still missing
+  from the fallback mirror archives in order ({mirrors}): each is downloaded (resumable), applied and deleted, and skipped
+  without a download when it is unchanged upstream and holds none of the missing images; a dead mirror is a warning.
+  It emits `{acquired(source.id).name}` (through the alias `{acquired_if_changed(source.id).name}`) only when the run
+  changed something: a new list, images crawled or filled."""
 
 
 def verify_dag(source: Source) -> DAG:

@@ -232,7 +232,8 @@ def summary(outcome: Outcome, root: Path) -> str:
     crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json", default=None)
     if crawl:
         counts = crawl["counts"]
-        lines.append(f"  ocr_vqa crawl: {counts['stored']} stored ({counts['converted']} converted to JPEG), {counts['dead']} dead, {counts['broken']} broken: missing {', '.join(crawl['missing'])}")
+        lines.append(f"  ocr_vqa crawl: {counts['stored']} stored ({counts['converted']} converted to JPEG, {counts['filled_from_mirror']} filled from mirrors), "
+                     f"{counts['dead']} dead, {counts['broken']} broken: missing {', '.join(crawl['missing']) or 'nothing'}")
     lines += ["", "Layouts (paths missing):"]
     for profile in sorted(load_profiles()):
         layout = storage.read_json(f"_vlmdata/layouts/{profile}.json", default=None)

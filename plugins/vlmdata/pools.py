@@ -44,14 +44,26 @@ def crawl_pool(source: Source) -> str:
     return _name(f"crawl {source.id}")
 
 
+def mirror_pool(source: Source) -> str:
+    """The pool of the host of the first fallback mirror archive (the source's own without one)."""
+    mirrors = source.crawl.fallback_mirrors if source.crawl else []
+    return _name(urlsplit(mirrors[0]).hostname) if mirrors else fetch_pool(source)
+
+
 def pools(catalog: dict[str, Source]) -> dict[str, dict]:
     """``airflow pools import`` format: name -> slots and description."""
     users: dict[str, list[str]] = {}
     found: dict[str, dict] = {}
+
+    def downloads(host: str, user: str) -> None:
+        name = _name(host)
+        users.setdefault(name, []).append(user)
+        found[name] = {"slots": SLOTS.get(host, DEFAULT_SLOTS), "description": f"downloads from {host} ({', '.join(users[name])})", "include_deferred": False}
+
     for source in catalog.values():
-        host = _host(source)
-        users.setdefault(fetch_pool(source), []).append(source.id)
-        found[fetch_pool(source)] = {"slots": SLOTS.get(host, DEFAULT_SLOTS), "description": f"downloads from {host} ({', '.join(users[fetch_pool(source)])})", "include_deferred": False}
+        downloads(_host(source), source.id)
         if source.crawl:
             found[crawl_pool(source)] = {"slots": CRAWL_SLOTS, "description": f"image crawl of {source.id}", "include_deferred": False}
+            for host in dict.fromkeys(urlsplit(url).hostname for url in source.crawl.fallback_mirrors):
+                downloads(host, f"{source.id} mirrors")
     return found

@@ -72,7 +72,7 @@ def test_acquisition_ran_through_its_operator(everything, source_id):
     assert outcome.run_state(dag_id, run_id) == "success", failure_logs(client, [(dag_id, run_id)])
     # Every run of the DAG (a refresh schedule may have started one before ours, on some days).
     instances = [ti for run in outcome.runs[dag_id] for ti in client.task_instances(dag_id, run["dag_run_id"])]
-    steps = {"plan", "fetch", "publish"} | ({"plan_crawl", "crawl", "finish_crawl"} if source.kind == "urllist" else set())
+    steps = {"plan", "fetch", "publish"} | ({"plan_crawl", "crawl", "finish_crawl", "fill_from_mirrors"} if source.kind == "urllist" else set())
     assert {ti["task_id"] for ti in instances} == steps
     fetched = [ti for ti in instances if ti["task_id"] == "fetch" and ti["state"] == "success"]
     assert all(ti["map_index"] >= 0 for ti in fetched), "fetch is mapped over the planned artifacts"
@@ -86,8 +86,8 @@ def test_acquisition_ran_through_its_operator(everything, source_id):
     if source.kind == "hf":
         assert {r.revision for r in records.values()} == {replicas.commits[source.hf.repo]}
     if source.kind == "urllist":
-        crawled = [ti for ti in instances if ti["task_id"] == "crawl"]
-        assert crawled and all(ti["state"] == "success" for ti in crawled)
+        crawled = [ti for ti in instances if ti["task_id"] in ("crawl", "fill_from_mirrors")]
+        assert {ti["task_id"] for ti in crawled} == {"crawl", "fill_from_mirrors"} and all(ti["state"] == "success" for ti in crawled)
 
 
 @pytest.mark.parametrize("source_id", SOURCES)
@@ -135,17 +135,19 @@ def test_integrity_report_names_exactly_the_planted_faults(everything, source_id
         assert checked["invalid"] == replicas.malformed[(source_id, artifact)], artifact
 
 
-def test_crawl_report_names_the_dead_and_broken_covers(everything):
+def test_crawl_report_names_the_dead_and_broken_covers_and_what_the_mirrors_filled(everything):
     _client, replicas, _outcome, storage = everything
     crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
     expected = replicas.expected_crawl
-    assert set(crawl["dead"]) == expected["dead"]
-    assert set(crawl["broken"]) == expected["broken"]
+    assert set(crawl["dead"]) == expected["dead"] - expected["filled"]
+    assert set(crawl["broken"]) == expected["broken"] - expected["filled"]
     assert set(crawl["converted"]) == expected["converted"]
-    assert set(crawl["missing"]) == expected["dead"] | expected["broken"]
+    assert {i: entry["archive"] for i, entry in crawl["filled_from_mirror"].items()} == {i: replicas.crawl[i]["filled_from"] for i in expected["filled"]}
+    assert set(crawl["missing"]) == expected["missing"]
+    assert [m["outcome"] for m in crawl["mirrors"]] == ["filled"] * len(replicas.mirror_archives)
     stored = {key.rsplit("/", 1)[1][:-4] for key, _ in storage.list("data/ocr_vqa/images")}
     assert stored == expected["stored"]
-    for isbn in expected["converted"]:  # GIF and PNG covers stored as real JPEGs under <id>.jpg
+    for isbn in expected["converted"] | expected["filled"]:  # GIF and PNG covers stored as real JPEGs under <id>.jpg
         assert storage.read_bytes(f"data/ocr_vqa/images/{isbn}.jpg")[:3] == b"\xff\xd8\xff"
 
 
@@ -171,6 +173,29 @@ def test_mixture_is_built_from_what_the_replicas_hold(everything, recipe_id):
     for record in records:
         if "image" in record:
             assert os.path.isfile(image_root / record["image"]), record["image"]
+
+
+def test_a_refresh_that_changes_nothing_fetches_no_mirror_and_sends_no_event(everything):
+    """Near the end of the module: it runs acquire_ocr_vqa once more on the settled storage."""
+    client, replicas, outcome, storage = everything
+    dag_id = "acquire_ocr_vqa"
+    events = client.asset_events(source_dag_id=dag_id)
+    assert [(e["source_task_id"], e["source_run_id"]) for e in events] == [("fill_from_mirrors", outcome.triggered[dag_id])]
+    assert events[0]["extra"]["filled_this_run"] == len(replicas.expected_crawl["filled"])
+    archives = [url[len("https://huggingface.co"):] for url in replicas.mirror_archives]
+    downloads = {path: replicas.hub.server.count("GET", path) for path in archives}
+    assert set(downloads.values()) == {1}
+    probes = {path: replicas.hub.server.count("HEAD", path) for path in archives}
+
+    run_id = client.trigger(dag_id)
+    assert client.wait_for_run(dag_id, run_id, timeout=300) == "success", failure_logs(client, [(dag_id, run_id)])
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(dag_id, run_id)}
+    assert states["publish"] == "skipped" and states["fill_from_mirrors"] == "success"  # the list is unchanged
+    assert {path: replicas.hub.server.count("GET", path) for path in archives} == downloads  # nothing downloaded
+    assert {path: replicas.hub.server.count("HEAD", path) for path in archives} == {path: n + 1 for path, n in probes.items()}  # only probed
+    mirrors = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")["mirrors"]
+    assert [m["outcome"] for m in mirrors] == ["skipped"] * len(archives), mirrors
+    assert client.asset_events(source_dag_id=dag_id) == events  # no event: verify_ocr_vqa is not triggered again
 
 
 def test_sa1b_fetches_the_tars_a_sharegpt4v_file_needs(everything):

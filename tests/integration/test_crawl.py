@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import tarfile
 import threading
 import time
@@ -309,3 +310,217 @@ def test_tar_with_a_link_is_refused(tmp_path):
     with pytest.raises(UnsafeArchive):
         fill_from_archive(storage, tmp_path / "links.tar", INTO, ["1111111111", "2222222222"])
     assert stored(storage) == {}
+
+
+# ----------------------------------------------------------------- fallback mirror archives
+
+HUB = "https://huggingface.co"
+TAR_URL = f"{HUB}/datasets/ej2/llava-ocr-vqa/resolve/main/ocr_vqa.tar"
+ZIP_URL = f"{HUB}/datasets/weizhiwang/llava_v15_instruction_images/resolve/main/ocr_vqa_images_llava_v15.zip"
+
+
+def hub_path(url: str) -> str:
+    return url[len(HUB):]
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass
+class Gaps:
+    """A crawl with gaps, and two mirror archives served on the same loopback server."""
+
+    srv: FakeHttpServer
+    mirrors: Mirrors
+    ok: list[str]
+    dead: list[str]  # 404 upstream
+    bad: str  # a truncated cover upstream
+    tar: dict[str, bytes]
+    zip: dict[str, bytes]
+
+    def gets(self, url: str) -> list:
+        return [r for r in self.srv.requests if r.method == "GET" and r.path == hub_path(url)]
+
+    def heads(self, url: str) -> int:
+        return self.srv.count("HEAD", hub_path(url))
+
+
+def crawl_with_gaps(storage, srv: FakeHttpServer) -> Gaps:
+    """Three covers crawled, two dead, one broken; the tar holds dead[0] (and ``bad``, broken there
+    too, and a cover already stored), the zip holds ``bad`` as a good PNG; dead[1] is in neither."""
+    ok, dead, bad = [isbn(1), isbn(2), isbn(3)], [isbn(4), isbn(7)], isbn(5)
+    listing = {}
+    for n, image_id in enumerate([*ok, *dead, bad]):
+        listing[image_id] = {"imageURL": f"{AMAZON}images/I/{n}.jpg"}
+        if image_id in ok:
+            srv.add(f"/amazon/images/I/{n}.jpg", jpeg_bytes(60, 90, seed=n), content_type="image/jpeg")
+        elif image_id == bad:
+            srv.add(f"/amazon/images/I/{n}.jpg", truncated_jpeg_bytes(60, 90, seed=n), content_type="image/jpeg")
+    storage.write_json(LIST_KEY, listing)
+    mirrors = Mirrors({AMAZON: f"{srv.url}/amazon/", f"{HUB}/": f"{srv.url}/"})
+    for shard in plan_shards(storage, LIST_KEY, INTO):
+        crawl_shard(storage, shard["key"], INTO, mirrors=mirrors, policy=FAST)
+    finish(storage, "ocr_vqa", INTO)
+    assert set(missing_ids(storage, "ocr_vqa")) == {*dead, bad}
+    tar_members = {
+        f"ocr_vqa/images/{dead[0]}.jpg": jpeg_bytes(60, 90, seed=40),
+        f"ocr_vqa/images/{bad}.jpg": truncated_jpeg_bytes(60, 90, seed=41),  # made from a crawl: broken there too
+        f"ocr_vqa/images/{ok[0]}.jpg": jpeg_bytes(60, 90, seed=42),  # stored already: not touched
+    }
+    zip_members = {"ocr_vqa/": b"", "ocr_vqa/images/": b"", f"ocr_vqa/images/{bad}.png": png_bytes(60, 90, seed=43)}
+    srv.add(hub_path(TAR_URL), tar_bytes(tar_members))
+    srv.add(hub_path(ZIP_URL), make_zip(zip_members), content_type="application/zip")
+    return Gaps(srv, mirrors, ok, dead, bad, tar_members, zip_members)
+
+
+def staged_archives(storage) -> list[str]:
+    folder = storage.staging_dir() / "ocr_vqa" / "mirrors"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_mirrors_fill_the_gaps_and_a_rerun_downloads_only_what_can_help(storage, waits):
+    with FakeHttpServer() as srv:
+        gaps = crawl_with_gaps(storage, srv)
+        kept = storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg")
+
+        summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert summary["filled_this_run"] == 2 and summary["missing"] == 1 and summary["stored"] == 5
+        tar_outcome, zip_outcome = summary["mirrors"]
+        assert tar_outcome == {"url": TAR_URL, "archive": "ocr_vqa.tar", "outcome": "filled", "filled": 1, "converted": 0, "broken": 1, "not_in_archive": 1}
+        assert zip_outcome["outcome"] == "filled" and zip_outcome["filled"] == 1 and zip_outcome["converted"] == 1
+        assert len(gaps.gets(TAR_URL)) == len(gaps.gets(ZIP_URL)) == 1
+        assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
+        assert decode(storage.read_bytes(f"{INTO}/{gaps.bad}.jpg")).format == "JPEG"  # the zip's PNG, converted
+        assert storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg") == kept
+        assert staged_archives(storage) == []  # applied and deleted
+
+        # The report and the index include the filled images; the outcomes are recorded.
+        report = storage.read_json(crawl.report_key("ocr_vqa"))
+        assert report["missing"] == [gaps.dead[1]]
+        assert report["filled_from_mirror"][gaps.dead[0]] == {"archive": "ocr_vqa.tar", "member": f"ocr_vqa/images/{gaps.dead[0]}.jpg", "conversion": None, "upstream": "HTTP 404"}
+        assert report["filled_from_mirror"][gaps.bad]["archive"] == "ocr_vqa_images_llava_v15.zip"
+        assert report["filled_from_mirror"][gaps.bad]["conversion"] == "PNG->JPEG"
+        assert [m["outcome"] for m in report["mirrors"]] == ["filled", "filled"]
+        assert len(Manifest(storage, "ocr_vqa").index("images")) == 5
+        record = storage.read_json(crawl.fill_record_key("ocr_vqa", "ocr_vqa.tar"))
+        assert record["upstream"]["etag"] == f'"{hashlib.sha1(tar_bytes(gaps.tar)).hexdigest()}"'
+        assert record["upstream"]["size"] == len(tar_bytes(gaps.tar))
+        assert record["holds"] == sorted([gaps.dead[0], gaps.bad, gaps.ok[0]]) and set(record["broken"]) == {gaps.bad}
+
+        # A rerun with the same gap and unchanged archives: a HEAD each, no download.
+        again = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert again["filled_this_run"] == 0 and again["missing"] == 1
+        assert [(m["outcome"], m["reason"]) for m in again["mirrors"]] == [("skipped", "unchanged upstream; it holds none of the 1 missing images")] * 2
+        assert len(gaps.gets(TAR_URL)) == len(gaps.gets(ZIP_URL)) == 1
+        assert gaps.heads(TAR_URL) == gaps.heads(ZIP_URL) == 1
+        # Earlier fills stay named in the report after a rerun.
+        assert set(storage.read_json(crawl.report_key("ocr_vqa"))["filled_from_mirror"]) == {gaps.dead[0], gaps.bad}
+
+        # A filled cover lost again: the tar holds it only broken, so only the zip is fetched again.
+        storage.delete(f"{INTO}/{gaps.bad}.jpg")
+        finish(storage, "ocr_vqa", INTO)
+        third = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert third["mirrors"][0]["reason"] == "unchanged upstream; the 1 missing images it holds are broken in it"
+        assert third["mirrors"][1]["outcome"] == "filled" and third["filled_this_run"] == 1
+        assert len(gaps.gets(TAR_URL)) == 1 and len(gaps.gets(ZIP_URL)) == 2
+
+        # A new version of the zip (a new ETag) that has the last gap is downloaded again.
+        gaps.zip[f"ocr_vqa/images/{gaps.dead[1]}.gif"] = gif_bytes(60, 90, seed=44)
+        srv.replace(hub_path(ZIP_URL), make_zip(gaps.zip))
+        fourth = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert fourth["missing"] == 0 and fourth["filled_this_run"] == 1
+        assert fourth["mirrors"][0]["outcome"] == "skipped" and fourth["mirrors"][1]["outcome"] == "filled"
+        assert len(gaps.gets(TAR_URL)) == 1 and len(gaps.gets(ZIP_URL)) == 3
+        report = storage.read_json(crawl.report_key("ocr_vqa"))
+        assert report["missing"] == [] and set(report["filled_from_mirror"]) == {*gaps.dead, gaps.bad}
+
+        # Nothing missing: no request at all.
+        before = len(srv.requests)
+        fifth = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert [m["reason"] for m in fifth["mirrors"]] == ["nothing missing"] * 2 and len(srv.requests) == before
+
+
+def test_a_dead_mirror_falls_through_to_the_next(storage, waits, caplog):
+    gone = f"{HUB}/datasets/someone/gone/resolve/main/ocr_vqa_images.zip"
+    busy = f"{HUB}/datasets/someone/busy/resolve/main/images.tar"
+    with FakeHttpServer() as srv:
+        gaps = crawl_with_gaps(storage, srv)
+        srv.add(hub_path(busy), tar_bytes(gaps.tar))
+        srv.script(hub_path(busy), *[status(503)] * FAST.attempts)
+        with caplog.at_level("WARNING", logger="vlmdata.crawl"):
+            summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [gone, busy, ZIP_URL, TAR_URL], mirrors=gaps.mirrors, policy=FAST)
+        outcomes = summary["mirrors"]
+        assert [m["outcome"] for m in outcomes] == ["failed", "failed", "filled", "filled"]
+        assert "HTTP 404" in outcomes[0]["reason"] and "giving up after 3 attempts: HTTP 503" in outcomes[1]["reason"]
+        assert outcomes[2]["filled"] == 1 and outcomes[3]["filled"] == 1 and outcomes[3]["broken"] == 0  # the zip came first this time
+        assert summary["missing"] == 1
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "trying the next one" in r.getMessage()]
+        assert len(warned) == 2 and "gone" in warned[0] and "busy" in warned[1]
+        assert [m["outcome"] for m in storage.read_json(crawl.report_key("ocr_vqa"))["mirrors"]] == ["failed", "failed", "filled", "filled"]
+        # A failed mirror has no fill record: the next run asks it again.
+        srv.add(hub_path(gone), make_zip({f"images/{gaps.dead[1]}.jpg": jpeg_bytes(60, 90, seed=50)}))
+        again = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [gone, busy, ZIP_URL, TAR_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert again["mirrors"][0]["outcome"] == "filled" and again["missing"] == 0
+        assert [m["reason"] for m in again["mirrors"][1:]] == ["nothing missing"] * 3
+
+
+def test_a_hostile_or_bogus_mirror_archive_places_nothing_and_is_not_fetched_again_unchanged(storage, waits):
+    hostile = f"{HUB}/datasets/someone/evil/resolve/main/ocr_vqa.zip"
+    page = f"{HUB}/datasets/someone/page/resolve/main/images.tar"
+    with FakeHttpServer() as srv:
+        gaps = crawl_with_gaps(storage, srv)
+        srv.add(hub_path(hostile), make_zip({f"images/{gaps.dead[0]}.jpg": jpeg_bytes(seed=60), "../../etc/cron.d/x.jpg": jpeg_bytes(seed=61)}))
+        srv.add(hub_path(page), b"<!DOCTYPE html><html><body>Sign in to continue</body></html>", content_type="text/html")
+        urls = [hostile, page, ZIP_URL]
+        summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, urls, mirrors=gaps.mirrors, policy=FAST)
+        evil, html, good = summary["mirrors"]
+        assert evil["outcome"] == "failed" and evil["reason"].startswith("UnsafeArchive: member '../../etc/cron.d/x.jpg'")
+        assert html["outcome"] == "failed" and html["reason"].startswith("NotAnArchive")
+        assert good["outcome"] == "filled" and good["filled"] == 1
+        assert not storage.exists(f"{INTO}/{gaps.dead[0]}.jpg")  # vetted before anything was written
+        assert summary["missing"] == 2 and staged_archives(storage) == []
+        # Refused with its fingerprint: unchanged, it is not downloaded again.
+        again = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, urls, mirrors=gaps.mirrors, policy=FAST)
+        assert again["mirrors"][0]["reason"].startswith("unchanged upstream since it was refused (UnsafeArchive")
+        assert again["mirrors"][1]["reason"].startswith("unchanged upstream since it was refused (NotAnArchive")
+        assert len(gaps.gets(hostile)) == len(gaps.gets(page)) == 1
+
+
+def resumed_from(request) -> int:
+    return int(request.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+
+
+def test_a_mirror_download_resumes_after_resets_within_a_run_and_across_runs(storage, waits):
+    with FakeHttpServer() as srv:
+        gaps = crawl_with_gaps(storage, srv)
+        # Big enough that a reset leaves whole chunks on disk (the download reads 64 KiB at a time).
+        gaps.tar["ocr_vqa/dataset.json"] = random.Random(7).randbytes(1_500_000)
+        data = tar_bytes(gaps.tar)
+        srv.replace(hub_path(TAR_URL), data)
+        # Three resets use up FAST's attempts: the mirror fails this run, its partial file stays.
+        srv.script(hub_path(TAR_URL), *[reset_after(300_000)] * FAST.attempts)
+        first = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL], mirrors=gaps.mirrors, policy=FAST)
+        assert first["mirrors"][0]["outcome"] == "failed" and "giving up after 3 attempts" in first["mirrors"][0]["reason"]
+        gets = gaps.gets(TAR_URL)
+        assert gets[0].headers.get("Range") is None
+        assert 0 < resumed_from(gets[1]) < resumed_from(gets[2]) <= 600_000  # resumed each time, never restarted
+        assert all(r.headers.get("If-Range") for r in gets[1:])  # guarded against a changed archive
+        assert staged_archives(storage) == ["ocr_vqa.tar.part", "ocr_vqa.tar.part.json"]
+        on_disk = (storage.staging_dir() / "ocr_vqa" / "mirrors" / "ocr_vqa.tar.part").stat().st_size
+        # The next run picks up the bytes on disk, is reset once more and resumes again.
+        srv.script(hub_path(TAR_URL), reset_after(300_000))
+        second = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL], mirrors=gaps.mirrors, policy=FAST)
+        later = gaps.gets(TAR_URL)[3:]
+        assert len(later) == 2 and resumed_from(later[0]) == on_disk < resumed_from(later[1])
+        assert second["mirrors"][0]["outcome"] == "filled" and second["filled_this_run"] == 1
+        record = storage.read_json(crawl.fill_record_key("ocr_vqa", "ocr_vqa.tar"))
+        assert record["upstream"]["size"] == len(data) and record["upstream"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
+        assert staged_archives(storage) == []

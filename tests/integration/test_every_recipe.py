@@ -73,3 +73,11 @@ def test_llava_1_5_recipes_resolve_in_the_playground_view(everything):
         records = json.loads(storage.read_bytes(output_key(recipe_id, "json")))
         images = [r["image"] for r in records if "image" in r]
         assert images and all(os.path.exists(view / image) for image in images), recipe_id
+
+
+def test_the_cli_acquisition_fills_the_crawl_gaps_from_the_mirror_replicas(everything):
+    replicas, storage, _, _, _, _ = everything
+    report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
+    expected = replicas.expected_crawl
+    assert set(report["filled_from_mirror"]) == expected["filled"] and set(report["missing"]) == expected["missing"]
+    assert {key.rsplit("/", 1)[1][:-4] for key, _ in storage.list("data/ocr_vqa/images")} == expected["stored"]

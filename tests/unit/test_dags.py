@@ -90,12 +90,23 @@ def test_every_source_of_both_seed_pages_has_an_acquisition_dag(dagbag):
     assert {f"acquire_{sid}" for sid in load_catalog()} <= set(dagbag.dags)
 
 
-def test_ocr_vqa_fetches_its_list_then_crawls_and_only_the_crawl_emits_the_event(dagbag):
+def test_ocr_vqa_fetches_its_list_crawls_fills_from_mirrors_and_only_the_last_step_emits_the_event(dagbag):
+    from airflow.sdk import AssetAlias
+
     dag = dagbag.dags["acquire_ocr_vqa"]
-    assert {t.task_id for t in dag.tasks} == {"plan", "fetch", "publish", "plan_crawl", "crawl", "finish_crawl"}
-    assert not dag.get_task("publish").outlets
-    assert [o.name for o in dag.get_task("finish_crawl").outlets] == ["vlmdata.acquired.ocr_vqa"]
-    assert dag.get_task("plan_crawl").trigger_rule == "none_failed"  # a refresh retries missing images
+    assert {t.task_id for t in dag.tasks} == {"plan", "fetch", "publish", "plan_crawl", "crawl", "finish_crawl", "fill_from_mirrors"}
+    assert not dag.get_task("publish").outlets and not dag.get_task("finish_crawl").outlets
+    fill = dag.get_task("fill_from_mirrors")
+    # Through an alias: the event is sent only when the run changed something.
+    assert [(type(o), o.name) for o in fill.outlets] == [(AssetAlias, "vlmdata.acquired.ocr_vqa.if_changed")]
+    assert fill.asset.name == "vlmdata.acquired.ocr_vqa"
+    assert fill.upstream_task_ids == {"finish_crawl", "publish"}  # publish: whether the list changed
+    assert fill.pool == "vlmdata_huggingface_co"  # where both fallback mirrors live
+    # A refresh retries missing images; with nothing left to crawl the report and the mirrors still run.
+    assert {dag.get_task(t).trigger_rule for t in ("plan_crawl", "finish_crawl", "fill_from_mirrors")} == {"none_failed"}
+    assert "fill_from_mirrors" in dag.doc_md and "vlmdata.acquired.ocr_vqa" in dag.doc_md
+    verify = triggers(dagbag.dags["verify_ocr_vqa"])
+    assert "vlmdata.acquired.ocr_vqa" in verify  # the asset the alias resolves to
 
 
 def test_every_pool_a_task_uses_is_one_the_deployment_creates(dagbag):

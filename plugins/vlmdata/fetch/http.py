@@ -415,6 +415,11 @@ class RangeReader(io.RawIOBase):
 
         self._buffer = with_retries(f"{redact(self.url)} bytes {start}-{start + length - 1}", self.policy, attempt)
         self._buffer_start = start
+def same_fingerprint(recorded: Mapping[str, object], probed: Mapping[str, object]) -> bool:
+    """Upstream unchanged: every validator the probe saw matches the recorded one (no validator:
+    nothing to tell by, so changed)."""
+    keys = [k for k, v in probed.items() if v is not None]
+    return bool(keys) and all(recorded.get(k) == probed[k] for k in keys)
 
 
 def probe(url: str, *, headers: Mapping[str, str] | None = None, session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy()) -> dict[str, str | int | None]:

@@ -2,13 +2,14 @@
 
 from .acquire import FetchArtifactOperator, HfFetchOperator, HttpFetchOperator, PlanAcquisitionOperator, PublishSourceOperator, fetch_operator_for
 from .build import BuildMixtureOperator, MaterialiseLayoutOperator, VerifySourceOperator
-from .crawl import CrawlShardOperator, FinishCrawlOperator, PlanCrawlOperator
+from .crawl import CrawlShardOperator, FillFromMirrorsOperator, FinishCrawlOperator, PlanCrawlOperator
 
 __all__ = [
     "BuildMixtureOperator",
     "CrawlShardOperator",
-    "FinishCrawlOperator",
     "FetchArtifactOperator",
+    "FillFromMirrorsOperator",
+    "FinishCrawlOperator",
     "HfFetchOperator",
     "HttpFetchOperator",
     "MaterialiseLayoutOperator",

@@ -1,15 +1,22 @@
-"""The URL-list crawl (OCR-VQA) as tasks: plan shards, crawl each (mapped), finish."""
+"""The URL-list crawl (OCR-VQA) as tasks: plan shards, crawl each (mapped), finish, fill from mirrors."""
 
 from __future__ import annotations
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from .. import crawl, settings
-from .events import emit
+from .events import emit_through
 
 
 def _crawl_settings(source_id: str) -> tuple[str, str]:
     return crawl.locations(source_id, settings.catalog())
+
+
+def _skip_in_a_dry_run(context) -> None:
+    # A dry run says what the list fetch would do; the crawl and the mirrors (GBs) wait for a real one.
+    if context["params"].get("dry_run"):
+        raise AirflowSkipException("dry run: no crawl, no mirror download")
 
 
 class PlanCrawlOperator(BaseOperator):
@@ -22,6 +29,7 @@ class PlanCrawlOperator(BaseOperator):
         self.source_id, self.shard_size = source_id, shard_size
 
     def execute(self, context) -> list[dict]:
+        _skip_in_a_dry_run(context)
         list_key, into = _crawl_settings(self.source_id)
         shards = crawl.plan_shards(settings.from_airflow().storage(), list_key, into, self.shard_size, source_id=self.source_id)
         self.log.info("%d shards, %d images to fetch", len(shards), sum(s["count"] for s in shards))
@@ -45,7 +53,8 @@ class CrawlShardOperator(BaseOperator):
 
 
 class FinishCrawlOperator(BaseOperator):
-    """Merge the shards' results into the crawl report and the manifest; emits the asset event."""
+    """Merge the shards' results into the crawl report and the manifest (also when nothing was
+    planned: the report then says what is still missing, for the mirrors)."""
 
     ui_color = "#c7e3c1"
 
@@ -54,8 +63,36 @@ class FinishCrawlOperator(BaseOperator):
         self.source_id = source_id
 
     def execute(self, context) -> dict:
+        _skip_in_a_dry_run(context)
         _list_key, into = _crawl_settings(self.source_id)
         summary = crawl.finish(settings.from_airflow().storage(), self.source_id, into)
-        emit(context, self.outlets, summary)
         self.log.info("crawl of %s: %s", self.source_id, summary)
+        return summary
+
+
+class FillFromMirrorsOperator(BaseOperator):
+    """Fill the images still missing from the catalog's fallback mirror archives (a dead mirror
+    is a warning, not a failure); then emit ``asset`` through the ``outlets`` alias, unless this
+    run changed nothing: no new list (``published``), nothing crawled, nothing filled."""
+
+    template_fields = ("published",)
+    ui_color = "#b5dcae"
+
+    def __init__(self, *, source_id: str, asset, published=None, **kwargs):
+        super().__init__(**kwargs)
+        self.source_id, self.asset, self.published = source_id, asset, published
+
+    def execute(self, context) -> dict:
+        _skip_in_a_dry_run(context)
+        _list_key, into = _crawl_settings(self.source_id)
+        config = settings.from_airflow()
+        urls = settings.catalog()[self.source_id].crawl.fallback_mirrors
+        summary = crawl.fill_from_mirrors(config.storage(), self.source_id, into, urls, mirrors=config.mirrors)
+        list_changed = (self.published or {}).get("changed") or []
+        if list_changed or summary["fetched_this_run"] or summary["filled_this_run"]:
+            for alias in self.outlets:
+                emit_through(context, alias, self.asset, {**summary, "list_changed": ", ".join(list_changed)})
+        else:
+            self.log.info("%s: list unchanged, nothing crawled or filled: no %s event", self.source_id, self.asset.name)
+        self.log.info("mirrors of %s: %s", self.source_id, summary)
         return summary

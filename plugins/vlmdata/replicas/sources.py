@@ -24,7 +24,9 @@ Planted faults, and what the integrity reports must then say (``expected_*``):
 * COCO's zip holds a truncated and an empty image; Visual Genome's ``VG_100K_2`` an empty
   one (as upstream, unreferenced); GQA a GIF named ``.jpg`` (decodes: mislabelled, not broken).
 * OCR-VQA's ``dataset.json`` lists GIF and PNG covers behind Amazon URLs, two dead URLs and
-  the corrupt ``1437717772`` cover.
+  the corrupt ``1437717772`` cover. Its two fallback mirror archives (on the fake Hub) fill
+  part of the gap: ej2's tar has the dead ``0005678901`` but the same corrupt ``1437717772``,
+  weizhiwang's zip has ``1437717772`` as a good PNG; neither has ``0006789012``.
 * Annotation files reference images no replica ships (a COCO id, the dead OCR-VQA covers, a
   SAM image of a tar outside the catalog's shard range) and the broken ones.
 
@@ -132,7 +134,8 @@ class Replicas:
         self.malformed: dict[tuple[str, str], int] = {}  # (source, artifact) -> malformed records planted
         # a file each source must have placed (relative to data/)
         self.spot_checks: dict[str, str] = {}
-        self.crawl: dict[str, dict] = {}  # OCR-VQA cover id -> {"kind", "url", "data"}
+        self.crawl: dict[str, dict] = {}  # OCR-VQA cover id -> {"kind", "url", "data"[, "filled_from": mirror archive name]}
+        self.mirror_archives: dict[str, bytes] = {}  # OCR-VQA fallback mirror URL (upstream) -> archive bytes
         self.sa1b_links: dict[str, str] = {}
         self.commits: dict[str, str] = {}  # hub repo -> commit
         self.http = self.hub = self.drive = self.github = None
@@ -244,6 +247,18 @@ class Replicas:
                 "answers": [f"Author {number}", f"Title {number}", "No"], "title": f"Title {number}", "authorName": f"Author {number}",
                 "genre": "Humor & Entertainment" if number % 2 else "Reference", "split": 1 + number % 3,
             }
+        # The catalog's fallback mirrors, with the faults of real ones: ej2's tar (made from an
+        # earlier crawl) holds the dead 0005678901 but the same corrupt 1437717772 the crawl got,
+        # and covers already stored; weizhiwang's zip holds 1437717772 as a good PNG (stored as
+        # JPEG). Neither has 0006789012: it stays missing.
+        ej2_url, weizhiwang_url = self._builtin()["ocr_vqa"]["crawl"]["fallback_mirrors"]
+        ej2 = {f"ocr_vqa/images/{isbn}.jpg": self.crawl[isbn]["data"] for isbn in ("0001234567", "1437717772")}
+        ej2["ocr_vqa/images/0005678901.jpg"] = self._img("", "jpeg")
+        weizhiwang = {"ocr_vqa/images/0002345678.jpg": self.crawl["0002345678"]["data"], "ocr_vqa/images/1437717772.png": self._img("", "png")}
+        self.mirror_archives = {ej2_url: _tar(ej2), weizhiwang_url: make_zip({**_dirs(weizhiwang), **weizhiwang})}
+        for isbn, url in (("0005678901", ej2_url), ("1437717772", weizhiwang_url)):
+            self.crawl[isbn]["filled_from"] = posixpath.basename(url)
+            self.tree[f"ocr_vqa/images/{isbn}.jpg"] = "ok"  # stored as a real JPEG by the fill
         load_script = b"import json, os, urllib.request\n\ndata = json.load(open('dataset.json'))\nfor k in data:\n    ext = os.path.splitext(data[k]['imageURL'])[1]\n    urllib.request.urlretrieve(data[k]['imageURL'], 'images/' + k + ext)\n"
         f["ocr_vqa"] = {"dataset.json": _json(dataset), "loadDataset.py": load_script}
         ocr = [f"ocr_vqa/images/{isbn}.jpg" for isbn, _, _ in covers]
@@ -330,7 +345,7 @@ class Replicas:
             "detail_23k.json": self._annotation("llava_instruct_150k", "detail_23k.json", self._refs(coco_folder, [c[3], c[5]])),
             "complex_reasoning_77k.json": self._annotation("llava_instruct_150k", "complex_reasoning_77k.json", self._refs(coco_folder, [c[1], c[5]])),
         }
-        mix665k = [c[0], c[2], c[5], "gqa/images/2354786.jpg", "gqa/images/2354789.jpg", ocr[0], ocr[3], ocr[4], ocr[5], ocr[7], tv[0], tv[1], "vg/VG_100K/1.jpg", "vg/VG_100K_2/2345678.jpg", None]
+        mix665k = [c[0], c[2], c[5], "gqa/images/2354786.jpg", "gqa/images/2354789.jpg", ocr[0], ocr[3], ocr[4], ocr[5], ocr[6], ocr[7], tv[0], tv[1], "vg/VG_100K/1.jpg", "vg/VG_100K_2/2345678.jpg", None]
         instruct["llava_v1_5_mix665k.json"] = self._annotation("llava_instruct_150k", "llava_v1_5_mix665k.json", self._refs(".", mix665k))
         f["llava_instruct_150k"] = instruct
 
@@ -405,16 +420,20 @@ class Replicas:
 
     @property
     def expected_crawl(self) -> dict[str, set[str]]:
-        kinds: dict[str, set[str]] = {"stored": set(), "converted": set(), "dead": set(), "broken": set()}
+        """What the OCR-VQA crawl must find upstream (``converted``, ``dead``, ``broken``), which of
+        the gaps the mirrors fill (``filled``), what is stored in the end and what stays ``missing``."""
+        kinds: dict[str, set[str]] = {"stored": set(), "converted": set(), "dead": set(), "broken": set(), "filled": set(), "missing": set()}
         for isbn, cover in self.crawl.items():
-            if cover["kind"] in ("jpeg", "gif", "png"):
-                kinds["stored"].add(isbn)
+            crawled = cover["kind"] in ("jpeg", "gif", "png")
             if cover["kind"] in ("gif", "png"):
                 kinds["converted"].add(isbn)
             if cover["kind"] == "dead":
                 kinds["dead"].add(isbn)
             if cover["kind"] == "truncated":
                 kinds["broken"].add(isbn)
+            if cover.get("filled_from"):
+                kinds["filled"].add(isbn)
+            kinds["stored" if crawled or cover.get("filled_from") else "missing"].add(isbn)
         return kinds
 
     def fetched_artifacts(self, source: str) -> set[str]:
@@ -485,6 +504,9 @@ class Replicas:
             else:
                 allava_paths[f"{'allava_laion' if 'LAION' in name else 'allava_vflan'}/{name}"] = data
         self.commits["FreedomIntelligence/ALLaVA-4V"] = self.hub.add_repo("FreedomIntelligence/ALLaVA-4V", {"README.md": readme, **allava_paths})
+        for url, data in self.mirror_archives.items():
+            repo, path = url[len(f"{HUB}/datasets/"):].split("/resolve/main/")
+            self.commits[repo] = self.hub.add_repo(repo, {"README.md": readme, path: data})
 
         sources = self._builtin()
         ocr_folder = self.drive.add_folder("OCR-VQA", id=sources["ocr_vqa"]["gdrive"]["folder_id"])

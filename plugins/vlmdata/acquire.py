@@ -83,14 +83,10 @@ def remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Rem
     return transport_for(source).remotes(source, artifacts, ctx)
 
 
-def _same_fingerprint(record: ArtifactRecord, remote: Remote) -> bool:
-    return same_fingerprint(record.fingerprint, remote.fingerprint)
-
-
 def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
     """Unchanged upstream and everything we placed still there: nothing to do."""
     record = manifest.artifact(remote.artifact.name)
-    if not record or not record.complete or not _same_fingerprint(record, remote):
+    if not record or not record.complete or not same_fingerprint(record.fingerprint, remote.fingerprint):
         return False
     if record.placement.target:
         return ctx.storage.size(record.placement.target) == record.size
@@ -176,7 +172,7 @@ def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
         return {"name": name, "fetched": False}
     staged = ctx.storage.staging_dir() / source.id / name
     previous = manifest.artifact(name)
-    resumable = previous is not None and not previous.complete and _same_fingerprint(previous, remote)
+    resumable = previous is not None and not previous.complete and same_fingerprint(previous.fingerprint, remote.fingerprint)
     if resumable and staged.exists() and sha256_of(staged.open("rb"))[0] == previous.sha256:
         log.info("%s/%s: resuming the placement of the verified download", source.id, name)
         record = previous

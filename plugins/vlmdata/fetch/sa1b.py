@@ -445,8 +445,8 @@ def _stored_images(storage: Storage) -> set[str]:
     return {key for key, size in storage.list(f"{DATA_PREFIX}/{IMAGES_FOLDER}") if size > 0}
 
 
-def _classify(paths: Iterable[str], stored: set[str], known: Mapping[str, Iterable[str]]) -> NeededShards:
-    owner = _by_image(known)
+def _classify(paths: Iterable[str], stored: set[str], owner: Mapping[str, str]) -> NeededShards:
+    """Sort image paths into present, in a known tar (``owner``: image name -> tar), unknown."""
     needed = NeededShards()
     for path in paths:
         tar = owner.get(PurePosixPath(path).name, UNKNOWN)
@@ -465,7 +465,7 @@ def report_needed_shards(storage: Storage, records: Iterable[Mapping], image_fol
     known = tar_index(storage, source_id)
     for tar, names in (index or {}).items():
         known.setdefault(tar, list(names))  # what this storage saw in a tar beats a supplied list
-    return _classify(sam_images(records, image_folder), _stored_images(storage), known)
+    return _classify(sam_images(records, image_folder), _stored_images(storage), _by_image(known))
 
 
 def needed_images(storage: Storage, catalog: Mapping[str, Source], paths: Iterable[str]) -> list[str]:
@@ -497,21 +497,23 @@ def locate_tars(source: Source, ctx: Context, images: list[str], *, index: Mappi
     for tar, names in (index or {}).items():
         known.setdefault(tar, list(names))
     stored = _stored_images(ctx.storage)
-    needed = _classify(images, stored, known)
+    owner = _by_image(known)
+    unplaced = _classify(images, stored, owner).unknown
     links = read_links(source, ctx)
     pending = sorted((name for name in links if name not in known), key=shard_number)
-    if needed.unknown and pending:
+    if unplaced and pending:
         log.info("%s: %d referenced images missing and in no indexed tar: indexing the %d other tars of the links file, %d at a time",
-                 source.id, len(needed.unknown), len(pending), workers)
+                 source.id, len(unplaced), len(pending), workers)
     done = 0
     with ThreadPoolExecutor(workers, thread_name_prefix="sa1b-index") as pool:
-        while needed.unknown and pending:
+        while unplaced and pending:
             batch, pending = pending[:workers], pending[workers:]
             for name, names in zip(batch, pool.map(lambda n: index_remote_tar(source, n, ctx.mirrors.rewrite(links[n]), ctx), batch)):
-                known[name] = names
+                owner.update((image, name) for image in names if image not in owner)
             done += len(batch)
-            needed = _classify(images, stored, known)
-            log.info("%s: %d tars indexed, %d to go; %d missing images still unplaced", source.id, done, len(pending), len(needed.unknown))
+            unplaced = [path for path in unplaced if PurePosixPath(path).name not in owner]  # only the new tars can place them
+            log.info("%s: %d tars indexed, %d to go; %d missing images still unplaced", source.id, done, len(pending), len(unplaced))
+    needed = _classify(images, stored, owner)
     if not pending:
         needed.searched = len(links)
     return needed

@@ -27,6 +27,9 @@ FAKE_COMMIT = "b" * 40  # X-Repo-Commit of every /resolve/ answer
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, every small answer on a
+    # kept-alive connection waits for the client's delayed ACK (~40 ms). Servers turn it off.
+    disable_nagle_algorithm = True
     server_version = "bench-sendfile/1"
 
     def log_message(self, format, *args):  # noqa: A002 - quiet

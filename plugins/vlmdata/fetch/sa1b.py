@@ -395,7 +395,7 @@ def index_remote_tar(source: Source, name: str, url: str, ctx: Context) -> list[
                 raise tarfile.ReadError(f"after {members} members, no valid header at byte {tar.offset} of {reader.size}")
     except tarfile.TarError as exc:
         raise FetchError(f"{source.id}/{name}: not a readable tar at {redact(url)}: {exc}") from exc
-    ctx.storage.write_json(contents_key(source.id, name), {"tar": name, "size": reader.size, "images": images, "members": members, "indexed_at": now()})
+    ctx.storage.write_json(contents_key(source.id, name), {"tar": name, "size": reader.size, "images": images, "members": members, "requests": reader.requests, "indexed_at": now()})
     log.info("%s: %d members, %d images, indexed with %d requests in %.1f s", name, members, len(images), reader.requests, time.monotonic() - started)
     return images
 

@@ -256,6 +256,7 @@ def _plan(req: Request, res: Resource, honour_range: bool) -> tuple[int, dict[st
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every response carries a Content-Length
     timeout = 30  # an idle kept-alive connection must not pin a thread forever
+    disable_nagle_algorithm = True  # as real servers: small answers must not wait for a delayed ACK (~40 ms)
     server: _Server
 
     def setup(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 
@@ -13,17 +14,27 @@ def write_archive(tmp_path: Path, data: bytes, name: str) -> Path:
 
 
 class WriteSpy:
-    """Wraps a storage's write_stream and records the keys written."""
+    """Wraps a storage's writes (``write_stream``, ``write_bytes``, from any thread) and records
+    each key written once, however one write calls the other."""
 
     def __init__(self, storage, monkeypatch):
         self.keys: list[str] = []
-        real = storage.write_stream
+        depth = threading.local()
 
-        def spy(key, stream):
-            self.keys.append(key)
-            return real(key, stream)
+        def spying(real):
+            def spy(key, data):
+                if not getattr(depth, "n", 0):
+                    self.keys.append(key)
+                depth.n = getattr(depth, "n", 0) + 1
+                try:
+                    return real(key, data)
+                finally:
+                    depth.n -= 1
 
-        monkeypatch.setattr(storage, "write_stream", spy)
+            return spy
+
+        for name in ("write_stream", "write_bytes"):
+            monkeypatch.setattr(storage, name, spying(getattr(storage, name)))
 
 
 def files_under(path: Path) -> list[str]:

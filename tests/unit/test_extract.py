@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import stat
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from vlmdata.replicas.data import jpeg_bytes, make_zip, png_bytes
 from vlmdata.catalog import Extract
 from vlmdata.extract import Limits, UnsafeArchive, extract_zip, plan
-from vlmdata.storage import LocalStorage
+from vlmdata.storage import DiskFullError, LocalStorage
 from tests.unit.archive_helpers import WriteSpy, files_under, write_archive
 
 FOLDER = "data/src/images"
@@ -395,3 +396,82 @@ def test_truncated_zip_raises_bad_zip_naming_the_archive(tmp_path):
     archive = _write(tmp_path, data[: len(data) // 2], "cut.zip")
     with pytest.raises(zipfile.BadZipFile, match="cut.zip"):
         extract_zip(archive, LocalStorage(tmp_path / "root"), FOLDER, _spec())
+
+
+# ------------------------------------------------------------- writes spread over threads
+
+
+class _Overlap:
+    """Wraps a storage's writes (write_bytes and write_stream, whichever the extraction uses):
+    counts writes that overlap in time, and can fail one key."""
+
+    def __init__(self, storage, monkeypatch, fail_key: str | None = None):
+        import threading
+
+        self.lock, self.now, self.most, self.done = threading.Lock(), 0, 0, []
+        inner = threading.local()  # LocalStorage.write_bytes calls write_stream: count it once
+
+        def slow(real):
+            def write(key, data):
+                if getattr(inner, "busy", False):
+                    return real(key, data)
+                with self.lock:
+                    self.now += 1
+                    self.most = max(self.most, self.now)
+                inner.busy = True
+                try:
+                    time.sleep(0.02)  # a PUT's round trip: lets the next writes start meanwhile
+                    if key == fail_key:
+                        raise DiskFullError(f"no space left while writing {key}; free space and re-run (nothing partial was kept)")
+                    result = real(key, data)
+                    self.done.append(key)
+                    return result
+                finally:
+                    inner.busy = False
+                    with self.lock:
+                        self.now -= 1
+
+            return write
+
+        for name in ("write_bytes", "write_stream"):
+            monkeypatch.setattr(storage, name, slow(getattr(storage, name)))
+
+
+def _many(count: int) -> dict[str, bytes]:
+    return {f"img/{n:04d}.jpg": jpeg_bytes(seed=n) for n in range(count)}
+
+
+def test_writes_overlap_where_the_storage_gains_from_threads_and_all_arrive(storage, tmp_path, monkeypatch):
+    members = _many(24)
+    archive = write_archive(tmp_path, make_zip(members), "many.zip")
+    overlap = _Overlap(storage, monkeypatch)
+    index = extract_zip(archive, storage, FOLDER, _spec())
+    # S3: PUTs overlap, a slow round trip is not paid member after member; local: one at a time.
+    assert (overlap.most > 1) == (storage.write_threads > 1) and (storage.write_threads > 1) == storage.url.startswith("s3://")
+    assert sorted(overlap.done) == sorted(f"{FOLDER}/{name}" for name in members)
+    assert [row[0] for row in index] == [f"{FOLDER}/{name}" for name in members]  # the index keeps the archive's order
+    assert all(storage.read_bytes(f"{FOLDER}/{name}") == data for name, data in members.items())
+
+
+def test_a_failed_write_stops_the_extraction_and_leaves_no_write_running(storage, tmp_path, monkeypatch):
+    members = _many(100)  # more than the writes that may be queued (two per thread)
+    archive = write_archive(tmp_path, make_zip(members), "many.zip")
+    overlap = _Overlap(storage, monkeypatch, fail_key=f"{FOLDER}/img/0005.jpg")
+    with pytest.raises(DiskFullError, match="img/0005.jpg"):
+        extract_zip(archive, storage, FOLDER, _spec())
+    assert overlap.now == 0  # every write had finished when the error reached the caller
+    written = set(overlap.done)
+    assert f"{FOLDER}/img/0099.jpg" not in written  # stopped early, not after reading everything
+    assert {key for key, _ in storage.list(FOLDER)} == written  # complete files only; a re-run skips them
+
+
+def test_big_members_stream_in_the_callers_thread(tmp_path):
+    from vlmdata.extract import _Writers
+
+    storage = LocalStorage(tmp_path / "root")
+    big, small = b"b" * 5000, b"s" * 10
+    with _Writers(storage, workers=4, inline_above=1000) as writers:
+        writers.write("data/big.bin", io.BytesIO(big), len(big))
+        assert storage.read_bytes("data/big.bin") == big  # already there: written before write() returned
+        writers.write("data/small.bin", io.BytesIO(small), len(small))
+    assert storage.read_bytes("data/small.bin") == small

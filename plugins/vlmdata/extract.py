@@ -267,6 +267,34 @@ class _Writers:
             raise error
 
 
+def _write_members(archive_name: str, members: list[Member], open_member, checksum, storage: Storage, folder: str, skip_present: bool,
+                   progress_every: float, data_errors: tuple, error_type: type[Exception]) -> list[list]:
+    """Write vetted members into ``folder``, skipping those already present with their size;
+    return the index ``[[key, size, checksum], ...]``. A data error while reading a member
+    becomes ``error_type`` naming the archive and the member."""
+    present = dict(storage.list(folder)) if skip_present else {}  # what an interrupted run already wrote
+    index, written, skipped = [], 0, 0
+    last_report = time.monotonic()
+    with _Writers(storage) as writers:
+        for number, member in enumerate(members, 1):
+            key = f"{folder}/{member.path}"
+            if present.get(key) != member.size:
+                try:
+                    with open_member(member.info) as source:
+                        writers.write(key, source, member.size)
+                except data_errors as exc:
+                    raise error_type(f"{archive_name}: member {member.name!r}: {exc}") from exc
+                written += 1
+            else:
+                skipped += 1
+            index.append([key, member.size, checksum(member)])
+            if time.monotonic() - last_report >= progress_every:
+                last_report = time.monotonic()
+                log.info("%s: %d of %d members (%d written, %d already present)", archive_name, number, len(members), written, skipped)
+    log.info("%s: extracted %d members into %s (%d written, %d already present)", archive_name, len(members), folder, written, skipped)
+    return index
+
+
 def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(), progress_every: float = 10.0) -> list[list]:
     """Extract into ``folder`` (a storage key); return the index ``[[path, size, crc32], ...]``.
 
@@ -280,27 +308,8 @@ def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract
         raise zipfile.BadZipFile(f"{archive_path.name}: not a readable zip archive ({exc})") from exc
     with archive:
         members = plan(archive, spec, limits)
-        present = dict(storage.list(folder)) if skip_present else {}  # what an interrupted run already wrote
-        index, written, skipped = [], 0, 0
-        last_report = time.monotonic()
-        with _Writers(storage) as writers:
-            for number, member in enumerate(members, 1):
-                key = f"{folder}/{member.path}"
-                if present.get(key) != member.info.file_size:
-                    try:
-                        with archive.open(member.info) as source:
-                            writers.write(key, source, member.info.file_size)
-                    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC, corrupt deflate stream, cut data
-                        raise zipfile.BadZipFile(f"{archive_path.name}: member {member.info.filename!r}: {exc}") from exc
-                    written += 1
-                else:
-                    skipped += 1
-                index.append([key, member.info.file_size, member.info.CRC])
-                if time.monotonic() - last_report >= progress_every:
-                    last_report = time.monotonic()
-                    log.info("%s: %d of %d members (%d written, %d already present)", archive_path.name, number, len(members), written, skipped)
-        log.info("%s: extracted %d members into %s (%d written, %d already present)", archive_path.name, len(members), folder, written, skipped)
-    return index
+        data_errors = (zipfile.BadZipFile, zlib.error, EOFError)  # bad CRC, corrupt deflate stream, cut data
+        return _write_members(archive_path.name, members, archive.open, lambda m: m.info.CRC, storage, folder, skip_present, progress_every, data_errors, zipfile.BadZipFile)
 
 
 _TAR_DATA_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
@@ -324,27 +333,8 @@ def extract_tar(archive_path: Path, storage: Storage, folder: str, spec: Extract
             members = plan_tar(archive, spec, limits, archive_size=archive_path.stat().st_size)
         except _TAR_DATA_ERRORS as exc:
             raise tarfile.ReadError(f"{archive_path.name}: {exc}") from exc
-        present = dict(storage.list(folder)) if skip_present else {}  # what an interrupted run already wrote
-        index, written, skipped = [], 0, 0
-        last_report = time.monotonic()
-        with _Writers(storage) as writers:
-            for number, member in enumerate(members, 1):
-                key = f"{folder}/{member.path}"
-                if present.get(key) != member.size:
-                    try:
-                        with archive.extractfile(member.info) as source:  # reads exactly the declared size, or raises
-                            writers.write(key, source, member.size)
-                    except _TAR_DATA_ERRORS as exc:
-                        raise tarfile.ReadError(f"{archive_path.name}: member {member.name!r}: {exc}") from exc
-                    written += 1
-                else:
-                    skipped += 1
-                index.append([key, member.size, None])
-                if time.monotonic() - last_report >= progress_every:
-                    last_report = time.monotonic()
-                    log.info("%s: %d of %d members (%d written, %d already present)", archive_path.name, number, len(members), written, skipped)
-        log.info("%s: extracted %d members into %s (%d written, %d already present)", archive_path.name, len(members), folder, written, skipped)
-    return index
+        # extractfile reads exactly the declared size, or raises; a tar has no per-member checksum
+        return _write_members(archive_path.name, members, archive.extractfile, lambda m: None, storage, folder, skip_present, progress_every, _TAR_DATA_ERRORS, tarfile.ReadError)
 
 
 def archive_format(archive_path: Path) -> str:

@@ -9,6 +9,7 @@ no work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from .fetch.gdrive import GDRIVE
 from .fetch.github import GITHUB
 from .fetch.hf import HF
 from .fetch.sa1b import SA1B
-from .fetch.http import FetchError, download, redact, same_fingerprint
+from .fetch.http import FetchError, download, isolate_partial, redact, same_fingerprint
 from .fetch.plain import HTTP
 from .fetch.remote import Context, Remote, Transport
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
+from .lease import Lease, hold
 from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
@@ -164,41 +166,56 @@ def _check_space(storage: Storage, todo: list[Remote]) -> None:
 
 
 def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
-    """Download, verify and place one artifact; record it in the manifest."""
+    """Download, verify and place one artifact; record it in the manifest.
+
+    One writer per artifact at a time (its lease, :mod:`vlmdata.lease`): a second acquisition
+    waits for the first, then finds the artifact current and does nothing.
+    """
+    with hold(ctx.storage, f"artifact/{source.id}/{name}") as lease:
+        return _fetch_artifact(source, name, ctx, lease)
+
+
+def _fetch_artifact(source: Source, name: str, ctx: Context, lease: Lease) -> dict:
     manifest = Manifest(ctx.storage, source.id)
     (remote,) = remotes(source, selected_artifacts(source, ctx, only=[name]), ctx)
     if is_current(ctx, manifest, remote):
         log.info("%s/%s: already current", source.id, name)
         return {"name": name, "fetched": False}
     staged = ctx.storage.staging_dir() / source.id / name
+    if lease.previous_may_still_write:
+        isolate_partial(staged)
     previous = manifest.artifact(name)
     resumable = previous is not None and not previous.complete and same_fingerprint(previous.fingerprint, remote.fingerprint)
     if resumable and staged.exists() and sha256_of(staged.open("rb"))[0] == previous.sha256:
         log.info("%s/%s: resuming the placement of the verified download", source.id, name)
         record = previous
     else:
-        fetched = download(remote.url, staged, remote.expected, headers=remote.headers, policy=ctx.policy)
+        fetched = download(remote.url, staged, remote.expected, headers=remote.headers, policy=ctx.policy, guard=lease.check)
         record = ArtifactRecord(
             name=name, url=redact(remote.url), size=fetched.size, sha256=fetched.sha256, md5=fetched.md5,
             fingerprint=remote.fingerprint, revision=remote.revision, fetched_at=now(),
         )
+        lease.check()
         manifest.save_artifact(record)  # incomplete until placed: a kill here resumes placement
-    record.placement = place(source, remote.artifact, staged, ctx.storage, resume=resumable, previous=previous)
+    record.placement = place(source, remote.artifact, staged, ctx.storage, resume=resumable, previous=previous, guard=lease.check)
     record.complete = True
+    lease.check()
     manifest.save_artifact(record)
     return {"name": name, "fetched": True, "size": record.size, "sha256": record.sha256}
 
 
-def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *, resume: bool, previous: ArtifactRecord | None) -> Placement:
-    """Put a verified download where the layout expects it."""
+def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *, resume: bool, previous: ArtifactRecord | None, guard: Callable[[], None] = lambda: None) -> Placement:
+    """Put a verified download where the layout expects it (``guard`` before every write)."""
     if artifact.target:
         key = f"{DATA_PREFIX}/{artifact.target}"
         size = staged.stat().st_size
+        guard()
         storage.put_file(staged, key)
         return Placement(target=key, bytes=size)
     folder = f"{DATA_PREFIX}/{artifact.extract.into}"
     old_index = Manifest(storage, source.id).index(artifact.name) if previous else []
-    index = extract_archive(staged, storage, folder, artifact.extract, skip_present=resume)
+    index = extract_archive(staged, storage, folder, artifact.extract, skip_present=resume, guard=guard)
+    guard()
     storage.write_json(index_key(source.id, artifact.name), index)
     # Files the previous version placed that the new one does not have are stale.
     stale = {path for path, _, _ in old_index} - {path for path, _, _ in index}

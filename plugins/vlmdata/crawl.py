@@ -58,6 +58,7 @@ from .catalog import Extract
 from .fetch.digest import Expected
 from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, FetchError, RetryPolicy, download, parse_retry_after, probe, redact, same_fingerprint
 from .images import check_image
+from .lease import current_guard, exclusive
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from .mirrors import Mirrors
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
@@ -384,6 +385,7 @@ class _Tally:
                  self.ok, len(self.converted), len(self.dead), len(self.broken))
 
 
+@exclusive(lambda storage, shard_key, *args, **kwargs: (storage, f"crawl/{shard_key}"))
 def crawl_shard(
     storage: Storage,
     shard_key: str,
@@ -399,8 +401,10 @@ def crawl_shard(
     """Fetch, decode, convert and store every image of one shard; return a small summary.
 
     A shard whose results exist is not fetched again. A retried task whose first attempt
-    died half-way skips (one ``size`` per image) what that attempt already stored.
+    died half-way skips (one ``size`` per image) what that attempt already stored. One writer
+    of a shard at a time: a second waits, then finds the shard crawled.
     """
+    guard = current_guard()
     into = into.strip("/")
     results_key = result_key(shard_key)
     if storage.exists(results_key):
@@ -434,6 +438,7 @@ def crawl_shard(
         except BrokenImage as exc:
             tally.add(image_id, "broken", f"{exc} ({_describe(body)})")
             return
+        guard()
         storage.write_bytes(image_key(into, image_id), jpeg)  # atomic: never a partial file
         if conversion:
             with tally._lock:
@@ -465,6 +470,7 @@ def crawl_shard(
         "broken": dict(sorted(tally.broken.items())),
         "finished_at": now(),
     }
+    guard()
     storage.write_json(results_key, result)
     storage.delete(started_key)
     return _shard_summary(result, results_key)
@@ -694,6 +700,7 @@ _UNUSABLE_ARCHIVE = (extract.UnsafeArchive, extract.NotAnArchive, zipfile.BadZip
 _UNREACHABLE = (FetchError, requests.RequestException)
 
 
+@exclusive(lambda storage, source_id, *args, **kwargs: (storage, f"fill/{source_id}"))
 def fill_from_mirrors(
     storage: Storage,
     source_id: str,
@@ -754,7 +761,7 @@ def _fill_from_mirror(storage: Storage, source_id: str, into: str, url: str, nam
             log.info("%s: mirror archive %s not downloaded: %s", source_id, name, reason)
             return {"outcome": "skipped", "reason": reason}, set()
     staged = storage.staging_dir() / source_id / "mirrors" / name
-    fetched = download(url, staged, Expected(), policy=policy)  # a FetchError keeps the .part: the next run resumes it
+    fetched = download(url, staged, Expected(), policy=policy, guard=current_guard())  # a FetchError keeps the .part: the next run resumes it
     upstream = {"etag": fetched.etag, "last_modified": fetched.last_modified, "size": fetched.size, "sha256": fetched.sha256}
     try:
         summary = fill_from_archive(storage, staged, into, wanted, source_id=source_id, refresh_report=False, upstream=upstream)

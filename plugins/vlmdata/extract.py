@@ -34,7 +34,7 @@ import time
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -268,7 +268,7 @@ class _Writers:
 
 
 def _write_members(archive_name: str, members: list[Member], open_member, checksum, storage: Storage, folder: str, skip_present: bool,
-                   progress_every: float, data_errors: tuple, error_type: type[Exception]) -> list[list]:
+                   progress_every: float, data_errors: tuple, error_type: type[Exception], guard: Callable[[], None]) -> list[list]:
     """Write vetted members into ``folder``, skipping those already present with their size;
     return the index ``[[key, size, checksum], ...]``. A data error while reading a member
     becomes ``error_type`` naming the archive and the member."""
@@ -279,6 +279,7 @@ def _write_members(archive_name: str, members: list[Member], open_member, checks
         for number, member in enumerate(members, 1):
             key = f"{folder}/{member.path}"
             if present.get(key) != member.size:
+                guard()
                 try:
                     with open_member(member.info) as source:
                         writers.write(key, source, member.size)
@@ -295,7 +296,8 @@ def _write_members(archive_name: str, members: list[Member], open_member, checks
     return index
 
 
-def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(), progress_every: float = 10.0) -> list[list]:
+def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(), progress_every: float = 10.0,
+                guard: Callable[[], None] = lambda: None) -> list[list]:
     """Extract into ``folder`` (a storage key); return the index ``[[path, size, crc32], ...]``.
 
     Paths in the index are relative to the storage root. Corrupt members (bad CRC) raise
@@ -309,13 +311,14 @@ def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract
     with archive:
         members = plan(archive, spec, limits)
         data_errors = (zipfile.BadZipFile, zlib.error, EOFError)  # bad CRC, corrupt deflate stream, cut data
-        return _write_members(archive_path.name, members, archive.open, lambda m: m.info.CRC, storage, folder, skip_present, progress_every, data_errors, zipfile.BadZipFile)
+        return _write_members(archive_path.name, members, archive.open, lambda m: m.info.CRC, storage, folder, skip_present, progress_every, data_errors, zipfile.BadZipFile, guard)
 
 
 _TAR_DATA_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
-def extract_tar(archive_path: Path, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(), progress_every: float = 10.0) -> list[list]:
+def extract_tar(archive_path: Path, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(), progress_every: float = 10.0,
+                guard: Callable[[], None] = lambda: None) -> list[list]:
     """Extract a tar (plain, gzip, bzip2 or xz) into ``folder``; return the index ``[[path, size, None], ...]``.
 
     The same guarantees as :func:`extract_zip`: every member vetted before the first write,
@@ -334,7 +337,7 @@ def extract_tar(archive_path: Path, storage: Storage, folder: str, spec: Extract
         except _TAR_DATA_ERRORS as exc:
             raise tarfile.ReadError(f"{archive_path.name}: {exc}") from exc
         # extractfile reads exactly the declared size, or raises; a tar has no per-member checksum
-        return _write_members(archive_path.name, members, archive.extractfile, lambda m: None, storage, folder, skip_present, progress_every, _TAR_DATA_ERRORS, tarfile.ReadError)
+        return _write_members(archive_path.name, members, archive.extractfile, lambda m: None, storage, folder, skip_present, progress_every, _TAR_DATA_ERRORS, tarfile.ReadError, guard)
 
 
 def archive_format(archive_path: Path) -> str:

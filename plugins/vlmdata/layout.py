@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from .catalog import DEFAULT_CATALOG, TreePath, load_models
+from .lease import current_guard, exclusive
 from .manifest import now
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
@@ -44,7 +45,10 @@ def _present(storage: Storage, key: str) -> bool:
     return storage.exists(key) or next(iter(storage.list(key)), None) is not None
 
 
+@exclusive(lambda profile, storage: (storage, f"layout/{profile.id}"))
 def materialise(profile: Profile, storage: Storage) -> dict:
+    """Make the profile's views and write its report; one writer of a profile at a time."""
+    guard = current_guard()
     linked, missing = {}, []
     for view_path, tree_path in profile.links.items():
         view_key = posixpath.join(profile.root, view_path)
@@ -53,12 +57,14 @@ def materialise(profile: Profile, storage: Storage) -> dict:
             missing.append(tree_path)
             continue
         if storage.supports_links and view_key != target_key:
+            guard()
             storage.link(view_key, target_key)
         linked[view_key] = target_key
     for tree_path in profile.expect:
         if tree_path not in missing and not _present(storage, posixpath.join(DATA_PREFIX, tree_path)):
             missing.append(tree_path)
     report = {"profile": profile.id, "root": profile.root, "built_at": now(), "views": linked, "missing": sorted(missing), "links": storage.supports_links}
+    guard()
     storage.write_json(f"{STATE_PREFIX}/layouts/{profile.id}.json", report)
     log.info("%s: %d paths in place under %s, %d missing%s", profile.id, len(linked), profile.root, len(missing), f": {sorted(missing)}" if missing else "")
     return report

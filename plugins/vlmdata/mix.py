@@ -16,6 +16,7 @@ import json
 import logging
 import posixpath
 import random
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .annotations import load_records, record_problem
 from .catalog import DEFAULT_CATALOG, Annotation, Source, TreePath, load_models
+from .lease import current_guard, exclusive
 from .manifest import Manifest, now
 from .storage import DATA_PREFIX, Storage
 from .verify import ImageIndex, image_key
@@ -85,8 +87,10 @@ def _sample(rows: list, take, rng: random.Random) -> list:
     return [rows[i] for i in chosen]
 
 
+@exclusive(lambda recipe, storage, *args, **kwargs: (storage, f"mixture/{recipe.id}"))
 def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None) -> dict:
-    """Build the mixture on the storage; return its lock."""
+    """Build the mixture on the storage; return its lock. One build of a recipe at a time (a
+    second waits for the first, then builds the same bytes again)."""
     seed = recipe.seed if seed is None else seed
     fmt = fmt or recipe.format
     sources = _component_sources(recipe, catalog)
@@ -122,9 +126,13 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
             else:
                 tally["dropped"][reason] = tally["dropped"].get(reason, 0) + 1
                 dropped.append({"component": component.label, "id": row.get("id") if isinstance(row, dict) else None, "image": row.get("image") if isinstance(row, dict) else None, "reason": reason})
-    staged = storage.staging_dir() / "mixtures" / f"{recipe.id}.{fmt}"
-    digest, size = write_records(staged, output, fmt)
-    storage.put_file(staged, output_key(recipe.id, fmt))
+    staged = storage.staging_dir() / "mixtures" / f"{recipe.id}.{uuid.uuid4().hex[:12]}.{fmt}"  # this build's own
+    try:
+        digest, size = write_records(staged, output, fmt)
+        current_guard()()
+        storage.put_file(staged, output_key(recipe.id, fmt))
+    finally:
+        staged.unlink(missing_ok=True)
     lock = {
         "recipe": recipe.model_dump(),
         "seed": seed,
@@ -137,6 +145,7 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
         "output": {"key": output_key(recipe.id, fmt), "records": len(output), "sha256": digest, "bytes": size},
         "dropped": dropped,
     }
+    current_guard()()
     storage.write_json(lock_key(recipe.id), lock)
     storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
     log.info("%s: %d records kept, %d dropped; %s", recipe.id, len(output), len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))

@@ -9,10 +9,13 @@ old object or the new one, never a partial file. Downloads are staged on local d
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,6 +114,16 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    # --- compare-and-swap on small objects (leases) ------------------------------------
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version that :meth:`write_if` compares; None when absent."""
+
+    @abstractmethod
+    def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        """Write ``data`` only if the object is still at ``version`` (None: only if it does not
+        exist); return the new version, or None when another writer got there first."""
+
     @abstractmethod
     def move(self, key: str, new_key: str) -> None:
         """Rename an object (quarantine): atomic on POSIX, copy then delete on S3."""
@@ -181,8 +194,9 @@ class LocalStorage(Storage):
         if final.parent not in self._folders:  # extraction writes thousands of files per folder
             final.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(final.parent)
-        # One writer per process and key at a time, so the pid makes the name unique.
-        tmp_path = final.with_name(f".{final.name}.{os.getpid()}.vlmdata-tmp")
+        # Unique per write: two writers of one key (threads, processes, hosts sharing the
+        # mount, containers with the same pid) never share a temporary file.
+        tmp_path = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.vlmdata-tmp")
         try:
             yield tmp_path
             os.replace(tmp_path, final)
@@ -220,6 +234,25 @@ class LocalStorage(Storage):
         else:
             path.unlink(missing_ok=True)
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()  # lease records carry a unique holder id
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        # POSIX has no compare-and-swap on a file: compare and replace under an exclusive
+        # flock of the folder's lock file (held for microseconds; NFS clients forward it).
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(path.parent):
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != version:
+                return None
+            self.write_bytes(key, data)
+        return hashlib.sha256(data).hexdigest()
+
     def move(self, key: str, new_key: str) -> None:
         target = self._path(new_key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +268,7 @@ class LocalStorage(Storage):
             return
         if link.exists() and not link.is_symlink():
             raise StorageError(f"{link} exists and is not a link; the layout will not replace real data")
-        tmp = link.with_name(f".{link.name}.vlmdata-tmp")
-        tmp.unlink(missing_ok=True)
+        tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:12]}.vlmdata-tmp")
         os.symlink(relative, tmp)
         os.replace(tmp, link)
 
@@ -322,6 +354,31 @@ class S3Storage(Storage):
         for sub_key, _ in list(self.list(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(sub_key))
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error(exc, key) from exc
+        return answer["Body"].read(), answer["ETag"]
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        # S3's conditional writes (2024; MinIO and moto have them too): If-None-Match: * creates
+        # only if absent, If-Match replaces only the version we read.
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)["ETag"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return None
+            raise self._error(exc, key) from exc
+
     def move(self, key: str, new_key: str) -> None:
         self.client.copy_object(Bucket=self.bucket, Key=self._key(new_key), CopySource={"Bucket": self.bucket, "Key": self._key(key)})
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
@@ -331,6 +388,27 @@ class S3Storage(Storage):
         path = base / self.bucket / (self.prefix or "_root")
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+@contextmanager
+def _folder_lock(folder: Path, timeout: float = 120.0) -> Iterator[None]:
+    """An exclusive flock on ``folder/.lock`` (a short critical section; bounded wait)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    with open(folder / ".lock", "a+b") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageError(f"{folder}/.lock held for over {timeout:.0f} s: is a process frozen while holding it?") from None
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _CountingReader:

@@ -18,7 +18,9 @@ import email.utils
 import io
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -174,6 +176,14 @@ class _Partial:
         self.path.unlink(missing_ok=True)
         self.meta.unlink(missing_ok=True)
 
+    def isolate(self) -> None:
+        """Give the partial bytes a file of their own: a previous writer that may still be
+        alive (frozen, its lease expired) keeps writing, if ever, into the old file, never ours."""
+        if self.path.exists():
+            copy = self.path.with_name(f"{self.path.name}.{os.getpid()}.copy")
+            shutil.copyfile(self.path, copy)
+            os.replace(copy, self.path)
+
 
 def download(
     url: str,
@@ -187,23 +197,37 @@ def download(
     # Small enough that a broken connection loses little (requests drops the chunk it was
     # reading), large enough to keep Python's per-chunk cost far below the link's speed.
     chunk_size: int = 1 << 16,
+    guard: Callable[[], None] = lambda: None,
 ) -> Fetched:
-    """Fetch ``url`` to ``dest`` (a local path), resuming and verifying. See the module doc."""
+    """Fetch ``url`` to ``dest`` (a local path), resuming and verifying. See the module doc.
+
+    ``guard`` is called before every write and raises to stop it (a lease that was lost:
+    :meth:`vlmdata.lease.Lease.check`); the partial file is kept for whoever holds the lease now.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     session = session or requests.Session()
     partial = _Partial(dest)
     # One fresh start after a checksum mismatch: a flipped byte in transit should not fail
     # the task, but a file that is wrong upstream must not loop forever.
     for verify_round in (1, 2):
-        hasher, response_headers = _fetch_bytes(url, partial, expected, headers or {}, session, policy, progress_every, chunk_size)
+        hasher, response_headers = _fetch_bytes(url, partial, expected, headers or {}, session, policy, progress_every, chunk_size, guard)
         problems = hasher.problems()
+        on_disk = partial.path.stat().st_size
+        if on_disk != hasher.count:  # someone else wrote into the file: what we hashed is not what is there
+            problems = [*problems, f"the partial file holds {on_disk} bytes, {hasher.count} were received and hashed"]
         if not problems:
+            guard()
             partial.path.replace(dest)
             partial.meta.unlink(missing_ok=True)
             return Fetched(dest, hasher.count, hasher.sha256, hasher.md5, response_headers.get("ETag"), response_headers.get("Last-Modified"))
         partial.discard()
         log.warning("%s: downloaded bytes do not verify (%s)%s", redact(url), "; ".join(problems), ", fetching again" if verify_round == 1 else "")
     raise IntegrityError(f"{redact(url)}: {'; '.join(problems)}. Nothing was kept; if upstream changed on purpose, update the catalog.")
+
+
+def isolate_partial(dest: Path) -> None:
+    """See :meth:`_Partial.isolate`: for a writer that took over from one that may still be alive."""
+    _Partial(dest).isolate()
 
 
 class Transient(Exception):
@@ -238,11 +262,12 @@ def _raise_for_retry(response: requests.Response) -> None:
         raise Transient(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
 
 
-def _fetch_bytes(url, partial, expected, headers, session, policy, progress_every, chunk_size):
+def _fetch_bytes(url, partial, expected, headers, session, policy, progress_every, chunk_size, guard):
     state = {"hasher": MultiHasher(expected)}
     progress = Progress(partial.path.name.removesuffix(".part"), expected.size, progress_every)
 
     def attempt():
+        guard()
         offset, validator = partial.resumable_size(url)
         request_headers = dict(headers)
         if offset:
@@ -279,6 +304,7 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
             try:
                 with partial.path.open(mode) as out:
                     for chunk in response.iter_content(chunk_size):
+                        guard()
                         out.write(chunk)
                         hasher.update(chunk)
                         progress.update(hasher.count)

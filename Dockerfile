@@ -11,8 +11,13 @@ RUN mkdir -p /tmp/vlmdata/src/plugins
 # The lock first, so a change to the package alone does not re-install every dependency.
 # Naming apache-airflow at the image's version (as Airflow's docs advise) makes pip fail
 # loudly instead of replacing the image's Airflow if the lock and the base tag ever disagree.
+# The providers docker-compose.yaml relies on (the Celery executor, PostgreSQL, Redis, the FAB
+# auth manager) are named too: the image has them, and pip keeps its versions unless the
+# lock's pins need others.
 COPY --chown=airflow:0 requirements.lock /tmp/vlmdata/requirements.lock
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/vlmdata/requirements.lock
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/vlmdata/requirements.lock \
+        apache-airflow-providers-celery apache-airflow-providers-postgres \
+        apache-airflow-providers-redis apache-airflow-providers-fab
 
 # The package, installed as a regular (non-editable) distribution: nothing points back at the
 # build context.

@@ -254,7 +254,12 @@ def test_image_base_tag_matches_the_locked_airflow():
 
 def test_image_installs_the_lock_and_the_package_not_editable():
     runs = [args for op, args in dockerfile() if op == "RUN" and "pip install" in args]
-    assert any("-r /tmp/vlmdata/requirements.lock" in run and '"apache-airflow==${AIRFLOW_VERSION}"' in run for run in runs)
+    lock = [run for run in runs if "-r /tmp/vlmdata/requirements.lock" in run]
+    assert lock and '"apache-airflow==${AIRFLOW_VERSION}"' in lock[0]
+    # The providers the compose file needs are resolved together with the lock's pins.
+    auth_provider = re.match(r"airflow\.providers\.(\w+)\.", common_env()["AIRFLOW__CORE__AUTH_MANAGER"]).group(1)
+    for provider in ("celery", "postgres", "redis", auth_provider):
+        assert f"apache-airflow-providers-{provider}" in lock[0].split(), provider
     package = [run for run in runs if "/tmp/vlmdata/src" in run]
     assert package and all("--no-deps" in run and not re.search(r"(^|\s)(-e|--editable)(\s|$)", run) for run in package)
     copies = [args.split() for op, args in dockerfile() if op == "COPY"]
@@ -318,6 +323,23 @@ def test_installed_package_finds_include_through_vlmdata_include(installed, tmp_
     assert found["sources"] == len(list((REPO / "include" / "catalog" / "sources").glob("*.yaml"))) > 0
     assert found["recipes"] == len(list((REPO / "include" / "recipes").glob("*.yaml"))) > 0
     assert found["layouts"] == len(list((REPO / "include" / "layouts").glob("*.yaml"))) > 0
+
+
+def test_dag_files_import_against_the_installed_package(installed, tmp_path):
+    """What the image's dag-processor does: dags/ copied apart, the package from site-packages."""
+    dags = tmp_path / "dags"
+    shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import json, vlmdata\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag({str(dags)!r})\n"
+        "print(json.dumps({'file': vlmdata.__file__, 'dags': len(bag.dags), 'errors': {k: str(v) for k, v in bag.import_errors.items()}}))\n"
+    )
+    done = run_installed(installed, tmp_path, code, VLMDATA_INCLUDE=str(REPO / "include"), AIRFLOW_HOME=str(tmp_path / "airflow"))
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert Path(found["file"]).is_relative_to(installed)
+    assert found["errors"] == {} and found["dags"] > 0
 
 
 def test_installed_package_without_vlmdata_include_says_what_to_set(installed, tmp_path):

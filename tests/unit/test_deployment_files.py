@@ -1,9 +1,9 @@
 """The Docker deployment (Dockerfile, docker-compose.yaml, .dockerignore) says what a reviewer checks.
 
 This machine has no Docker engine, so `docker compose config` and `docker build` cannot run here:
-these tests read the files instead. The one part that can run, the package installed
-non-editably as the image installs it, is installed into a temporary folder and asked for its
-catalog, recipes and layouts.
+these tests read the files instead. The part that can run here does: the package is installed
+non-editably into a temporary folder, as the image installs it, then asked for its catalog,
+recipes and layouts, and the DAG files are imported against it.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "include" / "catalog"
+# include/ (catalog, layouts, recipes) sits beside plugins/ in a checkout (editable install);
+# an installed package, as in the Docker image, is told where it is by VLMDATA_INCLUDE.
+INCLUDE_DIR = Path(os.environ.get("VLMDATA_INCLUDE") or Path(__file__).resolve().parents[2] / "include")
+DEFAULT_CATALOG = INCLUDE_DIR / "catalog"
 
 Kind = Literal["hf", "http", "gdrive", "sa1b", "urllist", "github"]
 
@@ -229,7 +232,8 @@ def load_catalog(extra: str | os.PathLike | None = None) -> dict[str, Source]:
     sources: dict[str, Source] = {}
     for folder in catalog_dirs(extra):
         if not folder.is_dir():
-            raise CatalogError(f"{folder}: catalog folder does not exist")
+            hint = " (set VLMDATA_INCLUDE to the include/ folder of vlmdata)" if folder == DEFAULT_CATALOG else ""
+            raise CatalogError(f"{folder}: catalog folder does not exist{hint}")
         # A catalog folder holds sources/*.yaml; a user's folder may hold the YAML files directly.
         files_dir = folder / "sources" if (folder / "sources").is_dir() else folder
         for path in sorted(files_dir.glob("*.yaml")):

@@ -7,7 +7,11 @@ the ``vlmdata_root`` Variable as a user would.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import pytest
 from tests.conftest import free_port
 from vlmdata.airflow_client import AirflowClient
 from vlmdata.replicas.hf_hub import FakeHfHub
-from vlmdata.replicas.http_server import FakeHttpServer
+from vlmdata.replicas.http_server import FakeHttpServer, throttle
 from vlmdata.replicas.slice import SliceReplica
 from vlmdata.localairflow import LocalAirflow
 from vlmdata.storage import LocalStorage, S3Options, S3Storage
@@ -49,7 +53,7 @@ def deployment(tmp_path_factory, s3_endpoint):
             client.wait_until(lambda: set(CHAIN) <= {d["dag_id"] for d in client.dags()}, timeout=120)
             for dag_id in CHAIN:
                 client.unpause(dag_id)
-            yield client, replica, work
+            yield client, replica, work, http, env
             print(airflow.log_dir)
 
 
@@ -99,7 +103,7 @@ def check_outputs(storage, replica: SliceReplica) -> None:
 
 
 def test_slice_on_a_local_root(deployment):
-    client, replica, work = deployment
+    client, replica, work, _http, _env = deployment
     run_slice(client)
     storage = LocalStorage(work / "root")
     check_outputs(storage, replica)
@@ -108,7 +112,7 @@ def test_slice_on_a_local_root(deployment):
 
 
 def test_rerun_with_nothing_changed_fetches_nothing_and_emits_no_event(deployment):
-    client, replica, work = deployment
+    client, replica, work, _http, _env = deployment
     verify_runs = len(client.runs("verify_coco_train2017"))
     run_id = client.trigger("acquire_coco_train2017")
     assert client.wait_for_run("acquire_coco_train2017", run_id, timeout=300) == "success"
@@ -119,9 +123,38 @@ def test_rerun_with_nothing_changed_fetches_nothing_and_emits_no_event(deploymen
 
 
 def test_slice_on_s3(deployment, s3_endpoint):
-    client, replica, work = deployment
+    client, replica, work, _http, _env = deployment
     bucket = "vlmdata-e2e"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     client.set_variable("vlmdata_root", f"s3://{bucket}/shared")
     run_slice(client)
     check_outputs(S3Storage(f"s3://{bucket}/shared", S3Options(endpoint_url=s3_endpoint)), replica)
+
+
+def test_a_cli_acquisition_beside_an_airflow_one_downloads_once(deployment, s3_endpoint):
+    """A user runs `vlmdata acquire` while Airflow acquires the same source into the same root:
+    the Airflow task waits for the CLI's lease, then finds the artifact current."""
+    client, replica, work, http, env = deployment
+    root = "s3://vlmdata-e2e/cli-beside-airflow"
+    client.set_variable("vlmdata_root", root)
+    zip_path = "/coco/zips/train2017.zip"
+    http.script(zip_path, throttle(200))  # ~60 s: Airflow's tasks start while the CLI downloads
+    gets = http.count("GET", zip_path)
+    cli_env = {**os.environ, **env, "AWS_ENDPOINT_URL": s3_endpoint, "VLMDATA_STAGING": str(work / "cli-staging")}
+    with (work / "cli.log").open("w") as out:
+        cli = subprocess.Popen([sys.executable, "-m", "vlmdata.cli", "--root", root, "acquire", "coco_train2017"], env=cli_env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client.wait_until(lambda: http.count("GET", zip_path) > gets or cli.poll() is not None, timeout=120)
+        run_id = client.trigger("acquire_coco_train2017")
+        assert client.wait_for_run("acquire_coco_train2017", run_id, timeout=600) == "success", client.task_logs("acquire_coco_train2017", run_id)
+        assert cli.wait(300) == 0, (work / "cli.log").read_text()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    logs = client.task_logs("acquire_coco_train2017", run_id)
+    assert "waiting for vlmdata CLI" in logs and "already current" in logs
+    assert http.count("GET", zip_path) == gets + 1  # one download in all
+    storage = S3Storage(root, S3Options(endpoint_url=s3_endpoint))
+    record = storage.read_json("_vlmdata/sources/coco_train2017/artifacts/train2017.zip.json")
+    assert record["complete"] and record["sha256"] == hashlib.sha256(replica.coco_zip).hexdigest()
+    assert len(list(storage.list("data/coco/train2017"))) == len(replica.coco_members)

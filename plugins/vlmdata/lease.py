@@ -80,6 +80,15 @@ def describe_writer() -> str:
     return "vlmdata CLI"
 
 
+def _pid_namespace() -> str:
+    """Containers sharing a host name (host networking) still have pid namespaces of their own:
+    a pid is only ours to look up inside the same one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Holder:
     id: str
@@ -87,18 +96,20 @@ class Holder:
     pid: int
     pid_started: float  # tells a reused pid from the holder
     who: str
+    pid_namespace: str = ""
 
     @classmethod
     def me(cls, who: str | None = None) -> Holder:
         pid = os.getpid()
-        return cls(uuid.uuid4().hex, socket.gethostname(), pid, psutil.Process(pid).create_time(), who or describe_writer())
+        return cls(uuid.uuid4().hex, socket.gethostname(), pid, psutil.Process(pid).create_time(), who or describe_writer(), _pid_namespace())
 
     def __str__(self) -> str:
         return f"{self.who}, pid {self.pid} on {self.host}"
 
     def is_dead_here(self) -> bool:
-        """True only when we can be sure: the holder ran on this host and its process is gone."""
-        if self.host != socket.gethostname():
+        """True only when we can be sure: the holder ran on this host, in this pid namespace, and
+        its process is gone."""
+        if self.host != socket.gethostname() or self.pid_namespace != _pid_namespace():
             return False
         try:
             return abs(psutil.Process(self.pid).create_time() - self.pid_started) > 1e-3

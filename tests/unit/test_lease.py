@@ -152,3 +152,13 @@ def test_a_lost_lease_stops_the_holder(storage):
         lease._valid_until = time.monotonic() - 1  # as after a freeze longer than its validity
         with pytest.raises(LeaseLost, match="verify/coco: the lease was not renewed in time"):
             lease.check()
+
+
+def test_a_holder_in_another_pid_namespace_is_never_judged_dead_by_its_pid(storage):
+    """Containers that share the host name (host networking) do not share pids: waiting for
+    the ttl is the only safe judgement there."""
+    me = Holder.me("here")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    dead_here = Holder(me.id, me.host, int(gone), me.pid_started, "a dead process", me.pid_namespace)
+    elsewhere = Holder(me.id, me.host, int(gone), me.pid_started, "a container", "pid:[1]")
+    assert dead_here.is_dead_here() and not elsewhere.is_dead_here()

@@ -61,6 +61,10 @@ class Limits:
     max_members: int = 5_000_000
     max_total_bytes: int = 2 * 1024**4  # 2 TiB: ten times the largest upstream archive
     max_ratio: float = 200.0  # uncompressed/compressed per member; JPEG archives are ~1.0
+    # File systems refuse a name over 255 bytes, and a write goes through a temporary name
+    # 26 bytes longer; S3 refuses a key over 1,024 bytes, and the root and folder come first.
+    max_name_bytes: int = 255 - 26
+    max_path_bytes: int = 768
 
 
 @dataclass(frozen=True)
@@ -134,12 +138,14 @@ def _tar_kind(info: tarfile.TarInfo) -> tuple[str, str]:
 
 
 class _Planner:
-    """Collects vetted members; refuses collisions and totals over the limits."""
+    """Collects vetted members; refuses collisions, names too long to write and totals over the
+    limits: everything that would otherwise fail half-way through the writes."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
         self.members: list[Member] = []
         self.seen: dict[str, str] = {}
+        self.folders: dict[str, str] = {}  # folder a member needs -> that member
         self.total = 0
 
     def add(self, info, name: str, relative: str | None, size: int) -> None:
@@ -147,11 +153,27 @@ class _Planner:
             return
         if relative in self.seen:
             raise UnsafeArchive(f"members {self.seen[relative]!r} and {name!r} both land at {relative!r}")
+        if relative in self.folders:
+            raise UnsafeArchive(f"member {name!r} lands at {relative!r}, which member {self.folders[relative]!r} needs as a folder")
+        self._check_length(name, relative)
+        parts = relative.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in self.seen:
+                raise UnsafeArchive(f"member {name!r} needs {folder!r} as a folder, where member {self.seen[folder]!r} is a file")
+            self.folders.setdefault(folder, name)
         self.seen[relative] = name
         self.total += size
         if self.total > self.limits.max_total_bytes:
             raise UnsafeArchive(f"uncompressed size exceeds the limit of {self.limits.max_total_bytes} bytes")
         self.members.append(Member(info, relative))
+
+    def _check_length(self, name: str, relative: str) -> None:
+        if len(relative.encode()) > self.limits.max_path_bytes:
+            raise UnsafeArchive(f"member {name[:80]!r}...: its path is {len(relative.encode())} bytes, over the limit of {self.limits.max_path_bytes}")
+        for part in relative.split("/"):
+            if len(part.encode()) > self.limits.max_name_bytes:
+                raise UnsafeArchive(f"member {name[:80]!r}...: a name of {len(part.encode())} bytes, over the limit of {self.limits.max_name_bytes} a file system allows")
 
 
 def plan(archive: zipfile.ZipFile, spec: Extract, limits: Limits = Limits()) -> list[Member]:
@@ -194,6 +216,11 @@ def plan_tar(archive: tarfile.TarFile, spec: Extract, limits: Limits = Limits(),
             if archive_size is not None and not compressed and not info.issparse() and info.offset_data + info.size > archive_size:
                 raise tarfile.ReadError(f"member {info.name!r} ends past the end of the archive: the tar is cut")
         planner.add(info, info.name, relative, info.size)
+    # tarfile takes a header cut short for the end of the archive: a whole tar ends with two
+    # zero blocks after its last member, so fewer bytes left than that means it was cut.
+    if archive_size is not None and not compressed and archive_size - archive.offset < 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"the tar is cut: {archive_size - archive.offset} bytes after the last whole member, "
+                                f"where a complete archive has its {2 * tarfile.BLOCKSIZE}-byte end marker")
     return planner.members
 
 

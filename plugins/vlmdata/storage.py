@@ -43,9 +43,11 @@ def _check_key(key: str) -> str:
     return str(path)
 
 
-def raise_if_disk_full(exc: OSError, where: str) -> None:
+def raise_if_disk_full(exc: OSError, where: str, *, partial_kept: bool = False) -> None:
+    """A full disk as a clear error; ``partial_kept`` says what the user finds afterwards."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DiskFullError(f"no space left while writing {where}; free space and re-run (nothing partial was kept)") from exc
+        after = "the partial file is kept, and re-running resumes it" if partial_kept else "nothing partial was kept"
+        raise DiskFullError(f"no space left while writing {where}; free space and re-run ({after})") from exc
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,20 @@ def test_range_reader_reads_what_is_asked_and_notices_a_changed_file(server, wai
     reader.seek(0)
     with pytest.raises(FetchError, match="changed while it was being read"):
         reader.read(1)
+
+
+def test_giving_up_says_whether_a_partial_file_was_kept(tmp_path, waits):
+    """The hint after the retries tells the truth about what is left on disk."""
+    from vlmdata.fetch.http import FetchError, RetryPolicy, download
+    from vlmdata.replicas.http_server import FakeHttpServer, drop_after, status
+
+    with FakeHttpServer() as http:
+        http.add("/nothing.bin", b"x" * 200_000)
+        http.script("/nothing.bin", *[status(503)] * 3)
+        with pytest.raises(FetchError, match=r"giving up after 3 attempts: HTTP 503\. Nothing was downloaded\."):
+            download(f"{http.url}/nothing.bin", tmp_path / "nothing.bin", policy=RetryPolicy(attempts=3))
+        http.add("/some.bin", b"y" * 200_000)
+        http.script("/some.bin", drop_after(140_000), *[status(503)] * 2)
+        with pytest.raises(FetchError, match=r"The partial file is kept; re-running resumes it\."):
+            download(f"{http.url}/some.bin", tmp_path / "some.bin", policy=RetryPolicy(attempts=3))
+        assert (tmp_path / "some.bin.part").stat().st_size == 131072

@@ -475,3 +475,22 @@ def test_big_members_stream_in_the_callers_thread(tmp_path):
         assert storage.read_bytes("data/big.bin") == big  # already there: written before write() returned
         writers.write("data/small.bin", io.BytesIO(small), len(small))
     assert storage.read_bytes("data/small.bin") == small
+
+
+# Members that would fail half-way through the writes: refused by the vetting, before any write.
+WRITES_WOULD_FAIL = {
+    "a file where a folder must be": ([("ok/a/b", b"file", 0o100644), ("ok/a/b/c.jpg", b"x", 0o100644)], "needs 'ok/a/b' as a folder"),
+    "a folder where a file is": ([("ok/a/b/c.jpg", b"x", 0o100644), ("ok/a/b", b"file", 0o100644)], "needs as a folder"),
+    "a name over 255 bytes": ([("ok/" + "n" * 240 + ".jpg", b"x", 0o100644)], "a name of 244 bytes, over the limit of 229"),
+    "a path over 4 KiB": ([("/".join(["d" * 200] * 21) + "/x.jpg", b"x", 0o100644)], "its path is .* bytes, over the limit of 768"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRITES_WOULD_FAIL))
+def test_members_that_cannot_be_written_are_refused_before_any_write(case, storage, tmp_path, monkeypatch):
+    members, reason = WRITES_WOULD_FAIL[case]
+    archive = _write(tmp_path, _zip_with(GOOD_FIRST + members))
+    spy = WriteSpy(storage, monkeypatch)
+    with pytest.raises(UnsafeArchive, match=reason):
+        extract_zip(archive, storage, FOLDER, _spec())
+    assert spy.keys == [] and list(storage.list(FOLDER)) == []

@@ -257,3 +257,32 @@ def test_html_saved_as_tar_raises_read_error_naming_it(tmp_path):
     archive = _write(tmp_path, gzip.compress(b"<html>expired</html>"), "sa_000001.tar")
     with pytest.raises(tarfile.ReadError, match="sa_000001.tar"):
         extract_archive(archive, LocalStorage(tmp_path / "root"), FOLDER, SAM)
+
+
+@pytest.mark.parametrize("members, reason", [
+    ([("a/b", b"file"), ("a/b/sa_3.jpg", b"x")], "needs 'a/b' as a folder, where member 'a/b' is a file"),
+    ([("n" * 240 + ".jpg", b"x")], "a name of 244 bytes"),
+], ids=["file where a folder must be", "name over 255 bytes"])
+def test_members_that_cannot_be_written_are_refused_before_any_write(members, reason, tmp_path, monkeypatch):
+    archive = _write(tmp_path, _tar(GOOD_FIRST + members))
+    store = LocalStorage(tmp_path / "root")
+    spy = WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match=reason):
+        extract_tar(archive, store, FOLDER, Extract(into="x"))
+    assert spy.keys == []
+
+
+@pytest.mark.parametrize("where", ["inside a header", "at a member boundary"])
+def test_tar_cut_between_members_is_an_error_not_a_shorter_archive(where, tmp_path, monkeypatch):
+    """tarfile stops quietly at a cut header: the missing end marker tells a cut tar from a whole one."""
+    data = _tar(_sa1b_members(1, 3))
+    whole = _write(tmp_path, data, "whole.tar")
+    last_header = data.index(b"sa_3.json")  # the last member's header starts with its name
+    cut = last_header + 200 if where == "inside a header" else last_header
+    archive = _write(tmp_path, data[:cut])
+    store = LocalStorage(tmp_path / "root")
+    spy = WriteSpy(store, monkeypatch)
+    with pytest.raises(tarfile.ReadError, match="sa_000000.tar.*the tar is cut"):
+        extract_tar(archive, store, FOLDER, SAM)
+    assert spy.keys == []
+    assert len(extract_tar(whole, store, FOLDER, SAM)) == 3  # the whole archive extracts

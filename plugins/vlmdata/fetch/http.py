@@ -238,9 +238,10 @@ class Transient(Exception):
         self.reason, self.retry_after = reason, retry_after
 
 
-def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str = ""):
+def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str | Callable[[], str] = ""):
     """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried.
-    ``hint`` ends the message when retries run out (what the user can do next)."""
+    ``hint`` ends the message when retries run out (what the user can do next; a callable is
+    asked then, so it can say what is left on disk)."""
     reason = ""
     for number in range(1, policy.attempts + 1):
         retry_after = None
@@ -254,7 +255,7 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
             wait = policy.wait(number, retry_after)
             log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
             time.sleep(wait)
-    raise FetchError(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint}")
+    raise FetchError(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
 
 
 def _raise_for_retry(response: requests.Response) -> None:
@@ -309,7 +310,7 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
                         hasher.update(chunk)
                         progress.update(hasher.count)
             except OSError as exc:
-                raise_if_disk_full(exc, str(partial.path))
+                raise_if_disk_full(exc, str(partial.path), partial_kept=True)
                 raise
             if expected_end is not None and hasher.count != expected_end:
                 raise Transient(f"connection closed after {hasher.count} of {expected_end} bytes")
@@ -319,7 +320,10 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
     def resuming_from() -> str:
         return f" (resuming from {partial.path.stat().st_size} bytes)" if partial.path.exists() else ""
 
-    return with_retries(redact(url), policy, attempt, resuming_from, hint=". The partial file is kept; re-running resumes it.")
+    def kept() -> str:
+        return ". The partial file is kept; re-running resumes it." if partial.path.exists() and partial.path.stat().st_size else ". Nothing was downloaded."
+
+    return with_retries(redact(url), policy, attempt, resuming_from, hint=kept)
 
 
 def _rehash(hasher: MultiHasher, partial: _Partial, offset: int) -> MultiHasher:

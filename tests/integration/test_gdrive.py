@@ -395,3 +395,29 @@ def test_acquire_a_drive_folder(make_drive, storage, gdrive_registered):
     assert sorted(third["changed"]) == ["README.txt", "wikiart.zip"]
     assert storage.read_bytes("data/webdata/README.txt") == b"academic use only, v2\n"
     assert sorted(k.rsplit("/", 1)[1] for k, _ in storage.list("data/wikiart/images")) == sorted(f"{n}.jpg" for n in [0, 1, 20, 21, 22, 23, 24, 25])
+
+
+def test_a_drive_folder_that_changed_since_the_plan_fails_those_fetches(make_drive, local, gdrive_registered):
+    drive = make_drive()
+    top = drive.add_folder("WebData")
+    replaced = drive.add_file("README.txt", b"v1\n", folder=top)
+    removed = drive.add_file("notes.json", SMALL, folder=top)
+    drive.add_file("kept.json", SMALL, folder=top)
+    source = Source.model_validate({"id": "webdata", "title": "WebData (test)", "kind": "gdrive", "licence": {"name": "test"}, "gdrive": {"folder_id": top}, "artifacts": []})
+
+    def ctx() -> Context:  # a fresh one per fetch, as each Airflow task gets
+        return Context(local, mirrors=Mirrors(drive.mirrors()), policy=FAST)
+
+    pins = {pin.name: pin for pin in acq.plan(source, ctx()).pins}
+    assert sorted(pins) == ["README.txt", "kept.json", "notes.json"]
+    drive.remove(replaced)
+    new_id = drive.add_file("README.txt", b"v2\n", folder=top)  # another file under the same name
+    drive.remove(removed)
+
+    with pytest.raises(acq.UpstreamMoved, match=f"drive_id: '{replaced}' -> '{new_id}'"):
+        acq.fetch_artifact(source, pins["README.txt"], ctx())
+    with pytest.raises(acq.UpstreamMoved, match="notes.json: listed -> no longer listed"):
+        acq.fetch_artifact(source, pins["notes.json"], ctx())
+    assert acq.fetch_artifact(source, pins["kept.json"], ctx())["fetched"]
+    assert [key for key, _ in local.list("data")] == ["data/webdata/kept.json"]
+    assert drive.byte_requests(new_id) == []

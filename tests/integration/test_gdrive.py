@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from vlmdata.replicas.data import jpeg_bytes, make_zip
-from vlmdata.replicas.gdrive import FakeDrive
+from vlmdata.replicas.gdrive import _QUOTA_PAGE, FakeDrive
 from vlmdata.replicas.http_server import drop_after, reset_after, status
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, acquire
@@ -421,3 +421,22 @@ def test_a_drive_folder_that_changed_since_the_plan_fails_those_fetches(make_dri
     assert acq.fetch_artifact(source, pins["kept.json"], ctx())["fetched"]
     assert [key for key, _ in local.list("data")] == ["data/webdata/kept.json"]
     assert drive.byte_requests(new_id) == []
+
+
+def test_a_quota_page_during_a_pinned_download_is_waited_out_not_taken_for_a_new_version(make_drive, local, gdrive_registered, waits):
+    drive = make_drive()
+    fid = drive.add_file("big.zip", LARGE)
+    source = Source.model_validate({"id": "demo", "title": "demo", "kind": "gdrive", "licence": {"name": "test"}, "gdrive": {}, "artifacts": [{"name": "big.zip", "drive_id": fid, "target": "demo/big.zip"}]})
+    ctx = Context(local, mirrors=Mirrors(drive.mirrors()), policy=FAST)
+    (pin,) = acq.plan(source, ctx).pins
+    drive.script_file(fid, drop_after(150_000))
+    serve, gets = drive._bytes, []
+
+    def quota_page_on_the_resume(req, f):
+        gets.extend([req] if req.method == "GET" else [])
+        return drive._page(200, _QUOTA_PAGE) if len(gets) == 2 else serve(req, f)
+
+    drive._bytes = quota_page_on_the_resume
+    acq.fetch_artifact(source, pin, ctx)
+    assert local.read_bytes("data/demo/big.zip") == LARGE
+    assert len(gets) == 3 and gets[2].headers.get("Range")  # the page was waited out, then the download resumed

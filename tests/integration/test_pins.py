@@ -137,3 +137,19 @@ def test_publish_refuses_fetches_of_two_plans(storage, upstream):
     with pytest.raises(FetchError, match="different plans"):
         publish(source, context(storage), [*fetched, other])
     assert Manifest(storage, source.id).source() is None  # nothing published
+
+
+def test_the_fetch_task_fails_without_retries_when_upstream_moved(tmp_path, upstream, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow-home"))  # before Airflow is imported
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from vlmdata.operators.acquire import HttpFetchOperator
+    from vlmdata.storage import LocalStorage
+
+    replica, http, _hub = upstream
+    monkeypatch.setenv("AIRFLOW_VAR_VLMDATA_ROOT", str(tmp_path / "root"))  # the Variable the task reads
+    (pin,) = plan(load_catalog()["coco_train2017"], context(LocalStorage(tmp_path / "root"))).pins
+    http.replace(COCO_ZIP, flipped(replica.coco_zip, 100))
+    task = HttpFetchOperator(task_id="fetch", source_id="coco_train2017", pin=pin.to_dict())
+    with pytest.raises(AirflowFailException, match="upstream changed since the plan.*Run the acquisition again"):
+        task.execute({})

@@ -140,7 +140,10 @@ def pinned_session(pin: Pin, where: str) -> requests.Session:
     session = requests.Session()
 
     def check(response: requests.Response, *args, **kwargs) -> requests.Response:
-        if response.request.method == "GET" and response.status_code in (200, 206):
+        # A page instead of the file (Drive's quota page) is no version at all: fetch.http
+        # waits it out; errors and redirects are its business too.
+        page = response.headers.get("Content-Type", "").startswith("text/html")
+        if response.request.method == "GET" and response.status_code in (200, 206) and not page:
             changes = served_changes(pin, response)
             if changes:
                 response.close()

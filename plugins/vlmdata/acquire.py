@@ -4,13 +4,18 @@ The three steps are separate functions because Airflow runs them as separate tas
 fetch step mapped over artifacts); the CLI runs them in a row. State lives in the manifest
 on the storage, so any step can run on any worker and a re-run with nothing changed does
 no work.
+
+The plan pins what it resolved (a :class:`Pin` per artifact: commit, URL without
+credentials, size, checksums, validators) and each fetch fetches exactly that or fails
+with :class:`UpstreamMoved`, so one acquisition never mixes two upstream versions, however
+long its fetches wait for a worker.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .catalog import Artifact, Source
@@ -22,7 +27,7 @@ from .fetch.hf import HF
 from .fetch.sa1b import SA1B
 from .fetch.http import FetchError, download, isolate_partial, redact, same_fingerprint
 from .fetch.plain import HTTP
-from .fetch.remote import Context, Remote, Transport
+from .fetch.remote import Context, Pin, Remote, Transport, UpstreamMoved, pinned_session
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
 from .lease import Lease, hold
 from .storage import DATA_PREFIX, DiskFullError, Storage
@@ -104,8 +109,13 @@ def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
 @dataclass
 class Plan:
     source: str
-    fetch: list[dict]  # what would be fetched: name, url, size
+    pins: list[Pin]  # what the fetches get, one per artifact to fetch
     current: list[str]  # artifacts already up to date
+
+    @property
+    def fetch(self) -> list[dict]:
+        """What would be fetched, for users (the dry run): name, url, size, revision."""
+        return [{"name": p.name, "url": p.url, "size": p.expected.size, "revision": p.revision} for p in self.pins]
 
     @property
     def bytes(self) -> int:
@@ -146,11 +156,8 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
             return Plan(source.id, [], [])
     found = remotes(source, selected_artifacts(source, ctx, only, include_optional), ctx)
     todo = [r for r in found if not is_current(ctx, manifest, r)]
-    result = Plan(
-        source.id,
-        [{"name": r.artifact.name, "url": redact(r.url), "size": r.expected.size, "revision": r.revision} for r in todo],
-        [r.artifact.name for r in found if r not in todo],
-    )
+    planned_at = now()
+    result = Plan(source.id, [Pin.of(r, planned_at) for r in todo], [r.artifact.name for r in found if r not in todo])
     if check_space:
         _check_space(ctx.storage, todo)
     log.info(result.summary())
@@ -165,22 +172,40 @@ def _check_space(storage: Storage, todo: list[Remote]) -> None:
         raise DiskFullError(f"need about {_gib(need)} of free space, {_gib(free)} available under {storage.url}; free space or point VLMDATA_ROOT elsewhere")
 
 
-def fetch_artifact(source: Source, name: str, ctx: Context) -> dict:
-    """Download, verify and place one artifact; record it in the manifest.
+def pinned_remote(source: Source, pin: Pin, ctx: Context) -> Remote:
+    """The remote of a pinned artifact, derived again with this context's credentials (a token,
+    the links file's signed link) at the pinned commit; :class:`UpstreamMoved` if it is no
+    longer what the plan pinned (another ETag, size or Drive file, a file gone from a listing)."""
+    where = f"{source.id}/{pin.name}"
+    at_pin = replace(ctx, revision=pin.revision) if pin.revision else ctx  # the commit, never the branch again
+    artifact = next((a for a in artifacts_of(source, at_pin) if a.name == pin.name), None)
+    if artifact is None:
+        raise UpstreamMoved.since(pin, where, [f"{pin.name}: listed -> no longer listed"])
+    (remote,) = remotes(source, [artifact], at_pin)
+    changes = pin.changes(Pin.of(remote, pin.planned_at), with_url=not transport_for(source).reissued_urls)
+    if changes:
+        raise UpstreamMoved.since(pin, where, changes)
+    return remote
+
+
+def fetch_artifact(source: Source, pin: Pin, ctx: Context) -> dict:
+    """Download, verify and place the pinned version of one artifact; record it in the manifest.
 
     One writer per artifact at a time (its lease, :mod:`vlmdata.lease`): a second acquisition
     waits for the first, then finds the artifact current and does nothing.
     """
-    with hold(ctx.storage, f"artifact/{source.id}/{name}") as lease:
-        return _fetch_artifact(source, name, ctx, lease)
+    with hold(ctx.storage, f"artifact/{source.id}/{pin.name}") as lease:
+        return _fetch_artifact(source, pin, ctx, lease)
 
 
-def _fetch_artifact(source: Source, name: str, ctx: Context, lease: Lease) -> dict:
+def _fetch_artifact(source: Source, pin: Pin, ctx: Context, lease: Lease) -> dict:
+    name = pin.name
     manifest = Manifest(ctx.storage, source.id)
-    (remote,) = remotes(source, selected_artifacts(source, ctx, only=[name]), ctx)
+    remote = pinned_remote(source, pin, ctx)
+    result = {"name": name, "revision": pin.revision, "planned_at": pin.planned_at}
     if is_current(ctx, manifest, remote):
         log.info("%s/%s: already current", source.id, name)
-        return {"name": name, "fetched": False}
+        return {**result, "fetched": False}
     staged = ctx.storage.staging_dir() / source.id / name
     if lease.previous_may_still_write:
         isolate_partial(staged)
@@ -190,10 +215,11 @@ def _fetch_artifact(source: Source, name: str, ctx: Context, lease: Lease) -> di
         log.info("%s/%s: resuming the placement of the verified download", source.id, name)
         record = previous
     else:
-        fetched = download(remote.url, staged, remote.expected, headers=remote.headers, policy=ctx.policy, guard=lease.check)
+        with pinned_session(pin, f"{source.id}/{name}") as session:
+            fetched = download(remote.url, staged, remote.expected, headers=remote.headers, session=session, policy=ctx.policy, guard=lease.check)
         record = ArtifactRecord(
             name=name, url=redact(remote.url), size=fetched.size, sha256=fetched.sha256, md5=fetched.md5,
-            fingerprint=remote.fingerprint, revision=remote.revision, fetched_at=now(),
+            fingerprint=remote.fingerprint, revision=pin.revision, fetched_at=now(),
         )
         lease.check()
         manifest.save_artifact(record)  # incomplete until placed: a kill here resumes placement
@@ -201,7 +227,7 @@ def _fetch_artifact(source: Source, name: str, ctx: Context, lease: Lease) -> di
     record.complete = True
     lease.check()
     manifest.save_artifact(record)
-    return {"name": name, "fetched": True, "size": record.size, "sha256": record.sha256}
+    return {**result, "fetched": True, "size": record.size, "sha256": record.sha256}
 
 
 def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *, resume: bool, previous: ArtifactRecord | None, guard: Callable[[], None] = lambda: None) -> Placement:
@@ -226,18 +252,23 @@ def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *,
 
 
 def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
-    """Record the acquisition as a whole; the summary goes to XCom and the asset event."""
+    """Record the acquisition as a whole: the version its plan pinned (every fetch fetched
+    that one). The summary goes to XCom and the asset event."""
     manifest = Manifest(ctx.storage, source.id)
     records = manifest.artifacts()
     missing = [a.name for a in source.artifacts if not a.optional and (a.name not in records or not records[a.name].complete)]
     if missing:
         raise FetchError(f"{source.id}: artifacts not acquired: {missing}")
     record = manifest.source() or SourceRecord(source=source.id, kind=source.kind)
-    record.revision = max(records.values(), key=lambda r: r.fetched_at).revision  # the newest fetch's commit
+    plans = {(f["revision"], f["planned_at"]) for f in fetched}
+    if len(plans) > 1:
+        raise FetchError(f"{source.id}: the fetches come from different plans {sorted(plans, key=str)}: not one version; run the acquisition again")
+    if plans:  # nothing fetched: the recorded version still holds
+        ((record.revision, record.planned_at),) = plans
     record.published_at = now()
     manifest.save_source(record)
     changed = [f["name"] for f in fetched if f.get("fetched")]
-    return {"source": source.id, "revision": record.revision, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
+    return {"source": source.id, "revision": record.revision, "planned_at": record.planned_at, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
 
 
 def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", refetch_quarantined: bool = False, needed_by: list[str] | None = None) -> dict:
@@ -245,7 +276,7 @@ def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run:
     the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run, refetch_quarantined=refetch_quarantined, needed_by=needed_by)
     if dry_run:
         return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
-    fetched = [fetch_artifact(source, item["name"], ctx) for item in the_plan.fetch]
+    fetched = [fetch_artifact(source, pin, ctx) for pin in the_plan.pins]
     summary = publish(source, ctx, fetched)
     if source.crawl:  # the URL list is in place: fetch the images it names that are missing, then fill from the mirrors
         from .catalog import load_catalog
@@ -255,4 +286,4 @@ def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run:
     return summary
 
 
-__all__ = ["Context", "IntegrityError", "LicenceNotAcknowledged", "acquire", "fetch_artifact", "plan", "publish"]
+__all__ = ["Context", "IntegrityError", "LicenceNotAcknowledged", "Pin", "UpstreamMoved", "acquire", "fetch_artifact", "plan", "publish"]

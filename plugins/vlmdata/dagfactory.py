@@ -77,8 +77,10 @@ def acquisition_dag(source: Source) -> DAG:
 
 * kind: `{source.kind}`; declared size: {_size(source)}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
 * artifacts: {', '.join(f'`{a.name}`' for a in source.artifacts)}
-* tasks: `plan` probes upstream and compares with the manifest (nothing changed: the rest skips and no asset event is sent);
-  `fetch` downloads, verifies and places each changed artifact; {_after_fetch_doc(source)}
+* tasks: `plan` probes upstream, compares with the manifest (nothing changed: the rest skips and no asset event is sent)
+  and pins what it resolved (commit, size, checksums, ETag...); `fetch` (one per changed artifact, named after it) downloads,
+  verifies and places exactly that version, and fails without retrying if upstream moved since the plan (trigger again to plan anew);
+  {_after_fetch_doc(source)}
 """
     with DAG(
         dag_id=f"acquire_{source.id}",
@@ -93,7 +95,11 @@ def acquisition_dag(source: Source) -> DAG:
         tags=["vlmdata", "acquire", source.kind],
     ) as dag:
         plan = PlanAcquisitionOperator(task_id="plan", source_id=source.id)
-        fetch = fetch_operator_for(source.kind).partial(task_id="fetch", source_id=source.id, pool=fetch_pool(source), max_active_tis_per_dagrun=4).expand(artifact=plan.output)
+        # Each fetch gets its artifact's pin (what the plan resolved); the template, rendered with
+        # the mapped task's context, names it after the artifact in the UI.
+        fetch = fetch_operator_for(source.kind).partial(
+            task_id="fetch", source_id=source.id, pool=fetch_pool(source), max_active_tis_per_dagrun=4, map_index_template="{{ task.pin['name'] }}",
+        ).expand(pin=plan.output)
         if source.kind != "urllist":
             PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)])
         else:

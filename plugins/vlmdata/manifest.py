@@ -66,7 +66,8 @@ class SourceRecord(_Record):
     source: str
     kind: str
     acknowledged: Acknowledgement | None = None
-    revision: str | None = None
+    revision: str | None = None  # the commit the last acquisition's plan resolved (one for every artifact)
+    planned_at: str | None = None  # when that plan resolved it
     published_at: str | None = None
 
 

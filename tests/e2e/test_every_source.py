@@ -78,6 +78,7 @@ def test_acquisition_ran_through_its_operator(everything, source_id):
     assert all(ti["map_index"] >= 0 for ti in fetched), "fetch is mapped over the planned artifacts"
     assert {ti["operator"] for ti in fetched} == {fetch_operator_for(source.kind).__name__}
     assert len(fetched) == len(replicas.fetched_artifacts(source_id))
+    assert {ti["rendered_map_index"] for ti in fetched} == replicas.fetched_artifacts(source_id)  # named after their artifact
     records = Manifest(storage, source_id).artifacts()
     assert replicas.fetched_artifacts(source_id) <= {name for name, r in records.items() if r.complete}
     assert Manifest(storage, source_id).source().published_at

@@ -57,14 +57,19 @@ def deployment(tmp_path_factory, s3_endpoint):
             print(airflow.log_dir)
 
 
-def run_slice(client: AirflowClient) -> None:
+def run_slice(client: AirflowClient, replica: SliceReplica) -> None:
     """Trigger both acquisitions; wait until the mixture is rebuilt and everything is idle."""
     started = time.time()
     before = len(client.runs("mix_llava_instruct_150k"))
     runs = {dag_id: client.trigger(dag_id) for dag_id in ACQUIRE}
+    fetches = {"acquire_coco_train2017": {"train2017.zip"}, "acquire_llava_instruct_150k": set(replica.llava_files)}
     try:
         for dag_id, run_id in runs.items():
             assert client.wait_for_run(dag_id, run_id, timeout=300) == "success"
+            # A fetch per planned artifact, named after it in the UI and the API (in any run of
+            # the DAG: a refresh schedule may have started one before ours, which then has nothing to do).
+            instances = [ti for run in client.runs(dag_id) for ti in client.task_instances(dag_id, run["dag_run_id"])]
+            assert {ti["rendered_map_index"] for ti in instances if ti["task_id"] == "fetch" and ti["state"] == "success"} == fetches[dag_id]
 
         def settled():
             mixes = client.runs("mix_llava_instruct_150k")
@@ -104,7 +109,7 @@ def check_outputs(storage, replica: SliceReplica) -> None:
 
 def test_slice_on_a_local_root(deployment):
     client, replica, work, _http, _env = deployment
-    run_slice(client)
+    run_slice(client, replica)
     storage = LocalStorage(work / "root")
     check_outputs(storage, replica)
     view = work / "root" / "playground" / "data" / "coco" / "train2017"
@@ -127,7 +132,7 @@ def test_slice_on_s3(deployment, s3_endpoint):
     bucket = "vlmdata-e2e"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     client.set_variable("vlmdata_root", f"s3://{bucket}/shared")
-    run_slice(client)
+    run_slice(client, replica)
     check_outputs(S3Storage(f"s3://{bucket}/shared", S3Options(endpoint_url=s3_endpoint)), replica)
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from vlmdata.replicas.data import jpeg_bytes, make_zip
-from vlmdata.replicas.gdrive import FakeDrive
+from vlmdata.replicas.gdrive import _QUOTA_PAGE, FakeDrive
 from vlmdata.replicas.http_server import drop_after, reset_after, status
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, acquire
@@ -395,3 +395,48 @@ def test_acquire_a_drive_folder(make_drive, storage, gdrive_registered):
     assert sorted(third["changed"]) == ["README.txt", "wikiart.zip"]
     assert storage.read_bytes("data/webdata/README.txt") == b"academic use only, v2\n"
     assert sorted(k.rsplit("/", 1)[1] for k, _ in storage.list("data/wikiart/images")) == sorted(f"{n}.jpg" for n in [0, 1, 20, 21, 22, 23, 24, 25])
+
+
+def test_a_drive_folder_that_changed_since_the_plan_fails_those_fetches(make_drive, local, gdrive_registered):
+    drive = make_drive()
+    top = drive.add_folder("WebData")
+    replaced = drive.add_file("README.txt", b"v1\n", folder=top)
+    removed = drive.add_file("notes.json", SMALL, folder=top)
+    drive.add_file("kept.json", SMALL, folder=top)
+    source = Source.model_validate({"id": "webdata", "title": "WebData (test)", "kind": "gdrive", "licence": {"name": "test"}, "gdrive": {"folder_id": top}, "artifacts": []})
+
+    def ctx() -> Context:  # a fresh one per fetch, as each Airflow task gets
+        return Context(local, mirrors=Mirrors(drive.mirrors()), policy=FAST)
+
+    pins = {pin.name: pin for pin in acq.plan(source, ctx()).pins}
+    assert sorted(pins) == ["README.txt", "kept.json", "notes.json"]
+    drive.remove(replaced)
+    new_id = drive.add_file("README.txt", b"v2\n", folder=top)  # another file under the same name
+    drive.remove(removed)
+
+    with pytest.raises(acq.UpstreamMoved, match=f"drive_id: '{replaced}' -> '{new_id}'"):
+        acq.fetch_artifact(source, pins["README.txt"], ctx())
+    with pytest.raises(acq.UpstreamMoved, match="notes.json: listed -> no longer listed"):
+        acq.fetch_artifact(source, pins["notes.json"], ctx())
+    assert acq.fetch_artifact(source, pins["kept.json"], ctx())["fetched"]
+    assert [key for key, _ in local.list("data")] == ["data/webdata/kept.json"]
+    assert drive.byte_requests(new_id) == []
+
+
+def test_a_quota_page_during_a_pinned_download_is_waited_out_not_taken_for_a_new_version(make_drive, local, gdrive_registered, waits):
+    drive = make_drive()
+    fid = drive.add_file("big.zip", LARGE)
+    source = Source.model_validate({"id": "demo", "title": "demo", "kind": "gdrive", "licence": {"name": "test"}, "gdrive": {}, "artifacts": [{"name": "big.zip", "drive_id": fid, "target": "demo/big.zip"}]})
+    ctx = Context(local, mirrors=Mirrors(drive.mirrors()), policy=FAST)
+    (pin,) = acq.plan(source, ctx).pins
+    drive.script_file(fid, drop_after(150_000))
+    serve, gets = drive._bytes, []
+
+    def quota_page_on_the_resume(req, f):
+        gets.extend([req] if req.method == "GET" else [])
+        return drive._page(200, _QUOTA_PAGE) if len(gets) == 2 else serve(req, f)
+
+    drive._bytes = quota_page_on_the_resume
+    acq.fetch_artifact(source, pin, ctx)
+    assert local.read_bytes("data/demo/big.zip") == LARGE
+    assert len(gets) == 3 and gets[2].headers.get("Range")  # the page was waited out, then the download resumed

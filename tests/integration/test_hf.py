@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
 from vlmdata.replicas.hf_hub import FakeHfHub
 from vlmdata.replicas.http_server import corrupt
-from vlmdata.acquire import Context, acquire
+from vlmdata.acquire import Context, Pin, acquire, fetch_artifact, plan
 from vlmdata.catalog import Source
 from vlmdata.fetch.hf import hf_remotes, hub_endpoint
 from vlmdata.fetch.http import FetchError, RetryPolicy
 from vlmdata.mirrors import Mirrors
+from vlmdata.storage import LocalStorage
 
 FAST = RetryPolicy(attempts=3, backoff=0.01)
 BIG = bytes(range(256)) * 64  # over the LFS threshold
@@ -91,3 +93,16 @@ def test_hf_endpoint_is_honoured_and_mirrors_apply_on_top(monkeypatch):
     assert hub_endpoint(Mirrors({"https://hf-mirror.example": "http://127.0.0.1:9"})) == "http://127.0.0.1:9"
     monkeypatch.delenv("HF_ENDPOINT")
     assert hub_endpoint(Mirrors()) == "https://huggingface.co"
+
+
+def test_the_pins_hold_no_token_and_each_fetch_brings_its_own(hub, tmp_path):
+    hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL}, require_token="s3cret-token")
+    storage = LocalStorage(tmp_path / "root")
+    pins = plan(source(), Context(storage, mirrors_to(hub), token="s3cret-token", policy=FAST)).pins
+    xcom = json.dumps([pin.to_dict() for pin in pins])  # what the fetch tasks get
+    assert "s3cret-token" not in xcom and "Bearer" not in xcom
+    big = Pin.from_dict(json.loads(xcom)[0])
+    with pytest.raises(FetchError, match="HTTP 401"):  # the plan's token did not travel with the pin
+        fetch_artifact(source(), big, Context(storage, mirrors_to(hub), policy=FAST))
+    fetch_artifact(source(), big, Context(storage, mirrors_to(hub), token="s3cret-token", policy=FAST))
+    assert storage.read_bytes("data/demo/big.bin") == BIG

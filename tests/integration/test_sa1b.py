@@ -497,3 +497,38 @@ def test_the_cli_says_which_tars_an_annotation_file_needs(cdn, tmp_path, monkeyp
     said = json.loads(capsys.readouterr().out)
     assert [item["name"] for item in said["fetch"]] == ["sa_000000.tar", "sa_000001.tar", "sa_000002.tar"]  # sa_1 and sa_2, sa_5, sa_40
     assert cdn.gets() == sum(_ranged_gets(cdn, name)[1] for name in cdn.tars)  # headers only
+
+
+# ------------------------------------------------------------- what the plan pins
+
+
+def test_the_pins_hold_no_signature_and_each_fetch_signs_with_the_links_file_it_reads(cdn, tmp_path, monkeypatch):
+    links = _links_file(tmp_path, cdn.sign())
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(links))
+    storage = LocalStorage(tmp_path / "root")
+    source = _source(first_shard=0, last_shard=1)
+    xcom = json.dumps([pin.to_dict() for pin in acq.plan(source, _ctx(storage), acknowledge=True).pins])  # what the fetch tasks get
+    for link in parse_links(links.read_text()).values():
+        assert link.split("?", 1)[1] not in xcom and "oh=00_" not in xcom
+    assert [pin["url"] for pin in json.loads(xcom)] == [f"{cdn.http.url}/m1/v/t6/{name}?<redacted>" for name in ("sa_000000.tar", "sa_000001.tar")]
+
+    # The links expire while the fetches wait; the user refreshes the file and the old
+    # signatures are revoked: the fetches sign with the links file they read themselves,
+    # even when the new links name another CDN host.
+    links.write_text(cdn.sign().replace("127.0.0.1", "localhost"))
+    fetched = [acq.fetch_artifact(source, acq.Pin.from_dict(pin), _ctx(storage)) for pin in json.loads(xcom)]
+    assert [f["fetched"] for f in fetched] == [True, True]
+    assert dict(storage.list("data")) == {key: len(body) for key, body in _jpegs([1, 2, 5, 9]).items()}
+
+
+def test_a_tar_that_changed_since_the_plan_is_not_fetched(cdn, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
+    storage = LocalStorage(tmp_path / "root")
+    source = _source(first_shard=0, last_shard=0)
+    (pin,) = acq.plan(source, _ctx(storage), acknowledge=True).pins
+    other = _tar([1, 2, *range(100, 120)])  # more images: a larger tar
+    cdn.resources["sa_000000.tar"] = Resource(other, etag='"other"', last_modified=cdn.http.next_http_date())
+    with pytest.raises(acq.UpstreamMoved, match=f"size: {len(cdn.tars['sa_000000.tar'])} -> {len(other)}"):
+        acq.fetch_artifact(source, pin, _ctx(storage))
+    assert cdn.gets() == 0 and list(storage.list("data")) == []
+    assert Manifest(storage, "sa1b").artifact("sa_000000.tar") is None

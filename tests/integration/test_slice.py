@@ -9,9 +9,8 @@ import os
 
 import pytest
 
-from vlmdata.replicas.hf_hub import FakeHfHub
-from vlmdata.replicas.http_server import FakeHttpServer, reset_after
-from vlmdata.replicas.slice import LLAVA_REPO, MISSING_FROM_COCO, SliceReplica
+from vlmdata.replicas.http_server import reset_after
+from vlmdata.replicas.slice import LLAVA_REPO, MISSING_FROM_COCO
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, LicenceNotAcknowledged, acquire
 from vlmdata.catalog import load_catalog
@@ -24,15 +23,6 @@ from vlmdata.storage import DiskFullError
 from vlmdata.verify import verify_source
 
 FAST = RetryPolicy(attempts=4, backoff=0.01)
-
-
-@pytest.fixture
-def upstream(tmp_path, monkeypatch):
-    with FakeHttpServer() as http, FakeHfHub() as hub:
-        replica = SliceReplica()
-        for key, value in replica.install(http, hub, tmp_path).items():
-            monkeypatch.setenv(key, value)
-        yield replica, http, hub
 
 
 def context(storage) -> Context:

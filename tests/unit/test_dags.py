@@ -127,3 +127,16 @@ def test_the_mix_form_offers_every_recipe(dagbag):
 def test_refresh_schedules_do_not_fire_on_unpause(dagbag):
     timetable = dagbag.dags["acquire_coco_train2017"].timetable
     assert timetable.expression == "0 0 1 * *" and timetable.run_immediately is False  # @monthly
+
+
+def test_fetch_is_mapped_over_the_plans_pins_and_named_after_each_artifact(dagbag):
+    from vlmdata.acquire import Pin
+    from vlmdata.fetch.digest import Expected
+
+    dag = dagbag.dags["acquire_coco_train2017"]
+    fetch = dag.get_task("fetch")
+    assert set(fetch.expand_input.value) == {"pin"} and fetch.expand_input.value["pin"].operator.task_id == "plan"
+    pin = Pin("train2017.zip", "http://images.cocodataset.org/zips/train2017.zip", Expected(size=10), {"etag": '"a"'}, None, "2026-01-01T00:00:00+00:00")
+    # What Airflow does after the task ran: render the template with the mapped task's context.
+    task = fetch.unmap({"pin": pin.to_dict()})
+    assert dag.get_template_env().from_string(fetch.map_index_template).render({"task": task}) == "train2017.zip"

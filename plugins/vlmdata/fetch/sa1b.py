@@ -532,4 +532,5 @@ def sa1b_needed_by(source: Source, ctx: Context, paths: list[str]) -> list[str]:
     return sorted(needed.tars, key=shard_number)
 
 
-SA1B = Transport(sa1b_remotes, sa1b_discover, needed_by=sa1b_needed_by)
+# Every refresh of the links file signs the links anew: a pin compares name and size, not the link.
+SA1B = Transport(sa1b_remotes, sa1b_discover, needed_by=sa1b_needed_by, reissued_urls=True)

@@ -1,4 +1,4 @@
-"""Acquisition as three tasks: plan (probe upstream), fetch (mapped over artifacts), publish."""
+"""Acquisition as three tasks: plan (probe upstream and pin it), fetch (mapped over the pins), publish."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _who(context) -> str:
 
 
 class PlanAcquisitionOperator(BaseOperator):
-    """Compare upstream with the manifest; return the artifacts to fetch (none: the rest skips).
+    """Compare upstream with the manifest; return a pin per artifact to fetch (none: the rest skips).
 
     Checks the licence acknowledgement and the free space first. With ``dry_run`` it logs
     what would be fetched and how big it is, and returns nothing.
@@ -31,7 +31,7 @@ class PlanAcquisitionOperator(BaseOperator):
         super().__init__(**kwargs)
         self.source_id = source_id
 
-    def execute(self, context) -> list[str]:
+    def execute(self, context) -> list[dict]:
         params = context["params"]
         ctx = settings.from_airflow().context(revision=params.get("revision") or None)
         try:
@@ -50,23 +50,24 @@ class PlanAcquisitionOperator(BaseOperator):
         if params.get("dry_run"):
             self.log.info("dry run: nothing fetched")
             return []
-        return [item["name"] for item in the_plan.fetch]
+        return [pin.to_dict() for pin in the_plan.pins]
 
 
 class FetchArtifactOperator(BaseOperator):
-    """Download, verify and place one artifact (mapped: one task instance per artifact)."""
+    """Download, verify and place the version of one artifact that the plan pinned (mapped:
+    one task instance per pin). Upstream moved since the plan: fails without retries."""
 
-    template_fields = ("artifact",)
     ui_color = "#d6e9f8"
 
-    def __init__(self, *, source_id: str, artifact: str, **kwargs):
+    def __init__(self, *, source_id: str, pin: dict, **kwargs):
         super().__init__(**kwargs)
-        self.source_id, self.artifact = source_id, artifact
+        self.source_id, self.pin = source_id, pin
 
     def execute(self, context) -> dict:
-        params = context["params"]
-        ctx = settings.from_airflow().context(revision=params.get("revision") or None)
-        return acquire.fetch_artifact(_source(self.source_id), self.artifact, ctx)
+        try:
+            return acquire.fetch_artifact(_source(self.source_id), acquire.Pin.from_dict(self.pin), settings.from_airflow().context())
+        except acquire.UpstreamMoved as exc:
+            raise AirflowFailException(str(exc)) from exc  # a retry would meet the same upstream
 
 
 class HfFetchOperator(FetchArtifactOperator):

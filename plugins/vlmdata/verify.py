@@ -1,5 +1,10 @@
 """Integrity of one source: checksums, archive members, image decodes, annotations, references.
 
+Three steps, so that the decoding spreads over workers: :func:`plan_verify` checks the artifacts
+and splits the images into chunks, :func:`check_chunk` decodes one chunk (a mapped Airflow task
+each), :func:`report_verify` gathers the chunks' results from the storage and writes the report.
+:func:`verify_source` (the CLI) runs them in a row.
+
 The report goes to ``_vlmdata/reports/<source>/integrity.json``; the images that failed to
 decode go to ``broken.json`` beside it, which the cross-reference of other sources and the
 mixture builds read (presence comes from the manifests' indexes, never from a stat per file:
@@ -14,6 +19,7 @@ import posixpath
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from .annotations import AnnotationError, check_records, load_records, record_problem
 from .catalog import Annotation, Source
@@ -116,6 +122,7 @@ def check_references(records: list, annotation: Annotation, images: ImageIndex) 
 # enough tasks for Airflow (SA-1B's 570K images: 29), and a result file of a few MB.
 CHUNK_IMAGES = 20_000
 CHUNK_BYTES = 8 * 1024**3
+ABANDONED_AFTER = timedelta(days=7)  # a verification's chunks not reported by then are dropped
 
 
 def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> dict:
@@ -163,6 +170,7 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
     storage under :func:`chunks_prefix`; the return value (what each mapped task receives) is small."""
     prefix = chunks_prefix(source.id, plan_id)
     storage.delete(prefix)  # a plan run again in the same run must not meet the old results
+    drop_abandoned_plans(storage, source.id)
     manifest = Manifest(storage, source.id)
     records = manifest.artifacts()
     report: dict = {"source": source.id, "checked_at": now(), "artifacts": {}, "annotations": {}, "references": {}, "failures": [], "warnings": []}
@@ -211,6 +219,20 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
     storage.write_json(f"{prefix}/plan.json", {"report": report, "chunks": chunks})
     log.info("%s: %d images to decode in %d chunks of up to %d images and %.1f GiB", source.id, len(images), len(chunks), max_images, max_bytes / 1024**3)
     return chunks
+
+
+def drop_abandoned_plans(storage: Storage, source_id: str, older_than: timedelta = ABANDONED_AFTER) -> list[str]:
+    """Delete the chunks of verifications planned more than ``older_than`` ago and never reported
+    (a run whose chunk failed for good); a younger one may still be retried, or be running."""
+    dropped = []
+    limit = datetime.now(timezone.utc) - older_than
+    for key, _size in list(storage.list(report_key(source_id, "chunks"))):
+        if key.endswith("/plan.json") and datetime.fromisoformat(storage.read_json(key)["report"]["checked_at"]) < limit:
+            storage.delete(key.rsplit("/", 1)[0])
+            dropped.append(key.rsplit("/", 2)[1])
+    if dropped:
+        log.info("%s: dropped the chunks of abandoned verifications %s", source_id, dropped)
+    return dropped
 
 
 def check_chunk(storage: Storage, chunk: dict, workers: int | None = None) -> dict:

@@ -143,3 +143,19 @@ def test_a_source_without_images_has_no_chunk(storage):
     assert plan_verify(catalog["llava_instruct_150k"], storage, "run-2") == []
     report = report_verify(catalog["llava_instruct_150k"], storage, catalog, "run-2")
     assert report["images"]["checked"] == 0 and report["status"] == "fail"  # nothing acquired: every artifact is missing
+
+
+def test_chunks_of_a_verification_never_reported_are_dropped_after_a_week(storage):
+    from datetime import datetime, timedelta, timezone
+
+    catalog = load_catalog()
+    _acquired(storage)
+    plan_verify(catalog[SOURCE], storage, "failed-run", max_images=10)
+    plan_verify(catalog[SOURCE], storage, "running", max_images=10)
+    old = storage.read_json(f"{chunks_prefix(SOURCE, 'failed-run')}/plan.json")
+    old["report"]["checked_at"] = (datetime.now(timezone.utc) - timedelta(days=8)).isoformat()
+    storage.write_json(f"{chunks_prefix(SOURCE, 'failed-run')}/plan.json", old)
+
+    plan_verify(catalog[SOURCE], storage, "next", max_images=10)
+    plans = {key.split("/")[-2] for key, _ in storage.list(f"_vlmdata/reports/{SOURCE}/chunks")}
+    assert plans == {"running", "next"}

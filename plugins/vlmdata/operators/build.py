@@ -11,7 +11,7 @@ from .. import settings
 from ..layout import load_profiles, materialise
 from ..manifest import Manifest
 from ..mix import build, load_recipes
-from ..verify import CHUNK_BYTES, CHUNK_IMAGES, check_chunk, plan_verify, report_verify, summary
+from ..verify import check_chunk, plan_verify, report_verify, summary
 from .events import emit
 
 
@@ -41,11 +41,9 @@ class PlanVerifyOperator(BaseOperator):
         acquired = Manifest(storage, self.source_id).source()
         if acquired is None or not acquired.published_at:
             raise AirflowSkipException(f"{self.source_id} is not acquired yet (acquire_{self.source_id} has not published): nothing to verify")
-        params = context["params"]
-        chunks = plan_verify(
-            settings.catalog()[self.source_id], storage, plan_id_of(context),
-            max_images=int(params.get("chunk_images") or CHUNK_IMAGES), max_bytes=int(float(params.get("chunk_gib") or CHUNK_BYTES / 1024**3) * 1024**3),
-        )
+        params = context["params"]  # the DAG's form validates both
+        max_bytes = int(float(params["chunk_gib"]) * 1024**3)
+        chunks = plan_verify(settings.catalog()[self.source_id], storage, plan_id_of(context), max_images=int(params["chunk_images"]), max_bytes=max_bytes)
         self.log.info("%d images in %d chunks", sum(c["count"] for c in chunks), len(chunks))
         return chunks
 

@@ -104,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("pools", help="the Airflow pools the DAGs use, for `airflow pools import`").set_defaults(func=cmd_pools)
     p = sub.add_parser("verify", help="integrity report of an acquired source")
     p.add_argument("source")
-    p.add_argument("--workers", type=int, help="processes that decode images (default: all cores)")
+    p.add_argument("--workers", type=int, help="processes that decode images (default: one per core this process may use)")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("layout", help="materialise a layout profile")
     p.add_argument("profile")

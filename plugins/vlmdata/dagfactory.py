@@ -8,30 +8,40 @@ runs on it (and again when a source its annotations point into is verified) and 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
 
 from .acquire import TRANSPORTS
+from .budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS, MAX_RETRY_DELAY, RETRY_BACKOFF, RETRY_DELAY, TASK_RETRIES, timeout_of
 from .catalog import Source, load_catalog
 from .layout import Profile, load_profiles
 from .mix import Recipe, load_recipes
-from .pools import crawl_pool, fetch_pool, mirror_pool
+from .pools import DECODE_POOL, crawl_pool, fetch_pool, mirror_pool
+from .verify import CHUNK_BYTES, CHUNK_IMAGES
 from .operators import (
     BuildMixtureOperator,
+    CheckImageChunkOperator,
     CrawlShardOperator,
     FillFromMirrorsOperator,
     FinishCrawlOperator,
     MaterialiseLayoutOperator,
     PlanAcquisitionOperator,
     PlanCrawlOperator,
+    PlanVerifyOperator,
     PublishSourceOperator,
-    VerifySourceOperator,
+    ReportVerifyOperator,
     fetch_operator_for,
 )
 
 REVERIFY = "0 3 * * 0"  # Sundays 03:00 UTC
-DEFAULT_ARGS = {"owner": "vlmdata", "retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
+DEFAULT_ARGS = {"owner": "vlmdata", "retries": TASK_RETRIES, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": RETRY_BACKOFF, "max_retry_delay": MAX_RETRY_DELAY}
+
+
+def with_timeouts(dag: DAG) -> DAG:
+    """Every task gets the execution_timeout of its kind (vlmdata.budgets; a task id it does not
+    know fails the DAG's import, so no task goes without one)."""
+    for task in dag.tasks:
+        task.execution_timeout = timeout_of(task.task_id)
+    return dag
 
 
 def acquired(source_id: str) -> Asset:
@@ -106,9 +116,11 @@ def acquisition_dag(source: Source) -> DAG:
             # The list file first; the crawl plans even when the list is unchanged, so a
             # refresh retries the images still missing.
             publish = PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output)
-            shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
+            shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, shard_size=CRAWL_SHARD_IMAGES, trigger_rule=TriggerRule.NONE_FAILED)
             publish >> shards
-            crawled = CrawlShardOperator.partial(task_id="crawl", source_id=source.id, pool=crawl_pool(source)).expand(shard=shards.output)
+            crawled = CrawlShardOperator.partial(
+                task_id="crawl", source_id=source.id, workers=CRAWL_THREADS, pool=crawl_pool(source), map_index_template="shard {{ task.shard.shard }} ({{ task.shard.count }} images)",
+            ).expand(shard=shards.output)
             # none_failed: with nothing to crawl, the report still says what the mirrors should fill.
             finished = FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
             crawled >> finished
@@ -116,7 +128,7 @@ def acquisition_dag(source: Source) -> DAG:
                 task_id="fill_from_mirrors", source_id=source.id, asset=acquired(source.id), published=publish.output,
                 outlets=[acquired_if_changed(source.id)], pool=mirror_pool(source), trigger_rule=TriggerRule.NONE_FAILED,
             )
-    return dag
+    return with_timeouts(dag)
 
 
 def _after_fetch_doc(source: Source) -> str:
@@ -141,9 +153,11 @@ def verify_dag(source: Source) -> DAG:
         description=f"Integrity of {source.title}",
         doc_md=f"""### Verify {source.title}
 
-Re-hashes kept files against the manifest, checks every extracted member is present with its size,
-fully decodes every image with Pillow, validates annotation files as LLaVA conversations and resolves
-every image they reference. Report: `_vlmdata/reports/{source.id}/integrity.json` on the storage.
+`plan_verify` re-hashes kept files against the manifest, checks every extracted member is present with its size,
+and splits the images into chunks (params `chunk_images`, `chunk_gib`); `check_images` (mapped, one task per chunk,
+in the `{DECODE_POOL}` pool) fully decodes each chunk's images with Pillow on one worker's cores; `report` gathers
+the chunks, quarantines what does not decode, validates annotation files as LLaVA conversations and resolves every
+image they reference. Report: `_vlmdata/reports/{source.id}/integrity.json` on the storage.
 Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references) + ' is verified' if source.references else ''},
 and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` decide failure or warning.
 """,
@@ -152,10 +166,20 @@ and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` deci
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
+        params={
+            "chunk_images": Param(CHUNK_IMAGES, type="integer", minimum=1, description="At most this many images per check_images task."),
+            "chunk_gib": Param(CHUNK_BYTES / 1024**3, type="number", exclusiveMinimum=0, description="At most this many GiB of images per check_images task (a larger image is a chunk of its own)."),
+        },
         tags=["vlmdata", "verify"],
     ) as dag:
-        VerifySourceOperator(task_id="verify", source_id=source.id, outlets=[verified(source.id)])
-    return dag
+        plan = PlanVerifyOperator(task_id="plan_verify", source_id=source.id)
+        checked = CheckImageChunkOperator.partial(task_id="check_images", pool=DECODE_POOL, map_index_template="{{ task.chunk.label }}").expand(chunk=plan.output)
+        # A source without images has no chunk (check_images skips); one that is not acquired
+        # yet skips plan_verify, and then the report skips too.
+        report = ReportVerifyOperator(task_id="report", source_id=source.id, outlets=[verified(source.id)], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        plan >> report
+        checked >> report
+    return with_timeouts(dag)
 
 
 def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
@@ -170,7 +194,7 @@ def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
         tags=["vlmdata", "layout"],
     ) as dag:
         MaterialiseLayoutOperator(task_id="materialise", profile_id=profile.id, outlets=[Asset(f"vlmdata.layout.{profile.id}", group="vlmdata")])
-    return dag
+    return with_timeouts(dag)
 
 
 def mixture_inputs(recipe: Recipe) -> list[str]:
@@ -206,7 +230,7 @@ Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. O
         tags=["vlmdata", "mixture"],
     ) as dag:
         BuildMixtureOperator(task_id="build", recipe_id=recipe.id, outlets=[Asset(f"vlmdata.mixture.{recipe.id}", group="vlmdata")])
-    return dag
+    return with_timeouts(dag)
 
 
 def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
@@ -227,7 +251,7 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
         tags=["vlmdata", "mixture"],
     ) as dag:
         BuildMixtureOperator(task_id="build")
-    return dag
+    return with_timeouts(dag)
 
 
 def acquisition_dags() -> dict[str, DAG]:

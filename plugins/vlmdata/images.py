@@ -82,9 +82,20 @@ def _check_batch(keys: list[str]) -> list[tuple[str, dict]]:
     return results
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or a Celery worker's
+    cpuset), not the machine's count, which would start more decoders than there are cores."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13+
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def check_images(storage, keys: list[str], workers: int | None = None, batch: int = 256, progress_every: float = 10.0) -> dict[str, dict]:
-    """Decode every key on ``storage``; returns key -> result. Spread over ``workers`` processes."""
-    workers = workers or os.cpu_count() or 1
+    """Decode every key on ``storage``; returns key -> result, in the keys' order. Spread over
+    ``workers`` processes (default: :func:`available_cores`)."""
+    workers = workers or available_cores()
     batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
     results: dict[str, dict] = {}
     start = last = time.monotonic()

@@ -1,4 +1,5 @@
-"""Airflow pools, one per upstream host: work spreads over workers, a host is not flooded.
+"""Airflow pools, one per upstream host: work spreads over workers, a host is not flooded; and
+``vlmdata_decode`` for the image chunks of the verify DAGs.
 
 Airflow never schedules a task whose pool does not exist, so the pools must be created where
 the DAGs run: ``make run``, the demo and the tests create them (``LocalAirflow``); elsewhere
@@ -17,6 +18,12 @@ from .catalog import Source
 SLOTS = {"huggingface.co": 4, "drive.google.com": 2, "github.com": 2}
 DEFAULT_SLOTS = 3
 CRAWL_SLOTS = 2  # crawl tasks; each limits its own per-host connections
+# Image-decoding chunks of the verify DAGs running at once in the whole deployment. Each one
+# starts a decoder per core of its worker, so one slot per worker keeps every worker busy
+# without two chunks fighting over one worker's cores: resize it to the number of workers
+# (Admin > Pools, or edit the exported pools.json).
+DECODE_POOL = "vlmdata_decode"
+DECODE_SLOTS = 2
 
 
 def _host(source: Source) -> str:
@@ -66,4 +73,5 @@ def pools(catalog: dict[str, Source]) -> dict[str, dict]:
             found[crawl_pool(source)] = {"slots": CRAWL_SLOTS, "description": f"image crawl of {source.id}", "include_deferred": False}
             for host in dict.fromkeys(urlsplit(url).hostname for url in source.crawl.fallback_mirrors):
                 downloads(host, f"{source.id} mirrors")
+    found[DECODE_POOL] = {"slots": DECODE_SLOTS, "description": "verification: image chunks decoded at once, each with one process per core of its worker (one slot per worker)", "include_deferred": False}
     return found

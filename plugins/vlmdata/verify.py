@@ -1,5 +1,10 @@
 """Integrity of one source: checksums, archive members, image decodes, annotations, references.
 
+Three steps, so that the decoding spreads over workers: :func:`plan_verify` checks the artifacts
+and splits the images into chunks, :func:`check_chunk` decodes one chunk (a mapped Airflow task
+each), :func:`report_verify` gathers the chunks' results from the storage and writes the report.
+:func:`verify_source` (the CLI) runs them in a row.
+
 The report goes to ``_vlmdata/reports/<source>/integrity.json``; the images that failed to
 decode go to ``broken.json`` beside it, which the cross-reference of other sources and the
 mixture builds read (presence comes from the manifests' indexes, never from a stat per file:
@@ -11,12 +16,16 @@ from __future__ import annotations
 import html
 import logging
 import posixpath
+import re
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from .annotations import AnnotationError, check_records, load_records, record_problem
 from .catalog import Annotation, Source
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
+from .lease import current_guard, exclusive
 from .manifest import Manifest, now
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
@@ -110,11 +119,63 @@ def check_references(records: list, annotation: Annotation, images: ImageIndex) 
     return {"resolved": resolved, "unresolved": sum(u["count"] for u in unresolved.values()), "reasons": unresolved}
 
 
-def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None) -> dict:
+# A chunk of images is one mapped task: about ten minutes of decoding on a 2-core worker, few
+# enough tasks for Airflow (SA-1B's 570K images: 29), and a result file of a few MB.
+CHUNK_IMAGES = 20_000
+CHUNK_BYTES = 8 * 1024**3
+ABANDONED_AFTER = timedelta(days=7)  # a verification's chunks not reported by then are dropped
+
+
+def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> dict:
+    """The three steps of the ``verify_<source>`` DAG in a row: plan, every chunk, report."""
+    plan_id = new_plan_id()
+    for chunk in plan_verify(source, storage, plan_id, max_images=max_images, max_bytes=max_bytes):
+        check_chunk(storage, chunk, workers)
+    return report_verify(source, storage, catalog, plan_id)
+
+
+def new_plan_id() -> str:
+    """A fresh plan id outside Airflow (the CLI); a DAG run uses its run id."""
+    return f"{now().replace(':', '').replace('+', '_')}-{uuid.uuid4().hex[:8]}"
+
+
+def chunks_prefix(source_id: str, plan_id: str) -> str:
+    """Where a verification's plan, each chunk's keys and each chunk's results live until its report."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", plan_id):
+        raise ValueError(f"plan id {plan_id!r}: letters, digits, '.', '_' and '-' only")
+    return report_key(source_id, f"chunks/{plan_id}")
+
+
+def chunk_images(images: list[tuple[str, int]], max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> list[list[tuple[str, int]]]:
+    """Consecutive runs of ``(key, size)``, in their order, of at most ``max_images`` images and
+    ``max_bytes`` bytes each (an image larger than ``max_bytes`` is a chunk of its own)."""
+    if max_images < 1 or max_bytes < 1:
+        raise ValueError(f"a chunk needs room for an image: max_images={max_images}, max_bytes={max_bytes}")
+    chunks: list[list[tuple[str, int]]] = []
+    current: list[tuple[str, int]] = []
+    size = 0
+    for key, nbytes in images:
+        if current and (len(current) >= max_images or size + nbytes > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append((key, nbytes))
+        size += nbytes
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> list[dict]:
+    """Step 1: re-hash kept files, check every extracted member is present with its size, and
+    split the images to decode into chunks. The partial report and each chunk's keys go to the
+    storage under :func:`chunks_prefix`; the return value (what each mapped task receives) is small."""
+    prefix = chunks_prefix(source.id, plan_id)
+    storage.delete(prefix)  # a plan run again in the same run must not meet the old results
+    drop_abandoned_plans(storage, source.id)
     manifest = Manifest(storage, source.id)
     records = manifest.artifacts()
     report: dict = {"source": source.id, "checked_at": now(), "artifacts": {}, "annotations": {}, "references": {}, "failures": [], "warnings": []}
-    image_keys: list[str] = []
+    images: list[tuple[str, int]] = []
     for artifact in source.artifacts:
         if not artifact.optional and (artifact.name not in records or not records[artifact.name].complete):
             report["failures"].append(f"{artifact.name}: not acquired")
@@ -143,14 +204,82 @@ def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], 
                 if paths:
                     report["failures"].append(f"{name}: {len(paths)} extracted files {what}, e.g. {paths[:5]}")
             if record.placement.images:
-                image_keys += [path for path, _, _ in index if path in present and is_image_name(path)]
-    report["images"] = _check_all_images(storage, image_keys, workers, report, manifest)
-    _check_annotations(source, storage, catalog, records, report)
+                images += [(path, present[path]) for path, _, _ in index if path in present and is_image_name(path)]
+    chunks = []
+    first = 0
+    for number, part in enumerate(chunk_images(images, max_images, max_bytes)):
+        last = first + len(part) - 1
+        chunk = {
+            "source": source.id, "plan": plan_id, "number": number, "label": f"images {first}-{last}",
+            "count": len(part), "bytes": sum(size for _, size in part),
+            "keys": f"{prefix}/{number}.keys.json", "results": f"{prefix}/{number}.json",
+        }
+        storage.write_json(chunk["keys"], [key for key, _ in part])
+        chunks.append(chunk)
+        first = last + 1
+    storage.write_json(f"{prefix}/plan.json", {"report": report, "chunks": chunks})
+    log.info("%s: %d images to decode in %d chunks of up to %d images and %.1f GiB", source.id, len(images), len(chunks), max_images, max_bytes / 1024**3)
+    return chunks
+
+
+def drop_abandoned_plans(storage: Storage, source_id: str, older_than: timedelta = ABANDONED_AFTER) -> list[str]:
+    """Delete the chunks of verifications planned more than ``older_than`` ago and never reported
+    (a run whose chunk failed for good); a younger one may still be retried, or be running."""
+    dropped = []
+    limit = datetime.now(timezone.utc) - older_than
+    for key, _size in list(storage.list(report_key(source_id, "chunks"))):
+        if key.endswith("/plan.json") and datetime.fromisoformat(storage.read_json(key)["report"]["checked_at"]) < limit:
+            storage.delete(key.rsplit("/", 1)[0])
+            dropped.append(key.rsplit("/", 2)[1])
+    if dropped:
+        log.info("%s: dropped the chunks of abandoned verifications %s", source_id, dropped)
+    return dropped
+
+
+def check_chunk(storage: Storage, chunk: dict, workers: int | None = None) -> dict:
+    """Step 2, once per chunk, on any worker: decode its images (``workers`` processes, by
+    default one per core this process may use). The results go to the storage as ``[key,
+    result]`` pairs in the chunk's order; a retry after they were written decodes nothing again."""
+    if storage.exists(chunk["results"]):
+        pairs = storage.read_json(chunk["results"])
+        log.info("%s: already checked (%s)", chunk["label"], chunk["results"])
+    else:
+        results = check_images(storage, storage.read_json(chunk["keys"]), workers)
+        pairs = [[key, result] for key, result in results.items()]
+        storage.write_json(chunk["results"], pairs)
+    broken = sum(1 for _, result in pairs if not result["ok"])
+    return {"chunk": chunk["number"], "label": chunk["label"], "checked": len(pairs), "broken": broken, "results": chunk["results"]}
+
+
+class IncompleteVerification(RuntimeError):
+    pass
+
+
+@exclusive(lambda source, storage, *args, **kwargs: (storage, f"verify/{source.id}"))
+def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], plan_id: str) -> dict:
+    """Step 3: gather the chunks' results, quarantine what does not decode, check annotations and
+    references, apply the thresholds, write the reports and the index; then drop the chunks.
+    One report of a source at a time (the source's verification lease)."""
+    prefix = chunks_prefix(source.id, plan_id)
+    plan = storage.read_json(f"{prefix}/plan.json", default=None)
+    if plan is None:
+        raise IncompleteVerification(f"{source.id}: no verification plan at {prefix}/plan.json (plan_verify did not run for {plan_id})")
+    report = plan["report"]
+    results: dict[str, dict] = {}
+    for chunk in plan["chunks"]:
+        if not storage.exists(chunk["results"]):
+            raise IncompleteVerification(f"{source.id}: {chunk['label']} has no results at {chunk['results']}: its check did not finish")
+        results.update(storage.read_json(chunk["results"]))
+    manifest = Manifest(storage, source.id)
+    report["images"] = _summarise_images(storage, results, report, manifest)
+    _check_annotations(source, storage, catalog, manifest.artifacts(), report)
     _apply_thresholds(source, report)
     report["status"] = "fail" if report["failures"] else "warn" if report["warnings"] else "ok"
+    current_guard()()
     storage.write_json(report_key(source.id), report)
     storage.write_bytes(report_key(source.id, "integrity.html"), render_html(report).encode())
     write_index(storage)
+    storage.delete(prefix)
     log.info(summary(report))
     return report
 
@@ -174,12 +303,15 @@ def quarantine_key(source_id: str, key: str) -> str:
     return f"{STATE_PREFIX}/quarantine/{source_id}/{key}"
 
 
-def _check_all_images(storage, keys, workers, report, manifest: Manifest) -> dict:
-    results = check_images(storage, keys, workers) if keys else {}
+def _summarise_images(storage, results: dict[str, dict], report, manifest: Manifest) -> dict:
     broken = {key: r["error"] for key, r in results.items() if not r["ok"]}
-    # Out of the training tree, never deleted: a loader must not trip on them.
+    # Out of the training tree, never deleted: a loader must not trip on them. A report that
+    # waited for another one of the same source finds some already moved.
+    guard = current_guard()
     for key in broken:
-        storage.move(key, quarantine_key(report["source"], key))
+        guard()
+        if storage.exists(key) or not storage.exists(quarantine_key(report["source"], key)):
+            storage.move(key, quarantine_key(report["source"], key))
     quarantined = {**manifest.quarantined(), **broken}
     manifest.save_quarantined(quarantined)
     report["quarantined"] = len(quarantined)

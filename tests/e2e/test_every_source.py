@@ -136,6 +136,29 @@ def test_integrity_report_names_exactly_the_planted_faults(everything, source_id
         assert checked["invalid"] == replicas.malformed[(source_id, artifact)], artifact
 
 
+@pytest.mark.parametrize("source_id", SOURCES)
+def test_verification_decoded_its_images_in_named_chunks(everything, source_id):
+    client, _replicas, outcome, storage = everything
+    dag_id = f"verify_{source_id}"
+    run = next(r for r in reversed(outcome.runs[dag_id]) if r["state"] == "success")
+    chunks = sorted((ti for ti in client.task_instances(dag_id, run["dag_run_id"]) if ti["task_id"] == "check_images" and ti["map_index"] >= 0), key=lambda ti: ti["map_index"])
+    report = storage.read_json(f"_vlmdata/reports/{source_id}/integrity.json")
+    assert bool(chunks) == bool(report["images"]["checked"])
+    first = 0
+    for ti in chunks:  # "images 0-19999", "images 20000-...": every image in one chunk
+        assert ti["state"] == "success" and ti["rendered_map_index"].startswith(f"images {first}-"), ti
+        first = int(ti["rendered_map_index"].split("-")[1]) + 1
+    assert not list(storage.list(f"_vlmdata/reports/{source_id}/chunks"))  # gone once reported
+
+
+def test_crawl_shards_are_named_after_their_shard(everything):
+    client, _replicas, outcome, _storage = everything
+    run_id = outcome.triggered["acquire_ocr_vqa"]
+    shards = [ti for ti in client.task_instances("acquire_ocr_vqa", run_id) if ti["task_id"] == "crawl"]
+    assert shards and all(ti["rendered_map_index"] == f"shard {ti['map_index']} (" + ti["rendered_map_index"].split("(")[1] for ti in shards)
+    assert all(ti["rendered_map_index"].endswith(" images)") for ti in shards)
+
+
 def test_crawl_report_names_the_dead_and_broken_covers_and_what_the_mirrors_filled(everything):
     _client, replicas, _outcome, storage = everything
     crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")

@@ -127,6 +127,22 @@ def test_rerun_with_nothing_changed_fetches_nothing_and_emits_no_event(deploymen
     assert len(client.runs("verify_coco_train2017")) == verify_runs
 
 
+def test_verification_spreads_over_named_chunks_with_the_same_report(deployment):
+    client, replica, work = deployment
+    storage = LocalStorage(work / "root")
+    before = storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")
+    run_id = client.trigger("verify_coco_train2017", {"chunk_images": 3})
+    assert client.wait_for_run("verify_coco_train2017", run_id, timeout=300) == "success", client.task_logs("verify_coco_train2017", run_id)
+    chunks = sorted((ti for ti in client.task_instances("verify_coco_train2017", run_id) if ti["task_id"] == "check_images"), key=lambda ti: ti["map_index"])
+    images = len(replica.good_bare_names)  # the broken ones are in the quarantine since the first run
+    assert [(ti["rendered_map_index"], ti["state"], ti["pool"]) for ti in chunks] == [(f"images {i}-{min(i + 2, images - 1)}", "success", "vlmdata_decode") for i in range(0, images, 3)]
+    after = storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")
+    assert after["checked_at"] > before["checked_at"]
+    assert {k: v for k, v in after.items() if k != "checked_at"} == {k: v for k, v in before.items() if k != "checked_at"}
+    # What the verified event starts (layouts, the mixture) settles before the next test moves the root.
+    client.wait_until(lambda: all(r["state"] in ("success", "failed") for dag_id in CHAIN for r in client.runs(dag_id)), timeout=600, interval=3)
+
+
 def test_slice_on_s3(deployment, s3_endpoint):
     client, replica, work, _http, _env = deployment
     bucket = "vlmdata-e2e"

@@ -140,3 +140,44 @@ def test_fetch_is_mapped_over_the_plans_pins_and_named_after_each_artifact(dagba
     # What Airflow does after the task ran: render the template with the mapped task's context.
     task = fetch.unmap({"pin": pin.to_dict()})
     assert dag.get_template_env().from_string(fetch.map_index_template).render({"task": task}) == "train2017.zip"
+
+
+def test_verify_is_planned_mapped_over_image_chunks_in_the_decode_pool_and_reported(dagbag):
+    from vlmdata.pools import DECODE_POOL, pools
+
+    dag = dagbag.dags["verify_coco_train2017"]
+    assert {t.task_id for t in dag.tasks} == {"plan_verify", "check_images", "report"}
+    check = dag.get_task("check_images")
+    assert check.is_mapped and check.pool == DECODE_POOL == "vlmdata_decode"
+    assert check.map_index_template == "{{ task.chunk.label }}"  # "images 0-19999" in the UI
+    assert pools(load_catalog())[DECODE_POOL]["slots"] >= 1
+    report = dag.get_task("report")
+    assert report.upstream_task_ids == {"plan_verify", "check_images"}
+    # A source without images maps over nothing (check_images skips) and is still reported; one not
+    # acquired yet skips plan_verify and so the report.
+    assert report.trigger_rule == "none_failed_min_one_success"
+    assert [o.name for o in report.outlets] == ["vlmdata.verified.coco_train2017"]
+    assert not dag.get_task("plan_verify").outlets
+    assert dag.params["chunk_images"] == 20_000 and dag.params["chunk_gib"] == 8
+
+
+def test_crawl_shards_are_named_after_their_shard(dagbag):
+    from vlmdata.budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS
+
+    dag = dagbag.dags["acquire_ocr_vqa"]
+    crawl = dag.get_task("crawl")
+    assert crawl.map_index_template == "shard {{ task.shard.shard }} ({{ task.shard.count }} images)"
+    # The retry budget of the README is computed for the shards the DAG really plans.
+    assert dag.get_task("plan_crawl").shard_size == CRAWL_SHARD_IMAGES and crawl.partial_kwargs["workers"] == CRAWL_THREADS
+
+
+def test_every_task_of_every_dag_has_the_timeout_of_its_kind(dagbag):
+    from vlmdata.budgets import KINDS, timeout_of
+
+    seen = set()
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            assert task.execution_timeout is not None, f"{dag_id}.{task.task_id}"
+            assert task.execution_timeout == timeout_of(task.task_id), f"{dag_id}.{task.task_id}"
+            seen.add(task.task_id)
+    assert seen == {t for kind in KINDS for t in kind.tasks}  # the README's table lists no task that does not exist

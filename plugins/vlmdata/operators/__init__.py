@@ -1,11 +1,12 @@
 """Airflow operators: thin shells over the library, one per step and per source kind."""
 
 from .acquire import FetchArtifactOperator, HfFetchOperator, HttpFetchOperator, PlanAcquisitionOperator, PublishSourceOperator, fetch_operator_for
-from .build import BuildMixtureOperator, MaterialiseLayoutOperator, VerifySourceOperator
+from .build import BuildMixtureOperator, CheckImageChunkOperator, MaterialiseLayoutOperator, PlanVerifyOperator, ReportVerifyOperator
 from .crawl import CrawlShardOperator, FillFromMirrorsOperator, FinishCrawlOperator, PlanCrawlOperator
 
 __all__ = [
     "BuildMixtureOperator",
+    "CheckImageChunkOperator",
     "CrawlShardOperator",
     "FetchArtifactOperator",
     "FillFromMirrorsOperator",
@@ -15,7 +16,8 @@ __all__ = [
     "MaterialiseLayoutOperator",
     "PlanAcquisitionOperator",
     "PlanCrawlOperator",
+    "PlanVerifyOperator",
     "PublishSourceOperator",
-    "VerifySourceOperator",
+    "ReportVerifyOperator",
     "fetch_operator_for",
 ]

@@ -8,6 +8,8 @@ runs on it (and again when a source its annotations point into is verified) and 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
 
 from .acquire import TRANSPORTS
@@ -42,6 +44,16 @@ def with_timeouts(dag: DAG) -> DAG:
     for task in dag.tasks:
         task.execution_timeout = timeout_of(task.task_id)
     return dag
+
+
+def refresh_timetable(cron: str) -> CronTriggerTimetable:
+    """A cron schedule that never fires on unpause, only at its next tick.
+
+    ``run_immediately=False`` does not do that in Airflow 3.3: without a start date, a DAG first
+    seen (or unpaused) within 10% of its period after a tick still gets that tick's run (the first
+    ~3 days of a month for ``@monthly``), and a manual dry run then queues behind a full download.
+    A zero buffer keeps only a tick that is exactly now."""
+    return CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0))
 
 
 def acquired(source_id: str) -> Asset:
@@ -97,7 +109,7 @@ def acquisition_dag(source: Source) -> DAG:
         description=f"Acquire {source.title}",
         doc_md=doc,
         # Explicitly not on unpause: a refresh runs at its next tick (a licence may need a yes first).
-        schedule=CronTriggerTimetable(source.refresh, timezone="UTC", run_immediately=False) if source.refresh else None,
+        schedule=refresh_timetable(source.refresh) if source.refresh else None,
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -162,7 +174,7 @@ Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references)
 and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` decide failure or warning.
 """,
         # The assets, and a weekly re-check that catches bit rot on the storage.
-        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(REVERIFY, timezone="UTC", run_immediately=False), assets=AssetAny(*triggers)),
+        schedule=AssetOrTimeSchedule(timetable=refresh_timetable(REVERIFY), assets=AssetAny(*triggers)),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,

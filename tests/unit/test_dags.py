@@ -124,9 +124,25 @@ def test_the_mix_form_offers_every_recipe(dagbag):
     assert dag.params.get_param("format").schema["enum"] == ["json", "jsonl"]
 
 
-def test_refresh_schedules_do_not_fire_on_unpause(dagbag):
-    timetable = dagbag.dags["acquire_coco_train2017"].timetable
-    assert timetable.expression == "0 0 1 * *" and timetable.run_immediately is False  # @monthly
+@pytest.mark.parametrize("dag_id, now, next_run", [
+    # @monthly, a day after its tick (Airflow's 10% rule would give the Dec 1 run on unpause)
+    ("acquire_coco_train2017", "2026-12-02T09:00:00+00:00", "2027-01-01T00:00:00+00:00"),
+    ("acquire_coco_train2017", "2026-12-01T00:00:01+00:00", "2027-01-01T00:00:00+00:00"),
+    # the weekly re-verification, two hours after Sunday 03:00
+    ("verify_coco_train2017", "2026-12-06T05:00:00+00:00", "2026-12-13T03:00:00+00:00"),
+])
+def test_refresh_schedules_do_not_fire_on_unpause_just_after_a_tick(dagbag, monkeypatch, dag_id, now, next_run):
+    """What the scheduler computes for a DAG that was never run, seen or unpaused at ``now``."""
+    import airflow.timetables.trigger as trigger
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+    from pendulum import parse
+
+    monkeypatch.setattr(trigger, "utcnow", lambda: parse(now))
+    timetable = coerce_to_core_timetable(dagbag.dags[dag_id].timetable)  # what the scheduler runs
+    timetable = getattr(timetable, "timetable", timetable)  # the verify DAG's assets-or-time schedule
+    info = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    assert info.run_after == parse(next_run)
 
 
 def test_fetch_is_mapped_over_the_plans_pins_and_named_after_each_artifact(dagbag):

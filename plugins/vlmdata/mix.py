@@ -33,6 +33,7 @@ from .verify import ImageIndex, image_key
 log = logging.getLogger("vlmdata.mix")
 
 RECIPES_DIR = DEFAULT_CATALOG.parent / "recipes"
+# "drop_malformed" is accepted but always in force: a malformed record cannot be written at all.
 Filter = Literal["drop_malformed", "drop_missing_images", "drop_broken_images", "require_image"]
 
 
@@ -177,8 +178,8 @@ def _apply_duplicate_policy(row: dict, policy: str, seen: dict[str, int]) -> tup
 
 def _drop_reason(row, filters: list[str], annotation: Annotation, images: ImageIndex) -> str | None:
     problem = record_problem(row)
-    if problem:
-        return f"malformed: {problem}" if "drop_malformed" in filters else None
+    if problem:  # always: no loader survives a record without its id or conversations
+        return f"malformed: {problem}"
     if "image" not in row:
         return "no image" if "require_image" in filters else None
     status = images.status(image_key(annotation, row["image"]))

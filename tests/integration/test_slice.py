@@ -18,7 +18,7 @@ from vlmdata.fetch.http import RetryPolicy
 from vlmdata.layout import load_profiles, materialise
 from vlmdata.manifest import Manifest
 from vlmdata.mirrors import Mirrors
-from vlmdata.mix import build, load_recipes, lock_key, output_key
+from vlmdata.mix import build, load_recipes, lock_key, output_key, rebuild
 from vlmdata.storage import DiskFullError
 from vlmdata.verify import verify_source
 
@@ -85,6 +85,14 @@ def test_slice_end_to_end(storage, upstream):
     build(load_recipes()["llava_instruct_150k"], storage, catalog)
     assert storage.read_bytes(output_key("llava_instruct_150k", "json")) == first
     assert storage.exists(lock_key("llava_instruct_150k"))
+
+    # A recipe without filters still drops the malformed record, with its reason in the lock;
+    # so does its rebuild from that lock.
+    bare = load_recipes()["llava_instruct_150k"].model_copy(update={"id": "no_filters", "filters": []})
+    unfiltered = build(bare, storage, catalog)
+    assert [d["reason"] for d in unfiltered["dropped"]] == ["malformed: " + d["reason"].removeprefix("malformed: ") for d in lock["dropped"] if d["reason"].startswith("malformed")]
+    assert unfiltered["output"]["records"] == len(json.loads(replica.llava_files["llava_instruct_150k.json"])) - 1  # missing and broken images kept
+    assert rebuild(unfiltered, storage, catalog)["output"]["sha256"] == unfiltered["output"]["sha256"]
 
     # Both training trees.
     view = materialise(load_profiles()["llava15"], storage)

@@ -24,8 +24,10 @@ class AnnotationError(ValueError):
 def load_records(stream: IO[bytes], name: str) -> list[dict[str, Any]]:
     try:
         data = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{name}: not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # hostile nesting: the decoder recurses once per level
+        raise AnnotationError(f"{name}: JSON nested too deeply to read") from exc
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of thousands of digits
+        raise AnnotationError(f"{name}: not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, list):
         raise AnnotationError(f"{name}: expected a JSON list of records, got {type(data).__name__}")
     return data

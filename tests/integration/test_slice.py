@@ -242,3 +242,26 @@ def test_the_annotation_source_verifies_within_its_thresholds(storage, upstream)
     verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
     report = verify_source(catalog["llava_instruct_150k"], storage, catalog, workers=1)
     assert report["status"] == "warn", report["failures"]  # what the Airflow task would fail on
+
+
+@pytest.mark.parametrize("hostile, why", [
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b'[{"id": ' + b"9" * 5000 + b', "conversations": []}]', "not valid JSON"),
+    (b'[{"id": "x", "conversations": "\xff\xfe"}]', "not valid JSON"),
+], ids=["200,000 levels deep", "5,000-digit integer", "not UTF-8"])
+def test_an_unreadable_annotation_file_is_a_recorded_failure_in_a_fresh_report(storage, upstream, hostile, why):
+    """verify writes a new report naming the file (the old one must not pass for current), and
+    a mixture of it fails with the same clear reason."""
+    from vlmdata.mix import MixError
+    from vlmdata.annotations import AnnotationError
+
+    catalog = load_catalog()
+    acquire(catalog["llava_instruct_150k"], context(storage))
+    before = verify_source(catalog["llava_instruct_150k"], storage, catalog)
+    storage.write_bytes("data/llava/llava_instruct_150k.json", hostile)
+    after = verify_source(catalog["llava_instruct_150k"], storage, catalog)
+    assert after["checked_at"] != before["checked_at"] and after["status"] == "fail"
+    assert any("llava_instruct_150k.json" in f and why in f for f in after["failures"]), after["failures"]
+    assert storage.read_json("_vlmdata/reports/llava_instruct_150k/integrity.json")["checked_at"] == after["checked_at"]
+    with pytest.raises((AnnotationError, MixError), match=why):
+        build(load_recipes()["llava_instruct_150k"], storage, catalog)

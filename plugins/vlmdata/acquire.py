@@ -251,14 +251,24 @@ def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *,
     return Placement(folder=folder, images=artifact.extract.images, members=len(index), bytes=sum(size for _, size, _ in index))
 
 
-def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
+def selection_of(only: list[str] | None, needed_by: list[str] | None) -> list[str] | None:
+    """What a run was asked for, when not the whole source: the named artifacts (the plan adds
+    what needed_by chose, which are the fetched ones or already current)."""
+    return list(only or []) if only or needed_by else None
+
+
+def publish(source: Source, ctx: Context, fetched: list[dict], selection: list[str] | None = None) -> dict:
     """Record the acquisition as a whole: the version its plan pinned (every fetch fetched
-    that one). The summary goes to XCom and the asset event."""
+    that one). The summary goes to XCom and the asset event.
+
+    ``selection`` (see :func:`selection_of`): the run acquired only these and what it fetched;
+    it succeeds when they are current, and the source record lists what is not."""
     manifest = Manifest(ctx.storage, source.id)
     records = manifest.artifacts()
-    missing = [a.name for a in source.artifacts if not a.optional and (a.name not in records or not records[a.name].complete)]
-    if missing:
-        raise FetchError(f"{source.id}: artifacts not acquired: {missing}")
+    not_current = [a.name for a in source.artifacts if not a.optional and (a.name not in records or not records[a.name].complete)]
+    required = not_current if selection is None else [n for n in not_current if n in {*selection, *(f["name"] for f in fetched)}]
+    if required:
+        raise FetchError(f"{source.id}: artifacts not acquired: {required}")
     record = manifest.source() or SourceRecord(source=source.id, kind=source.kind)
     plans = {(f["revision"], f["planned_at"]) for f in fetched}
     if len(plans) > 1:
@@ -266,9 +276,14 @@ def publish(source: Source, ctx: Context, fetched: list[dict]) -> dict:
     if plans:  # nothing fetched: the recorded version still holds
         ((record.revision, record.planned_at),) = plans
     record.published_at = now()
+    record.not_acquired = not_current
     manifest.save_source(record)
     changed = [f["name"] for f in fetched if f.get("fetched")]
-    return {"source": source.id, "revision": record.revision, "planned_at": record.planned_at, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
+    summary = {"source": source.id, "revision": record.revision, "planned_at": record.planned_at, "changed": changed, "artifacts": len(records), "bytes": sum(r.size for r in records.values())}
+    if not_current:
+        log.info("%s: published a selection; not acquired yet: %s", source.id, ", ".join(not_current))
+        summary["not_acquired"] = not_current
+    return summary
 
 
 def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", refetch_quarantined: bool = False, needed_by: list[str] | None = None) -> dict:
@@ -277,7 +292,7 @@ def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run:
     if dry_run:
         return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
     fetched = [fetch_artifact(source, pin, ctx) for pin in the_plan.pins]
-    summary = publish(source, ctx, fetched)
+    summary = publish(source, ctx, fetched, selection_of(only, needed_by))
     if source.crawl:  # the URL list is in place: fetch the images it names that are missing, then fill from the mirrors
         from .catalog import load_catalog
         from .crawl import crawl_all

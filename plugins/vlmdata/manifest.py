@@ -69,6 +69,9 @@ class SourceRecord(_Record):
     revision: str | None = None  # the commit the last acquisition's plan resolved (one for every artifact)
     planned_at: str | None = None  # when that plan resolved it
     published_at: str | None = None
+    # Catalog artifacts not current after the last acquisition: a selection (--artifact,
+    # needed_by) acquired only part of the source. Empty: the whole source is current.
+    not_acquired: list[str] = Field(default_factory=list)
 
 
 class Manifest:

@@ -72,3 +72,20 @@ def test_unknown_names_and_dead_upstreams_give_one_line_errors(tmp_path, capsys)
             del os.environ["VLMDATA_MIRRORS"]
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "Traceback" not in err
+
+
+def test_acquiring_a_selection_succeeds_and_the_manifest_says_what_is_not_current(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "root"
+    with FakeHttpServer() as http, FakeHfHub() as hub:
+        for key, value in SliceReplica().install(http, hub, tmp_path).items():
+            monkeypatch.setenv(key, value)
+        assert main(["--root", str(root), "acquire", "llava_instruct_150k", "--artifact", "detail_23k.json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        record = json.loads((root / "_vlmdata/sources/llava_instruct_150k/source.json").read_text())
+        assert summary["changed"] == ["detail_23k.json"]
+        assert "detail_23k.json" not in record["not_acquired"] and "llava_instruct_150k.json" in record["not_acquired"]
+        assert summary["not_acquired"] == record["not_acquired"]
+        assert main(["--root", str(root), "acquire", "llava_instruct_150k"]) == 0  # the rest
+        capsys.readouterr()
+    record = json.loads((root / "_vlmdata/sources/llava_instruct_150k/source.json").read_text())
+    assert record["not_acquired"] == []

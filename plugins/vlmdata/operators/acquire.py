@@ -107,7 +107,9 @@ class PublishSourceOperator(BaseOperator):
     template_fields = ("fetched",)
 
     def execute(self, context) -> dict:
-        summary = acquire.publish(_source(self.source_id), settings.from_airflow().context(), list(self.fetched or []))
+        params = context["params"]
+        selection = acquire.selection_of(params.get("artifacts") or None, params.get("needed_by") or None)
+        summary = acquire.publish(_source(self.source_id), settings.from_airflow().context(), list(self.fetched or []), selection)
         emit(context, self.outlets, summary)
         self.log.info("published %s: %s", self.source_id, summary)
         return summary

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from . import __version__, acquire, settings
+from . import __version__, acquire, redaction, settings
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
 from .mix import build, load_recipes, rebuild
@@ -121,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.install()  # no query string (a signed URL's credentials) in any log line, at any level
     try:
         catalog = load_catalog(args.catalog)
         if args.catalog:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a clear one-line error, the traceback with -v
         if args.verbose:
             raise
-        print(f"vlmdata: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(redaction.redact_text(f"vlmdata: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 1
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from . import redaction
 from .acquire import Context
 from .catalog import Source, load_catalog
 from .mirrors import Mirrors
@@ -58,9 +59,12 @@ def _airflow_connection(conn_id: str):
 
 
 def from_airflow() -> Settings:
-    """Inside a running task: Variables and connections override the environment."""
+    """Inside a running task: Variables and connections override the environment. Every
+    operator starts here, so this is also where the task's log handlers get the redaction
+    filter (:mod:`vlmdata.redaction`)."""
     from airflow.sdk import Variable
 
+    redaction.install()
     settings = from_env(Variable.get("vlmdata_root", default=None))
     mirrors_text = Variable.get("vlmdata_mirrors", default=None)
     if mirrors_text:

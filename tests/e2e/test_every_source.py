@@ -238,3 +238,16 @@ def test_sa1b_fetches_the_tars_a_sharegpt4v_file_needs(everything):
     report = storage.read_json("_vlmdata/reports/sa1b/needed_tars.json")
     assert set(report["tars"]) == missing_tars and report["unaccounted"] == 0
     assert all(storage.exists(f"data/{path}") for path in sam)
+
+
+def test_no_signed_link_token_in_any_task_log_or_file(everything):
+    """The SA-1B links' signatures (credentials) appear in no task log of any run, at the
+    level Airflow logs at, nor in any file on the storage."""
+    from urllib.parse import urlsplit
+
+    client, replicas, outcome, storage = everything
+    tokens = [dict(p.split("=", 1) for p in urlsplit(url).query.split("&"))["oh"] for url in replicas.sa1b_links.values()]
+    logs = "\n".join(client.task_logs(dag_id, run["dag_run_id"]) for dag_id in outcome.runs for run in client.runs(dag_id))
+    assert "sa_000000.tar" in logs  # the logs are there...
+    assert not [t for t in tokens if t in logs]  # ...without the signatures
+    assert not [p for p in storage.root.rglob("*") if p.is_file() and any(t.encode() in p.read_bytes() for t in tokens)]

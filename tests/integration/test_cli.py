@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,24 @@ def test_acquiring_a_selection_succeeds_and_the_manifest_says_what_is_not_curren
         capsys.readouterr()
     record = json.loads((root / "_vlmdata/sources/llava_instruct_150k/source.json").read_text())
     assert record["not_acquired"] == []
+
+
+def test_no_signed_link_token_in_any_log_line_or_file_at_debug(tmp_path):
+    """`vlmdata -v` turns on every library's DEBUG lines (urllib3's request lines among them):
+    the SA-1B links' signatures appear in none of them, nor in any file on the storage."""
+    from urllib.parse import urlsplit
+
+    from vlmdata.replicas.sources import Replicas
+
+    root = tmp_path / "root"
+    with Replicas(tmp_path / "replicas") as replicas:
+        env = {**os.environ, **replicas.env()}
+        done = subprocess.run([sys.executable, "-m", "vlmdata.cli", "-v", "--root", str(root), "acquire", "sa1b", "--acknowledge-licence", "--artifact", "sa_000000.tar"],
+                              capture_output=True, text=True, timeout=300, env=env)
+        tokens = [dict(part.split("=", 1) for part in urlsplit(url).query.split("&"))["oh"] for url in replicas.sa1b_links.values()]
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "DEBUG urllib3.connectionpool" in log and "sa_000000.tar" in log  # the DEBUG lines are there...
+    assert not [t for t in tokens if t in log]  # ...without the signatures
+    leaked = [p for p in root.rglob("*") if p.is_file() and any(t.encode() in p.read_bytes() for t in tokens)]
+    assert not leaked

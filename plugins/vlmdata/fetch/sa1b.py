@@ -55,6 +55,7 @@ from ..annotations import load_records
 from ..catalog import Artifact, Extract, Source, load_catalog
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
+from ..redaction import mask_in_airflow
 from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
 from .http import FetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
@@ -170,6 +171,7 @@ def read_links(source: Source, ctx: Context | None = None) -> dict[str, str]:
         return ctx.memo[key]
     text, where = links_text(source)
     links = parse_links(text, where)
+    mask_in_airflow(links.values())  # the signatures are credentials
     log.info("%s: %d links read from %s", source.id, len(links), where)
     if ctx is not None:
         ctx.memo[key] = links

@@ -1,0 +1,37 @@
+"""No query string reaches a log, at any level, from any library."""
+
+from __future__ import annotations
+
+import logging
+
+from vlmdata.redaction import RedactQueryStrings, install, redact_text
+
+TOKEN = "oh=00_AfPLANTEDSECRET&oe=6790abcd"
+
+
+def test_urls_and_request_lines_lose_their_query_strings_and_prose_keeps_its_question_marks():
+    assert redact_text(f"https://scontent.xx.fbcdn.net/m1/v/t6/An1.tar?ccb=10-5&{TOKEN}") == "https://scontent.xx.fbcdn.net/m1/v/t6/An1.tar?<redacted>"
+    # urllib3 at DEBUG: the request line has no scheme
+    assert redact_text(f'http://127.0.0.1:4321 "GET /m1/v/t6/An1.tar?{TOKEN} HTTP/1.1" 200 10') == 'http://127.0.0.1:4321 "GET /m1/v/t6/An1.tar?<redacted> HTTP/1.1" 200 10'
+    assert redact_text(f"Max retries exceeded with url: /x.tar?{TOKEN} (Caused by ...)") == "Max retries exceeded with url: /x.tar?<redacted> (Caused by ...)"
+    assert redact_text("is the file there? yes") == "is the file there? yes"
+
+
+def test_every_library_logger_is_filtered_at_debug(caplog):
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    try:
+        install()
+        install()  # idempotent
+        assert handler.filters.count(next(f for f in handler.filters if isinstance(f, RedactQueryStrings))) == 1
+        records = []
+        handler.emit = records.append
+        for name in ("urllib3.connectionpool", "httpx", "httpcore.http11", "botocore.endpoint", "huggingface_hub.file_download", "vlmdata.fetch"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.DEBUG)
+            logger.debug('"GET /a.tar?%s HTTP/1.1" 200', TOKEN)
+        assert len(records) == 6
+        assert not [r for r in records if "PLANTEDSECRET" in r.getMessage()]
+    finally:
+        root.removeHandler(handler)

@@ -106,3 +106,38 @@ def test_the_pins_hold_no_token_and_each_fetch_brings_its_own(hub, tmp_path):
         fetch_artifact(source(), big, Context(storage, mirrors_to(hub), policy=FAST))
     fetch_artifact(source(), big, Context(storage, mirrors_to(hub), token="s3cret-token", policy=FAST))
     assert storage.read_bytes("data/demo/big.bin") == BIG
+
+
+def test_hub_api_resets_are_retried_and_a_501_is_not(hub, storage, waits):
+    """huggingface_hub talks httpx: a reset is an httpx.TransportError, not an OSError; it is
+    retried like any transient error. A 501 (or 505) will not pass on a retry: it fails at once."""
+    from vlmdata.fetch.http import PermanentFetchError
+    from vlmdata.replicas.http_server import reset_after, status
+
+    hub.add_repo("org/data", {"big.bin": BIG, "small.json": SMALL})
+    info = "/api/datasets/org/data/revision/main"
+    hub.server.script(info, reset_after(0, send_headers=False), reset_after(0, send_headers=False))
+    remotes = hf_remotes(source(), source().artifacts, Context(storage, mirrors_to(hub), policy=FAST))
+    assert remotes[0].revision == hub.head("org/data") and len(waits) == 2  # two retries, then through
+    hub.server.script(info, status(501))
+    with pytest.raises(PermanentFetchError, match="501"):
+        hf_remotes(source(), source().artifacts, Context(storage, mirrors_to(hub), policy=FAST))
+    assert len(waits) == 2  # no retry for the 501
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once(storage, waits, monkeypatch):
+    """No network, or a typo in a mirror map: the resolver's answer will not change in the next
+    seconds, so no retry (it used to cost 8 attempts per try and 3 tries in Airflow)."""
+    import socket
+
+    from vlmdata.fetch.http import PermanentFetchError, download
+
+    def no_resolver(host, *args, **kwargs):  # this machine has no DNS to ask: the resolver's answer
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_resolver)
+    with pytest.raises(PermanentFetchError, match="does not resolve.*mirror map"):
+        hf_remotes(source(), source().artifacts, Context(storage, Mirrors({"https://huggingface.co": "http://hub.mirror.example"}), policy=RetryPolicy()))
+    with pytest.raises(PermanentFetchError, match="does not resolve"):
+        download("http://files.mirror.example/x.zip", storage.staging_dir() / "x.zip", policy=RetryPolicy())
+    assert waits == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import httpx2  # the HTTP client huggingface_hub talks through
 from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -25,7 +26,7 @@ from huggingface_hub.utils import build_hf_headers
 from ..catalog import Artifact, Source
 from ..mirrors import Mirrors
 from .digest import Expected
-from .http import FetchError, RetryPolicy, Transient, with_retries
+from .http import RETRY_STATUS, PermanentFetchError, RetryPolicy, Transient, name_unresolved, unresolved_error, with_retries
 from .remote import Context, Remote, Transport
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -41,19 +42,21 @@ def _hub_call(what: str, policy: RetryPolicy, fn):
         try:
             return fn()
         except GatedRepoError as exc:
-            raise FetchError(f"{what}: the repository is gated: accept its terms on the Hub and give a token (Airflow connection huggingface_default or HF_TOKEN)") from exc
+            raise PermanentFetchError(f"{what}: the repository is gated: accept its terms on the Hub and give a token (Airflow connection huggingface_default or HF_TOKEN)") from exc
         except RevisionNotFoundError as exc:
-            raise FetchError(f"{what}: revision not found: check `hf.revision` in the catalog") from exc
+            raise PermanentFetchError(f"{what}: revision not found: check `hf.revision` in the catalog") from exc
         except EntryNotFoundError as exc:
-            raise FetchError(f"{what}: file not found at that revision: check the catalog's `path`") from exc
+            raise PermanentFetchError(f"{what}: file not found at that revision: check the catalog's `path`") from exc
         except RepositoryNotFoundError as exc:
-            raise FetchError(f"{what}: repository not found (or private without a token)") from exc
+            raise PermanentFetchError(f"{what}: repository not found (or private without a token)") from exc
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
-            if status is None or status >= 500 or status == 429:
+            if status is None or status in RETRY_STATUS:  # not 501 or 505: those do not pass
                 raise Transient(f"Hub answered {status}: {exc}") from exc
-            raise FetchError(f"{what}: {exc}") from exc
-        except OSError as exc:  # httpx transport errors are OSErrors underneath; retry them
+            raise PermanentFetchError(f"{what}: {exc}") from exc
+        except (httpx2.TransportError, OSError) as exc:  # resets, timeouts: not OSErrors
+            if name_unresolved(exc):
+                raise unresolved_error(what, exc) from exc
             raise Transient(f"{type(exc).__name__}: {exc}") from exc
 
     return with_retries(what, policy, attempt)
@@ -76,10 +79,10 @@ def hf_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[
     for artifact in artifacts:
         info = by_path.get(artifact.path)
         if info is None or not hasattr(info, "size"):
-            raise FetchError(f"{upstream.repo}@{commit[:12]}: no file {artifact.path!r} (artifact {artifact.name} of {source.id}); check the catalog")
+            raise PermanentFetchError(f"{upstream.repo}@{commit[:12]}: no file {artifact.path!r} (artifact {artifact.name} of {source.id}); check the catalog")
         lfs_sha256 = info.lfs.sha256 if info.lfs else None
         if artifact.sha256 and lfs_sha256 and artifact.sha256 != lfs_sha256:
-            raise FetchError(f"{upstream.repo}@{commit[:12]}: {artifact.path} has sha256 {lfs_sha256}, the catalog expects {artifact.sha256}: upstream changed; pin `hf.revision` or update the catalog")
+            raise PermanentFetchError(f"{upstream.repo}@{commit[:12]}: {artifact.path} has sha256 {lfs_sha256}, the catalog expects {artifact.sha256}: upstream changed; pin `hf.revision` or update the catalog")
         expected = Expected(size=info.size, sha256=lfs_sha256 or artifact.sha256, md5=artifact.md5, git_sha1=None if lfs_sha256 else info.blob_id)
         fingerprint = {"sha256": lfs_sha256} if lfs_sha256 else {"git_sha1": info.blob_id}
         url = hf_hub_url(upstream.repo, artifact.path, repo_type=upstream.repo_type, revision=commit, endpoint=endpoint)

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +45,27 @@ TRANSIENT_ERRORS = (
 
 
 class FetchError(RuntimeError):
-    """A download that cannot succeed by retrying (404, 403, retries exhausted)."""
+    """A download that failed: retries exhausted, or a :class:`PermanentFetchError`."""
+
+
+class PermanentFetchError(FetchError):
+    """Retrying cannot help (a 4xx answer, a host name that does not resolve, upstream moved):
+    fails at once, without the in-task retries nor Airflow's task retries."""
+
+
+def name_unresolved(exc: BaseException) -> bool:
+    """True when what failed is resolving a host name (no network, a typo in a mirror map)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def unresolved_error(what: str, exc: BaseException) -> PermanentFetchError:
+    return PermanentFetchError(f"{what}: the host name does not resolve ({exc}): no network, or a typo in the URL "
+                               "or the mirror map (VLMDATA_MIRRORS / the vlmdata_mirrors Variable); not retried")
 
 
 @dataclass(frozen=True)
@@ -250,6 +271,8 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
         except Transient as exc:
             reason, retry_after = exc.reason, exc.retry_after
         except TRANSIENT_ERRORS as exc:
+            if name_unresolved(exc):
+                raise unresolved_error(what, exc) from exc
             reason = f"{type(exc).__name__}: {exc}"
         if number < policy.attempts:
             wait = policy.wait(number, retry_after)
@@ -284,7 +307,7 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
                 partial.discard()
                 raise Transient("HTTP 416 for our Range: starting over")
             if status not in (200, 206):
-                raise FetchError(_explain_status(url, status, response))
+                raise PermanentFetchError(_explain_status(url, status, response))
             if offset and status == 200 and response.headers.get("Content-Type", "").startswith("text/html"):
                 # An HTML page in answer to a resume (Drive's quota page) is not the file:
                 # keep the partial bytes and try again later.
@@ -335,9 +358,11 @@ def _rehash(hasher: MultiHasher, partial: _Partial, offset: int) -> MultiHasher:
 
 
 def _explain_status(url: str, status: int, response: requests.Response) -> str:
+    signed = bool(urlsplit(url).query)  # a signed link (SA-1B's) carries its credentials there
     hint = {
         401: "the upstream wants credentials (a token, or accepting the dataset's terms)",
-        403: "access denied; for signed links (SA-1B) the link may have expired: refresh the links file",
+        403: "access denied; the signed link may have expired: refresh the links file" if signed
+        else "access denied: give a token with access (for the Hub, accept the dataset's terms first)",
         404: "not found upstream; the URL may have moved: check the catalog or set a mirror",
         410: "gone upstream; set a mirror",
     }.get(status, "unexpected answer")
@@ -427,7 +452,7 @@ class RangeReader(io.RawIOBase):
                     what = "changed while it was being read" if self.validator else "does not answer Range requests"
                     raise FetchError(f"{redact(self.url)}: the server sent the whole file instead of bytes {start}-{start + length - 1}: the file {what}")
                 if status != 206:
-                    raise FetchError(self.refused(status, response) if self.refused and 400 <= status < 500 else _explain_status(self.url, status, response))
+                    raise PermanentFetchError(self.refused(status, response) if self.refused and 400 <= status < 500 else _explain_status(self.url, status, response))
                 if _content_range_start(response.headers.get("Content-Range")) != start:
                     raise FetchError(f"{redact(self.url)}: asked for bytes from {start}, got {response.headers.get('Content-Range')!r}")
                 self.size = _content_range_total(response.headers.get("Content-Range")) or self.size
@@ -460,7 +485,7 @@ def probe(url: str, *, headers: Mapping[str, str] | None = None, session: reques
         response = session.head(url, headers=dict(headers or {}), allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout))
         _raise_for_retry(response)
         if response.status_code != 200:
-            raise FetchError(_explain_status(url, response.status_code, response))
+            raise PermanentFetchError(_explain_status(url, response.status_code, response))
         length = response.headers.get("Content-Length")
         return {
             "etag": response.headers.get("ETag"),

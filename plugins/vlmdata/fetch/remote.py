@@ -11,7 +11,7 @@ from ..catalog import Artifact, Source
 from ..mirrors import Mirrors
 from ..storage import Storage
 from .digest import Expected
-from .http import FetchError, RetryPolicy, _content_range_total, redact
+from .http import FetchError, PermanentFetchError, RetryPolicy, _content_range_total, redact
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Transport:
     reissued_urls: bool = False
 
 
-class UpstreamMoved(FetchError):
+class UpstreamMoved(PermanentFetchError):
     """Upstream is no longer what the plan resolved: fetching would mix two versions in one
     acquisition. Retrying cannot help; planning again can."""
 

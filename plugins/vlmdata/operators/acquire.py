@@ -6,6 +6,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from .. import acquire, settings
+from ..fetch.http import PermanentFetchError
 from .events import emit
 
 
@@ -41,6 +42,8 @@ class PlanAcquisitionOperator(BaseOperator):
                 include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
                 refetch_quarantined=bool(params.get("refetch_quarantined")), needed_by=params.get("needed_by") or None,
             )
+        except PermanentFetchError as exc:
+            raise AirflowFailException(str(exc)) from exc  # a 4xx, a name that does not resolve: retrying cannot help
         except acquire.LicenceNotAcknowledged as exc:
             run = context.get("dag_run")
             if run is not None and getattr(run.run_type, "value", run.run_type) == "scheduled":
@@ -66,7 +69,7 @@ class FetchArtifactOperator(BaseOperator):
     def execute(self, context) -> dict:
         try:
             return acquire.fetch_artifact(_source(self.source_id), acquire.Pin.from_dict(self.pin), settings.from_airflow().context())
-        except acquire.UpstreamMoved as exc:
+        except PermanentFetchError as exc:  # upstream moved, a 4xx, a name that does not resolve
             raise AirflowFailException(str(exc)) from exc  # a retry would meet the same upstream
 
 

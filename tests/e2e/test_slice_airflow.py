@@ -128,7 +128,7 @@ def test_rerun_with_nothing_changed_fetches_nothing_and_emits_no_event(deploymen
 
 
 def test_verification_spreads_over_named_chunks_with_the_same_report(deployment):
-    client, replica, work = deployment
+    client, replica, work, _http, _env = deployment
     storage = LocalStorage(work / "root")
     before = storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")
     run_id = client.trigger("verify_coco_train2017", {"chunk_images": 3})

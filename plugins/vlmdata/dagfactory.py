@@ -111,6 +111,8 @@ def acquisition_dag(source: Source) -> DAG:
         # Explicitly not on unpause: a refresh runs at its next tick (a licence may need a yes first).
         schedule=refresh_timetable(source.refresh) if source.refresh else None,
         catchup=False,
+        # Paused until a user unpauses it: an acquisition can download terabytes.
+        is_paused_upon_creation=True,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params=params,
@@ -176,6 +178,7 @@ and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` deci
         # The assets, and a weekly re-check that catches bit rot on the storage.
         schedule=AssetOrTimeSchedule(timetable=refresh_timetable(REVERIFY), assets=AssetAny(*triggers)),
         catchup=False,
+        is_paused_upon_creation=False,  # runs when its inputs change: nothing to download
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params={
@@ -201,6 +204,7 @@ def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
         doc_md=f"### Layout: {profile.title}\n\n{profile.description}\n\nView root: `{profile.root}`. Report: `_vlmdata/layouts/{profile.id}.json`. Runs whenever a source is verified.",
         schedule=AssetAny(*(verified(sid) for sid in sorted(catalog))),
         catchup=False,
+        is_paused_upon_creation=False,  # runs when its inputs change: nothing to download
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         tags=["vlmdata", "layout"],
@@ -233,6 +237,7 @@ Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. O
 """,
         schedule=AssetAll(*(verified(s) for s in sources)) if len(sources) > 1 else [verified(sources[0])],
         catchup=False,
+        is_paused_upon_creation=False,  # runs when its inputs change: nothing to download
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params={

@@ -197,3 +197,13 @@ def test_every_task_of_every_dag_has_the_timeout_of_its_kind(dagbag):
             assert task.execution_timeout == timeout_of(task.task_id), f"{dag_id}.{task.task_id}"
             seen.add(task.task_id)
     assert seen == {t for kind in KINDS for t in kind.tasks}  # the README's table lists no task that does not exist
+
+
+def test_acquisitions_start_paused_and_what_follows_them_does_not(dagbag):
+    """After `make run` nothing downloads until a user unpauses an acquisition, and then verify,
+    layout and mixture DAGs follow on their own (no 27 DAGs to unpause by hand)."""
+    for dag_id, dag in dagbag.dags.items():
+        if dag_id.startswith("acquire_"):
+            assert dag.is_paused_upon_creation is True, dag_id
+        elif dag_id.startswith(("verify_", "layout_", "mix_")):
+            assert dag.is_paused_upon_creation is False, dag_id

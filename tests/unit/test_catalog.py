@@ -217,3 +217,15 @@ def test_user_catalog_from_the_environment(tmp_path, monkeypatch):
 def test_missing_user_folder_is_an_error(tmp_path):
     with pytest.raises(CatalogError, match="does not exist"):
         load_catalog(extra=tmp_path / "absent")
+
+
+def test_published_facts_are_pinned():
+    """ShareGPT4V publishes the full sha256 of its two large files (a corrupt or changed file on
+    the Hub then fails the fetch); ConvLLaVA stage 2 trains on the whole Vision-Flan file."""
+    from vlmdata.mix import load_recipes
+
+    sharegpt4v = load_catalog()["sharegpt4v"]
+    assert sharegpt4v.artifact("share-captioner_coco_lcs_sam_1246k_1107.json").sha256 == "5c5f0f4ee58d7b7467f9e49eb5b17f930890a8a0c18a4e2a5be6b15714ef8b3c"
+    assert sharegpt4v.artifact("sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json").sha256 == "61b43cc69b38c642105fe60ea732d96f57b4c8a18d51eb2379746ccebfa9e11e"
+    vflan = next(c for c in load_recipes()["convllava_stage2"].components if c.source == "vision_flan")
+    assert vflan.take == "all"

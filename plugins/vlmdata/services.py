@@ -1,10 +1,9 @@
 """Throwaway PostgreSQL and Redis servers on loopback: the metadata database, result backend and
 Celery broker of the distributed Airflow the end-to-end tests start (see
-:class:`vlmdata.localairflow.LocalAirflow`, ``executor="CeleryExecutor"``)::
+:class:`vlmdata.localairflow.LocalAirflow` with a :class:`~vlmdata.localairflow.Celery`)::
 
-    with PostgresServer(work / "pg") as pg, RedisServer(work / "redis") as redis:
-        pg.create_database("airflow")
-        sql_alchemy_conn, broker = pg.url("airflow"), redis.url()
+    with celery_servers(work, workers=2) as celery:   # PostgreSQL, Redis, two workers' names
+        airflow = LocalAirflow(home, dags, celery=celery, ...)
 
 Each is a real server from Debian's packages (``postgresql``, ``redis-server``); when they are
 missing, :func:`ensure_installed` installs them with apt-get (as root; ``.ci/run`` and the test
@@ -23,9 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .localairflow import _tail, free_port
+from .localairflow import Celery, CeleryWorker, _tail, free_port
 
 # Debian package -> a program it installs (found on PATH or, for PostgreSQL, in its bin folder)
 PACKAGES = {"postgresql": "postgres", "redis-server": "redis-server"}
@@ -245,6 +246,22 @@ class RedisServer(_Server):
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+@contextmanager
+def celery_servers(work: Path, workers: int = 2, concurrency: int = 2) -> Iterator[Celery]:
+    """PostgreSQL and Redis of one distributed Airflow, and its workers ``worker1`` ... each with
+    a staging folder under ``work/<name>/staging``. Both servers stop on exit."""
+    work = Path(work)
+    with PostgresServer(work / "postgres") as pg, RedisServer(work / "redis") as broker:
+        pg.create_database("airflow")
+        yield Celery(
+            database=pg.url("airflow"),
+            broker=broker.url(),
+            workers=tuple(
+                CeleryWorker(f"worker{i}", work / f"worker{i}" / "staging", concurrency) for i in range(1, workers + 1)
+            ),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

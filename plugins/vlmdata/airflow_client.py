@@ -27,7 +27,9 @@ class AirflowClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call /api/v2/<path>; raise with Airflow's explanation on an error status."""
-        kwargs.setdefault("timeout", 30)
+        # On SQLite a write waits up to a minute for the database lock (SQLITE_CONNECT_ARGS);
+        # on a busy machine an answer may take that long, and more.
+        kwargs.setdefault("timeout", 120)
         response = self.session.request(method, f"{self.url}/api/v2/{path.lstrip('/')}", **kwargs)
         if not response.ok:
             raise requests.HTTPError(
@@ -89,6 +91,10 @@ class AirflowClient:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.list(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
+
+    def all_task_instances(self, **filters: Any) -> list[dict]:
+        """Task instances of every run of every DAG (filters: ``state``, ``hostname`` ...)."""
+        return self.list("dags/~/dagRuns/~/taskInstances", "task_instances", **filters)
 
     def task_logs(self, dag_id: str, run_id: str) -> str:
         """The logs of every try of every task of a run, as text (to print when a test fails)."""

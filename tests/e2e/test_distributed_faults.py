@@ -105,16 +105,19 @@ def bulk_archive() -> tuple[bytes, dict[str, bytes]]:
     return buffer.getvalue(), members
 
 
-def bulk_catalog(folder: Path, url: str, data: bytes) -> Path:
-    """A catalog folder with the fault_bulk source (a user's private source, as VLMDATA_CATALOG
-    allows), its archive at ``url``."""
+def fault_catalog(folder: Path, replicas: Replicas, bulk_url: str, bulk: bytes) -> Path:
+    """A catalog folder (a user's, as VLMDATA_CATALOG allows) with the fault_bulk source, its
+    archive at ``bulk_url``, and the replicas' COCO entry without its refresh schedule: only
+    the tests' runs write (a monthly refresh would fire when the DAG is unpaused)."""
     folder.mkdir(parents=True, exist_ok=True)
     source = {
         "id": "fault_bulk", "title": "Many small members", "kind": "http", "refresh": None,
         "licence": {"name": "test data"},
-        "artifacts": [{"name": "bulk.zip", "url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "extract": {"into": "fault", "images": False}}],
+        "artifacts": [{"name": "bulk.zip", "url": bulk_url, "size": len(bulk), "sha256": hashlib.sha256(bulk).hexdigest(), "extract": {"into": "fault", "images": False}}],
     }
     (folder / "fault_bulk.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
+    coco = yaml.safe_load((replicas.catalog_path / "coco_train2017.yaml").read_text())
+    (folder / "coco_train2017.yaml").write_text(yaml.safe_dump({**coco, "refresh": None}, sort_keys=False))
     return folder
 
 
@@ -127,7 +130,7 @@ def rig(tmp_path_factory, s3_endpoint):
     with Replicas(work / "replicas") as replicas, celery_servers(work / "servers", workers=2) as celery:
         data, _members = bulk_archive()
         replicas.http.add("/fault/bulk.zip", data, content_type="application/zip")
-        catalog = bulk_catalog(work / "catalog", f"{replicas.http.url}/fault/bulk.zip", data)
+        catalog = fault_catalog(work / "catalog", replicas, f"{replicas.http.url}/fault/bulk.zip", data)
         env["VLMDATA_CATALOG"] = f"{replicas.env()['VLMDATA_CATALOG']}:{catalog}"
         airflow = demo_airflow(replicas, work, port=free_port(), extra_env=env, celery=celery, task_heartbeat_timeout=HEARTBEAT_TIMEOUT)
         with airflow:

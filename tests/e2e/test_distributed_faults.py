@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import yaml
 
@@ -43,8 +44,8 @@ DOWNLOAD_SECONDS = 90  # how long the throttled download would take
 
 
 class Rig:
-    """A distributed Airflow with only the COCO acquisition unpaused; each test stores under
-    its own prefix of the bucket (the ``vlmdata_root`` Variable)."""
+    """A distributed Airflow with only the COCO and fault_bulk acquisitions unpaused; each test
+    stores under its own prefix of the bucket (the ``vlmdata_root`` Variable)."""
 
     def __init__(self, airflow, client: AirflowClient, replicas: Replicas, celery, endpoint: str):
         self.airflow, self.client, self.replicas, self.celery, self.endpoint = airflow, client, replicas, celery, endpoint
@@ -83,7 +84,7 @@ class Rig:
             try:
                 if " ".join(proc.cmdline()).startswith("airflow worker -- "):
                     found.append(proc)
-            except Exception:  # noqa: BLE001  (gone meanwhile)
+            except psutil.Error:  # gone meanwhile
                 pass
         return found
 
@@ -196,7 +197,7 @@ def test_a_frozen_worker_loses_its_task_and_sends_no_event_when_it_wakes(rig, cl
         for proc in frozen:  # wake every process that was frozen, even if it is not found again
             try:
                 proc.send_signal(signal.SIGCONT)
-            except Exception:  # noqa: BLE001  (gone meanwhile)
+            except psutil.Error:  # gone meanwhile
                 pass
     # The zombie task finds that its try is over and ends (what it sent on its way is recorded
     # by then); its worker carries on.

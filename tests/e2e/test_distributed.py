@@ -17,6 +17,7 @@ import time
 import boto3
 import pytest
 
+from tests.e2e.catalogs import catalog_without_schedules
 from vlmdata.airflow_client import AirflowClient
 from vlmdata.catalog import load_catalog
 from vlmdata.demo import demo_airflow, start_everything
@@ -52,9 +53,10 @@ def both(tmp_path_factory, s3_endpoint):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
     started = time.monotonic()
     with Replicas(work / "replicas") as replicas, celery_servers(work / "servers", workers=2) as celery:
+        catalog = {"VLMDATA_CATALOG": catalog_without_schedules(replicas, work / "catalog")}  # only the triggered runs
         airflows = {
-            "celery": demo_airflow(replicas, work / "celery", port=free_port(), extra_env=s3_env(s3_endpoint, ROOTS["celery"]), celery=celery),
-            "local": demo_airflow(replicas, work / "local", port=free_port(), extra_env=s3_env(s3_endpoint, ROOTS["local"])),
+            "celery": demo_airflow(replicas, work / "celery", port=free_port(), extra_env={**s3_env(s3_endpoint, ROOTS["celery"]), **catalog}, celery=celery),
+            "local": demo_airflow(replicas, work / "local", port=free_port(), extra_env={**s3_env(s3_endpoint, ROOTS["local"]), **catalog}),
         }
         with airflows["celery"], airflows["local"]:
             clients, everything, outcomes = {}, {}, {}

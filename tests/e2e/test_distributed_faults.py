@@ -23,6 +23,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.e2e.catalogs import catalog_without_schedules
 from vlmdata.airflow_client import AirflowClient
 from vlmdata.demo import demo_airflow
 from vlmdata.localairflow import free_port
@@ -106,20 +107,15 @@ def bulk_archive() -> tuple[bytes, dict[str, bytes]]:
     return buffer.getvalue(), members
 
 
-def fault_catalog(folder: Path, replicas: Replicas, bulk_url: str, bulk: bytes) -> Path:
-    """A catalog folder (a user's, as VLMDATA_CATALOG allows) with the fault_bulk source, its
-    archive at ``bulk_url``, and the replicas' COCO entry without its refresh schedule: only
-    the tests' runs write (a monthly refresh would fire when the DAG is unpaused)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def bulk_source(folder: Path, url: str, data: bytes) -> None:
+    """The fault_bulk source (a user's, as VLMDATA_CATALOG allows), its archive at ``url``."""
     source = {
         "id": "fault_bulk", "title": "Many small members", "kind": "http", "refresh": None,
         "licence": {"name": "test data"},
-        "artifacts": [{"name": "bulk.zip", "url": bulk_url, "size": len(bulk), "sha256": hashlib.sha256(bulk).hexdigest(), "extract": {"into": "fault", "images": False}}],
+        "artifacts": [{"name": "bulk.zip", "url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "extract": {"into": "fault", "images": False}}],
     }
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "fault_bulk.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
-    coco = yaml.safe_load((replicas.catalog_path / "coco_train2017.yaml").read_text())
-    (folder / "coco_train2017.yaml").write_text(yaml.safe_dump({**coco, "refresh": None}, sort_keys=False))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +127,8 @@ def rig(tmp_path_factory, s3_endpoint):
     with Replicas(work / "replicas") as replicas, celery_servers(work / "servers", workers=2) as celery:
         data, _members = bulk_archive()
         replicas.http.add("/fault/bulk.zip", data, content_type="application/zip")
-        catalog = fault_catalog(work / "catalog", replicas, f"{replicas.http.url}/fault/bulk.zip", data)
-        env["VLMDATA_CATALOG"] = f"{replicas.env()['VLMDATA_CATALOG']}:{catalog}"
+        bulk_source(work / "catalog", f"{replicas.http.url}/fault/bulk.zip", data)
+        env["VLMDATA_CATALOG"] = catalog_without_schedules(replicas, work / "catalog")  # only the tests' runs write
         airflow = demo_airflow(replicas, work, port=free_port(), extra_env=env, celery=celery, task_heartbeat_timeout=HEARTBEAT_TIMEOUT)
         with airflow:
             airflow.wait_ready(timeout=900)

@@ -11,6 +11,8 @@ import requests
 
 T = TypeVar("T")
 FINISHED = {"success", "failed"}
+IDEMPOTENT = {"GET", "PATCH", "PUT", "DELETE"}
+RETRIES, RETRY_WAIT = 3, 5.0  # seconds, times the attempt number
 
 
 class AirflowClient:
@@ -26,9 +28,28 @@ class AirflowClient:
     # -- plumbing --------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Call /api/v2/<path>; raise with Airflow's explanation on an error status."""
-        kwargs.setdefault("timeout", 30)
-        response = self.session.request(method, f"{self.url}/api/v2/{path.lstrip('/')}", **kwargs)
+        """Call /api/v2/<path>; raise with Airflow's explanation on an error status.
+
+        A request that changes nothing when repeated (GET, PATCH, PUT, DELETE) is sent again,
+        up to RETRIES times, when it times out or Airflow answers 5xx: on SQLite a busy machine
+        makes the API server wait a minute for the database lock and then give up ("Database
+        error"). A POST (a trigger) is sent once."""
+        # On SQLite a write waits up to a minute for the database lock (SQLITE_CONNECT_ARGS);
+        # on a busy machine an answer may take that long, and more.
+        kwargs.setdefault("timeout", 120)
+        url = f"{self.url}/api/v2/{path.lstrip('/')}"
+        attempts = RETRIES + 1 if method.upper() in IDEMPOTENT else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self.session.request(method, url, **kwargs)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == attempts:
+                    raise
+                time.sleep(RETRY_WAIT * attempt)
+                continue
+            if response.status_code < 500 or attempt == attempts:
+                break
+            time.sleep(RETRY_WAIT * attempt)
         if not response.ok:
             raise requests.HTTPError(
                 f"{method} {path}: {response.status_code} {response.text}", response=response
@@ -89,6 +110,10 @@ class AirflowClient:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.list(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
+
+    def all_task_instances(self, **filters: Any) -> list[dict]:
+        """Task instances of every run of every DAG (filters: ``state``, ``hostname`` ...)."""
+        return self.list("dags/~/dagRuns/~/taskInstances", "task_instances", **filters)
 
     def task_logs(self, dag_id: str, run_id: str) -> str:
         """The logs of every try of every task of a run, as text (to print when a test fails)."""

@@ -55,10 +55,7 @@ def everything(tmp_path_factory):
 
 def test_no_run_failed(everything):
     client, _replicas, outcome, _storage = everything
-    # A refresh schedule may fire when a DAG is unpaused (near its cron time): such a run of a
-    # licence-gated source fails without the acknowledgement, before the triggered run succeeds.
-    run_types = {(d, r["dag_run_id"]): r["run_type"] for d, runs in outcome.runs.items() for r in runs}
-    failed = [run for run in outcome.failed_runs if not (run[0].startswith("acquire_") and run_types[run] == "scheduled")]
+    failed = outcome.unexpected_failures
     assert not failed, failure_logs(client, failed)
     assert outcome.ok, failure_logs(client, outcome.failed_runs)
 

@@ -1,4 +1,6 @@
-"""LocalAirflow end to end: a real API server, scheduler and DAG processor run an asset chain.
+"""LocalAirflow end to end: a real API server, scheduler and DAG processor run an asset chain,
+once with the LocalExecutor on SQLite, once distributed (CeleryExecutor, PostgreSQL, Redis, two
+Celery workers as processes of their own).
 
 A producer DAG (triggered through REST, with conf) writes a file and updates an Asset; a
 consumer DAG scheduled on that Asset copies the file. Then everything is stopped and no
@@ -7,6 +9,8 @@ process of the instance may survive.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import textwrap
 import uuid
 from pathlib import Path
@@ -16,6 +20,7 @@ import pytest
 from tests.conftest import free_port
 from vlmdata.airflow_client import AirflowClient
 from vlmdata.localairflow import LocalAirflow
+from vlmdata.services import celery_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +37,7 @@ with DAG("e2e_producer", schedule=None, catchup=False):
         root = Path(os.environ["VLMDATA_ROOT"])
         root.mkdir(parents=True, exist_ok=True)
         (root / "produced.txt").write_text(dag_run.conf["token"])
+        (root / "producer_staging.txt").write_text(os.environ.get("VLMDATA_STAGING", ""))
 
     produce()
 '''
@@ -72,18 +78,21 @@ def processes_with_home(home: Path) -> list[psutil.Process]:
     return found
 
 
-def test_asset_chain_runs_and_stop_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["local", "celery"])
+def test_asset_chain_runs_and_stop_leaves_nothing(tmp_path: Path, mode: str) -> None:
     dags, data = tmp_path / "dags", tmp_path / "data"
     dags.mkdir()
     (dags / "producer.py").write_text(textwrap.dedent(PRODUCER))
     (dags / "consumer.py").write_text(textwrap.dedent(CONSUMER))
     token = uuid.uuid4().hex
-    airflow = LocalAirflow(
-        tmp_path / "home", dags, port=free_port(), log_server_port=free_port(),
-        extra_env={"VLMDATA_ROOT": str(data)},
-    )
     seen: list[psutil.Process] = []
-    with airflow:
+    with contextlib.ExitStack() as stack:
+        celery = stack.enter_context(celery_servers(tmp_path / "servers")) if mode == "celery" else None
+        airflow = LocalAirflow(
+            tmp_path / "home", dags, port=free_port(), log_server_port=free_port(),
+            extra_env={"VLMDATA_ROOT": str(data)}, celery=celery,
+        )
+        stack.enter_context(airflow)
         airflow.wait_ready(timeout=300)  # ~40 s on an idle 2-core machine
         client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
         assert client.import_errors() == []
@@ -107,7 +116,24 @@ def test_asset_chain_runs_and_stop_leaves_nothing(tmp_path: Path) -> None:
 
         seen = airflow.processes()
         assert len(seen) >= 3  # at least the three components
+        if celery is not None:
+            check_celery(client, airflow, celery, run_id, data)
 
     assert [p for p in seen if alive(p)] == []
     assert airflow.processes() == []
     assert processes_with_home(airflow.home) == []
+
+
+def check_celery(client: AirflowClient, airflow: LocalAirflow, celery, run_id: str, data: Path) -> None:
+    """The producer ran on one of the two workers, with that worker's staging folder; killing a
+    worker kills its whole tree and the instance notices no exit (the worker is forgotten)."""
+    (ti,) = client.task_instances("e2e_producer", run_id)
+    workers = {w.name: w for w in celery.workers}
+    assert ti["hostname"] in workers
+    assert (data / "producer_staging.txt").read_text() == str(workers[ti["hostname"]].staging)
+    victims = airflow.worker_processes("worker1")
+    assert victims and not set(victims) & set(airflow.worker_processes("worker2"))
+    airflow.signal_worker("worker1", signal.SIGKILL)
+    assert [p for p in victims if alive(p)] == []
+    airflow.check_running()  # the other components and worker2 are up
+    assert airflow.worker_processes("worker2")

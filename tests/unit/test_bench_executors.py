@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.executors import idle_in_run, p90, run_span, spread, task_timings
+from bench.executors import idle_in_run, p90, run_span, slots_free_while_waiting, spread, task_timings
 
 TI = {
+    "scheduled_when": "2026-12-03T07:30:48.000000Z",
     "queued_when": "2026-12-03T07:30:50.000000Z",
     "start_date": "2026-12-03T07:30:51.000000Z",
     "end_date": "2026-12-03T07:30:55.000000Z",
@@ -39,6 +40,8 @@ def test_a_task_split_into_queue_start_up_execute_and_finish():
     assert t["finish"] == pytest.approx(0.5)
     assert t["overhead"] == pytest.approx(3.0)
     assert t["duration"] == pytest.approx(4.0)
+    assert t["waiting"] == pytest.approx(2.0)  # ready -> queued
+    assert t["ready"] == pytest.approx(4.5)  # ready -> execute
 
 
 def test_a_task_that_raised_executes_until_it_ended():
@@ -78,3 +81,17 @@ def test_a_run_is_idle_where_no_task_is_queued_or_running():
     ]
     assert idle_in_run(run, tis) == pytest.approx(20 - 6 - 3)
     assert idle_in_run({"start_date": None, "end_date": None}, tis) is None
+
+
+def test_slot_seconds_free_while_a_ready_task_waited():
+    at = lambda second: f"2026-12-03T07:30:{second:02d}Z"  # noqa: E731
+    tis = [
+        # runs 0-10 in one of the two slots
+        {"scheduled_when": at(0), "queued_when": at(0), "end_date": at(10)},
+        # ready at 2, queued only at 6 although the second slot was free: 4 slot-seconds lost
+        {"scheduled_when": at(2), "queued_when": at(6), "end_date": at(12)},
+        # ready at 7 while both slots are busy until 10, then waits 3 s more with a slot free
+        {"scheduled_when": at(7), "queued_when": at(13), "end_date": at(15)},
+    ]
+    assert slots_free_while_waiting(tis, slots=2) == pytest.approx(4 + 3)
+    assert slots_free_while_waiting([{"queued_when": at(0), "end_date": at(1)}], slots=2) is None

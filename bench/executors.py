@@ -15,7 +15,9 @@ What is measured, from the REST API and the task logs once everything has settle
 * the wall time to settle everything (first run queued to last run finished), the task
   instances that ran (those that record a hostname), tasks per minute and per worker, and the
   sum of the task instances' durations (``end_date - start_date``): against the wall time and
-  the task slots, what the slots spent outside tasks (scheduling, queueing) shows;
+  the task slots, what the slots spent outside tasks (scheduling, queueing) shows; how long DAG
+  runs sat with none of their tasks queued or running; and the slot-seconds during which a slot
+  was free while a ready task waited for one (an executor handing slots back late);
 * per task instance, Airflow's own time: ``queued_when`` -> ``start_date`` (executor, broker,
   worker pick-up), ``start_date`` -> the end of the task log's "Pre Execute" group (the task
   process starts and parses its DAG file; the log's ``dag_file_parse_ms`` is the parse alone),
@@ -150,7 +152,7 @@ def idle_in_run(run: dict, instances: list[dict]) -> float | None:
         if (a := _when(ti.get("queued_when") or ti.get("start_date"))) and (b := _when(ti.get("end_date")))
     )
     covered, reached = 0.0, start
-    for a, b in spans:
+    for a, b in (span for span in spans if span[0] < span[1]):  # instances outside the run's bounds drop out
         if b > reached:
             covered += (b - max(a, reached)).total_seconds()
             reached = b

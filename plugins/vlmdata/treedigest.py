@@ -24,6 +24,8 @@ from .storage import Storage
 # 2026-12-03T07:20:11.123456+00:00, 2026-12-03T07:20:11Z, 2026-12-03 07:20:11 ...
 _TIMESTAMP = re.compile(rb"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
 TOP_FOLDERS = ("data", "mixtures", "_vlmdata")
+# Coordination, not results: who held which lease, and when (vlmdata.lease).
+COORDINATION = ("_vlmdata/leases/",)
 
 
 def recorded_when(key: str) -> bool:
@@ -56,9 +58,9 @@ def normalised(key: str, data: bytes) -> bytes:
 
 
 def tree_digest(storage: Storage, folders: Iterable[str] = TOP_FOLDERS, ignore: Iterable[str] = ()) -> dict[str, str]:
-    """Key -> sha256 (hex) of every file under ``folders``, but keys starting with a prefix in
-    ``ignore``; timestamps masked in the files :func:`recorded_when` names."""
-    ignore = tuple(ignore)
+    """Key -> sha256 (hex) of every file under ``folders``, but the leases and keys starting with
+    a prefix in ``ignore``; timestamps masked in the files :func:`recorded_when` names."""
+    ignore = (*COORDINATION, *ignore)
     digest = {}
     for folder in folders:
         for key, _size in storage.list(folder):

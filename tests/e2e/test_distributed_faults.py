@@ -123,7 +123,10 @@ def rig(tmp_path_factory, s3_endpoint):
     work = tmp_path_factory.mktemp("faults")
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
     connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": s3_endpoint}}
-    env = {"VLMDATA_ROOT": f"s3://{BUCKET}/unused", "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection)}
+    env = {"VLMDATA_ROOT": f"s3://{BUCKET}/unused", "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
+           # The frozen worker's lease on its artifact expires within the heartbeat timeout, so the
+           # retry on the other worker takes the unit over as soon as Airflow hands it the task.
+           "VLMDATA_LEASE_TTL": "30"}
     with Replicas(work / "replicas") as replicas, celery_servers(work / "servers", workers=2) as celery:
         data, _members = bulk_archive()
         replicas.http.add("/fault/bulk.zip", data, content_type="application/zip")

@@ -47,3 +47,17 @@ def test_other_bytes_a_missing_file_and_an_extra_one_are_named(tmp_path):
         "differs: data/notes/log.json",
     ]
     assert "data/extra.txt" not in tree_digest(b, ignore=["data/extra"])
+
+
+def test_leases_are_coordination_not_results(tmp_path):
+    """Who held which lease differs between any two runs; the results do not."""
+    from vlmdata.lease import hold
+
+    a = tree(tmp_path / "a", "2026-12-03T07:20:11.123456+00:00", "x")
+    b = tree(tmp_path / "b", "2026-12-03T07:20:11.123456+00:00", "x")
+    with hold(a, "mixture/r", who="one run"):
+        pass
+    with hold(b, "mixture/r", who="another run"):
+        pass
+    assert differences(tree_digest(a), tree_digest(b)) == []
+    assert not [key for key in tree_digest(a) if "leases" in key]

@@ -4,6 +4,7 @@ a running Airflow (DAGs, runs, task logs, variables, asset events sent and queue
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ class AirflowClient:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> requests.Response:
         """Call /api/v2/<path>; raise with Airflow's explanation on an error status.
 
         A request that changes nothing when repeated (GET, PATCH, PUT, DELETE) is sent again,
@@ -38,7 +39,8 @@ class AirflowClient:
         # on a busy machine an answer may take that long, and more.
         kwargs.setdefault("timeout", 120)
         url = f"{self.url}/api/v2/{path.lstrip('/')}"
-        attempts = RETRIES + 1 if method.upper() in IDEMPOTENT else 1
+        idempotent = method.upper() in IDEMPOTENT if idempotent is None else idempotent
+        attempts = RETRIES + 1 if idempotent else 1
         for attempt in range(1, attempts + 1):
             try:
                 response = self.session.request(method, url, **kwargs)
@@ -93,8 +95,17 @@ class AirflowClient:
         self.request("PATCH", f"dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        body = {"logical_date": None, "conf": conf or {}}
-        return self.request("POST", f"dags/{dag_id}/dagRuns", json=body).json()["dag_run_id"]
+        """Trigger a run under a run id chosen here, so that sending it again (a timeout, a 5xx
+        when SQLite gave up on its lock) cannot make two runs: a run that did get created answers
+        the repeat with 409, which means done."""
+        run_id = f"manual__{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}__{uuid.uuid4().hex[:8]}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        try:
+            self.request("POST", f"dags/{dag_id}/dagRuns", json=body, idempotent=True)
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code != 409:
+                raise
+        return run_id
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.list(f"dags/{dag_id}/dagRuns", "dag_runs", order_by="run_after")

@@ -1,5 +1,6 @@
 """AirflowClient against a loopback server that answers as Airflow's API does when its database
-is busy: 500 once. Idempotent requests are sent again; a trigger (POST) is sent once."""
+is busy: 500 once. Idempotent requests are sent again; so is a trigger, under the run id the
+client chose, so that a repeat can never make a second run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ def api(monkeypatch):
     with FakeHttpServer() as server:
         server.route("POST", "/auth/token", lambda req, m: Response.json({"access_token": "token"}, status=201))
         server.route("PATCH", "/api/v2/dags/d", lambda req, m: Response.json({"dag_id": "d", "is_paused": req.json()["is_paused"]}))
-        server.route("POST", "/api/v2/dags/d/dagRuns", lambda req, m: Response.json({"dag_run_id": "r"}))
+        created: list[str] = []
+
+        def trigger(req, m):  # as Airflow: a second run under an existing run id is a conflict
+            run_id = req.json()["dag_run_id"]
+            if run_id in created:
+                return Response.json({"detail": "DAG run already exists"}, status=409)
+            created.append(run_id)
+            return Response.json({"dag_run_id": run_id})
+
+        server.route("POST", "/api/v2/dags/d/dagRuns", trigger)
+        server.created = created
         yield server
 
 
@@ -27,11 +38,29 @@ def test_an_idempotent_request_is_sent_again_after_a_server_error(api):
     assert api.count("PATCH", "/api/v2/dags/d") == 2
 
 
-def test_a_trigger_is_sent_once(api):
+def test_a_trigger_that_met_a_server_error_is_sent_again_and_makes_one_run(api):
     api.script("/api/v2/dags/d/dagRuns", status(500, method="POST"))
-    with pytest.raises(requests.HTTPError, match="500"):
-        AirflowClient(api.url, "admin", "pw").trigger("d")
-    assert api.count("POST", "/api/v2/dags/d/dagRuns") == 1
+    run_id = AirflowClient(api.url, "admin", "pw").trigger("d")
+    assert api.count("POST", "/api/v2/dags/d/dagRuns") == 2 and api.created == [run_id]
+
+
+def test_a_trigger_whose_answer_was_lost_after_the_run_was_made_is_not_made_twice(api, monkeypatch):
+    """The first POST created the run but its answer never arrived (a timeout): the repeat is
+    refused as a conflict, which the client takes as done."""
+    client = AirflowClient(api.url, "admin", "pw")
+    real = client.session.request
+    calls = []
+
+    def lose_first_answer(method, url, **kwargs):
+        response = real(method, url, **kwargs)
+        calls.append(method)
+        if method == "POST" and url.endswith("/dagRuns") and calls.count("POST") == 1:
+            raise requests.Timeout("answer lost")
+        return response
+
+    monkeypatch.setattr(client.session, "request", lose_first_answer)
+    run_id = client.trigger("d")
+    assert api.created == [run_id] and api.count("POST", "/api/v2/dags/d/dagRuns") == 2
 
 
 def test_retries_are_bounded(api):

@@ -92,7 +92,10 @@ class AirflowClient:
         return self.request("GET", f"dags/{dag_id}/details").json()
 
     def unpause(self, dag_id: str) -> None:
-        self.request("PATCH", f"dags/{dag_id}", json={"is_paused": False})
+        self.set_paused(dag_id, False)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.request("PATCH", f"dags/{dag_id}", json={"is_paused": paused})
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         """Trigger a run under a run id chosen here, so that sending it again (a timeout, a 5xx

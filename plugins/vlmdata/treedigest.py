@@ -4,8 +4,9 @@
 system of record (``_vlmdata/``: manifests, file indexes, reports) and the mixtures' locks
 also record *when* they were written and by which Airflow run (``fetched_at``, ``checked_at``,
 ``by: airflow run manual__2026-...``) and how long a step took (a crawl shard's ``seconds``,
-``images_per_second``): in those, every ISO-8601 timestamp is replaced by ``<time>`` and every
-duration or rate by ``<timing>`` before hashing, so that two runs of the same inputs give the
+``images_per_second``): in those, every ISO-8601 timestamp is replaced by ``<time>``, every
+Airflow run id by ``<run>`` (ids carry a random suffix) and every duration or rate by
+``<timing>`` before hashing, so that two runs of the same inputs give the
 same digest. Data files (``data/``) and mixture files are hashed as they are, byte for byte.
 
     differences(tree_digest(a), tree_digest(b))   # [] when the trees hold the same results
@@ -23,6 +24,8 @@ from .storage import Storage
 
 # 2026-12-03T07:20:11.123456+00:00, 2026-12-03T07:20:11Z, 2026-12-03 07:20:11 ...
 _TIMESTAMP = re.compile(rb"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
+# manual__2026-12-03T10:18:36__1f2e3d4c, asset_triggered__2026-12-03T10:18:36.699004+00:00_nN7apQRw ...
+_RUN_ID = re.compile(rb"\b(?:manual|scheduled|asset_triggered|backfill)__[\w.:+-]+")
 TOP_FOLDERS = ("data", "mixtures", "_vlmdata")
 # Coordination, not results: who held which lease, and when (vlmdata.lease).
 COORDINATION = ("_vlmdata/leases/",)
@@ -54,7 +57,7 @@ def normalised(key: str, data: bytes) -> bytes:
             data = json.dumps(_mask_timings(json.loads(data)), sort_keys=True).encode()
         except ValueError:  # not JSON after all: hashed with only the timestamps masked
             pass
-    return _TIMESTAMP.sub(b"<time>", data)
+    return _TIMESTAMP.sub(b"<time>", _RUN_ID.sub(b"<run>", data))
 
 
 def tree_digest(storage: Storage, folders: Iterable[str] = TOP_FOLDERS, ignore: Iterable[str] = ()) -> dict[str, str]:

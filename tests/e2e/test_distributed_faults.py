@@ -25,7 +25,7 @@ import yaml
 
 from tests.e2e.catalogs import catalog_without_schedules
 from vlmdata.airflow_client import AirflowClient
-from vlmdata.demo import demo_airflow
+from vlmdata.demo import demo_airflow, expected_dags
 from vlmdata.localairflow import free_port
 from vlmdata.replicas.http_server import throttle
 from vlmdata.replicas.sources import Replicas
@@ -136,9 +136,12 @@ def rig(tmp_path_factory, s3_endpoint):
         with airflow:
             airflow.wait_ready(timeout=900)
             client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
-            client.wait_until(lambda: {DAG, BULK_DAG} <= {d["dag_id"] for d in client.dags()}, timeout=300)
-            for dag_id in (DAG, BULK_DAG):  # only these: verification and the rest stay paused
-                client.unpause(dag_id)
+            every_dag = expected_dags() | {BULK_DAG, "verify_fault_bulk"}
+            client.wait_until(lambda: every_dag <= {d["dag_id"] for d in client.dags()}, timeout=300)
+            # Only these two run: the verify, layout and mixture DAGs (unpaused on creation) are
+            # paused, so that each test's storage holds what its acquisition wrote and no more.
+            for dag in client.dags():
+                client.set_paused(dag["dag_id"], dag["dag_id"] not in (DAG, BULK_DAG))
             yield Rig(airflow, client, replicas, celery, s3_endpoint)
 
 

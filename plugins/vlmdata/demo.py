@@ -10,9 +10,11 @@ that ask for it), waits until the asset-triggered verify, layout and mixture run
 settled, prints a summary, and keeps Airflow up until Ctrl-C (``--exit``: stop at once; exit
 code 1 if a DAG's last run failed).
 
-    VLMDATA_DEMO_PORT=8081 python -m vlmdata.demo [--exit]
+    VLMDATA_DEMO_PORT=8081 python -m vlmdata.demo [--exit] [--sources coco_train2017,gqa] [--dir .demo]
 
-``.demo/`` is wiped at the start of every demo (it is a demo, not a deployment).
+``--sources`` triggers only those acquisitions (what they complete still sets off verification,
+layouts and mixtures); ``--dir`` puts the demo elsewhere. The demo's folder (``.demo/``) is wiped
+at the start of every demo (it is a demo, not a deployment).
 The end-to-end test ``tests/e2e/test_every_source.py`` runs the same functions.
 """
 
@@ -38,6 +40,7 @@ from .storage import LocalStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / ".demo"
+DEMO_MARKER = ".vlmdata-demo"  # only a folder holding it (or a new or empty one) is wiped
 DEFAULT_PORT = 8081
 ACTIVE = {"queued", "running"}
 
@@ -175,22 +178,24 @@ def trigger_acquisitions(client: AirflowClient, dag_ids: list[str]) -> dict[str,
     return triggered
 
 
-def run_everything(client: AirflowClient, *, timeout: float = 1800, poll: float = 3.0, progress: Callable[[str], None] = print, check: Callable[[], None] | None = None) -> Outcome:
-    """Unpause every vlmdata DAG, trigger every acquisition, wait until everything has settled
-    (:func:`start_everything`, then :meth:`Everything.wait`)."""
-    return start_everything(client, progress).wait(timeout=timeout, poll=poll, progress=progress, check=check)
+def run_everything(client: AirflowClient, *, timeout: float = 1800, poll: float = 3.0, progress: Callable[[str], None] = print, check: Callable[[], None] | None = None, sources: list[str] | None = None) -> Outcome:
+    """Unpause every vlmdata DAG, trigger every acquisition (or those of ``sources``), wait until
+    everything has settled (:func:`start_everything`, then :meth:`Everything.wait`)."""
+    return start_everything(client, progress, sources).wait(timeout=timeout, poll=poll, progress=progress, check=check)
 
 
-def start_everything(client: AirflowClient, progress: Callable[[str], None] = print) -> Everything:
-    """Unpause every vlmdata DAG and trigger every acquisition; :meth:`Everything.wait` waits.
-    Two Airflows can run everything at once: start both, then wait for each."""
+def start_everything(client: AirflowClient, progress: Callable[[str], None] = print, sources: list[str] | None = None) -> Everything:
+    """Unpause every vlmdata DAG and trigger every acquisition (or those of ``sources``);
+    :meth:`Everything.wait` waits. Two Airflows can run everything at once: start both, then
+    wait for each."""
     started = time.monotonic()
     expected = expected_dags()
     client.wait_until(lambda: expected <= {d["dag_id"] for d in client.dags()}, timeout=300, interval=2)
     dags = sorted(d["dag_id"] for d in client.dags() if "vlmdata" in {t["name"] if isinstance(t, dict) else t for t in d.get("tags") or []} or d["dag_id"] in expected)
     for dag_id in dags:
         client.unpause(dag_id)
-    triggered = trigger_acquisitions(client, [d for d in dags if d.startswith("acquire_")])
+    wanted = [f"acquire_{s}" for s in sources] if sources is not None else [d for d in dags if d.startswith("acquire_")]
+    triggered = trigger_acquisitions(client, wanted)
     progress(f"triggered {len(triggered)} acquisitions: {', '.join(sorted(triggered))}")
     return Everything(_Settle(client, dags), triggered, started)
 
@@ -234,9 +239,15 @@ class Everything:
 # ------------------------------------------------------------------------------ summary
 
 
-def summary(outcome: Outcome, root: Path) -> str:
-    """Each DAG's last state, integrity per source, layout gaps, mixture sizes (from the storage)."""
-    storage = LocalStorage(root)
+def _shown(path: Path) -> Path:
+    """A path as the user typed it: relative to the working folder where it lies inside it."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def summary(outcome: Outcome, demo_dir: Path) -> str:
+    """Each DAG's last state, integrity per source, layout gaps, mixture sizes (from the storage
+    under ``demo_dir/data``)."""
+    storage = LocalStorage(demo_dir / "data")
     lines = ["", "DAGs (runs, last state):"]
     for dag_id, runs in sorted(outcome.runs.items()):
         if runs:
@@ -272,7 +283,7 @@ def summary(outcome: Outcome, root: Path) -> str:
         lock = storage.read_json(f"mixtures/{recipe}/lock.json", default=None)
         lines.append(f"  {recipe:<26} " + ("not built" if lock is None else f"{lock['output']['records']:>3} records, {len(lock['dropped'])} dropped  ({lock['output']['key']})"))
     if outcome.failed_dags:
-        lines += ["", f"FAILED: {', '.join(outcome.failed_dags)} (task logs under {DEMO_DIR.relative_to(REPO_ROOT)}/airflow/logs/dag_id=<dag>/)"]
+        lines += ["", f"FAILED: {', '.join(outcome.failed_dags)} (task logs under {_shown(demo_dir / 'airflow' / 'logs')}/dag_id=<dag>/)"]
     return "\n".join(lines)
 
 
@@ -287,40 +298,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlmdata.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--exit", action="store_true", help="stop Airflow once everything has settled (exit code 1 if a DAG failed)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything to settle")
+    parser.add_argument("--sources", type=lambda text: [s for s in text.split(",") if s], help="comma-separated source ids: trigger only their acquisitions (default: every source)")
+    parser.add_argument("--dir", type=Path, default=DEMO_DIR, help="the demo's folder, wiped at the start (default: .demo in the repository)")
     args = parser.parse_args(argv)
+    if args.sources and (unknown := sorted(set(args.sources) - set(load_catalog()))):
+        parser.error(f"no such source: {', '.join(unknown)} (the catalog has {', '.join(sorted(load_catalog()))})")
+    demo_dir = args.dir.resolve()
     port = int(os.environ.get("VLMDATA_DEMO_PORT", DEFAULT_PORT))
     if _port_in_use(port):
         print(f"port {port} is in use (another demo or Airflow running?); set VLMDATA_DEMO_PORT", file=sys.stderr)
         return 2
-    shutil.rmtree(DEMO_DIR, ignore_errors=True)
-    DEMO_DIR.mkdir(parents=True)
+    # A demo made before the marker existed holds its replicas: that one is a demo too.
+    if demo_dir.is_dir() and any(demo_dir.iterdir()) and not ((demo_dir / DEMO_MARKER).exists() or (demo_dir / "replicas").is_dir()):
+        print(f"{demo_dir} holds files of something other than a demo: the demo wipes its folder, so it will not use this one; choose another --dir", file=sys.stderr)
+        return 2
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    demo_dir.mkdir(parents=True)
+    (demo_dir / DEMO_MARKER).write_text("made by python -m vlmdata.demo, which wipes this folder at its start\n")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     started = time.monotonic()
     replicas = airflow = None
     try:
-        replicas = Replicas(DEMO_DIR / "replicas").start()
-        print(f"Replicas of {len(replicas.files)} sources served on loopback; mirror map {replicas.mirrors_path.relative_to(REPO_ROOT)}", flush=True)
-        airflow = demo_airflow(replicas, DEMO_DIR, port)
-        print(f"Starting Airflow (logs in {airflow.log_dir.relative_to(REPO_ROOT)}) ...", flush=True)
+        replicas = Replicas(demo_dir / "replicas").start()
+        print(f"Replicas of {len(replicas.files)} sources served on loopback; mirror map {_shown(replicas.mirrors_path)}", flush=True)
+        airflow = demo_airflow(replicas, demo_dir, port)
+        print(f"Starting Airflow (logs in {_shown(airflow.log_dir)}) ...", flush=True)
         airflow.start()
         airflow.wait_ready(timeout=600)
         print(f"Airflow is up after {time.monotonic() - started:.0f} s: {airflow.url}", flush=True)
         client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
-        outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True), check=airflow.check_running)
-        print(summary(outcome, DEMO_DIR / "data"))
+        outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True), check=airflow.check_running, sources=args.sources)
+        print(summary(outcome, demo_dir))
         print(f"\nEverything settled {time.monotonic() - started:.0f} s after the start.", flush=True)
         if args.exit:
             return 0 if outcome.ok else 1
         print(f"\nAirflow: http://localhost:{port}  user: {airflow.user}  password: {airflow.admin_password}")
-        print(f"  data: {DEMO_DIR / 'data'}   Ctrl-C stops it.", flush=True)
+        print(f"  data: {demo_dir / 'data'}   Ctrl-C stops it.", flush=True)
         while True:
             time.sleep(1)
             airflow.check_running()
     except KeyboardInterrupt:
         return 0
     except (RuntimeError, TimeoutError) as exc:  # a component died, or the runs did not settle
-        print(f"\nDemo failed: {exc}\nLogs: {DEMO_DIR.relative_to(REPO_ROOT)}/airflow/logs", file=sys.stderr, flush=True)
+        print(f"\nDemo failed: {exc}\nLogs: {_shown(demo_dir / 'airflow' / 'logs')}", file=sys.stderr, flush=True)
         return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short

@@ -16,8 +16,14 @@ and writes what a user writes to use a mirror (:meth:`Replicas.env` names them):
 * ``mirrors.yaml``: the real upstream URL prefixes mapped onto the replicas;
 * ``catalog/``: an overlay of the built-in source files with the replicas' sizes and
   checksums (Drive ids kept), and SA-1B's shard range narrowed to the replicated tars;
-* ``sa1b_links.tsv``: a links file as Meta's download page hands it out (real-looking CDN
-  URLs with expiring signatures, which the mirror map sends to the replica).
+* ``sa1b_links.tsv``: a links file as Meta's download page hands it out: not in shard order,
+  opaque CDN paths with signed queries that the replica's CDN checks to the letter
+  (:class:`~vlmdata.replicas.sa1b_cdn.FakeSa1bCdn`), sent to the replica by the mirror map.
+
+Shapes kept from upstream because code must handle them: Vision-Flan's one flat folder of
+``<task>_<n>_<name>`` PNGs and JPEGs (which ALLaVA's VFLAN records name too), OCR-VQA ids of
+9 digits and ISBNs ending in ``X``, SA-1B members starting with ``./``, LCS-558K's zip without a
+parent folder, non-unique Vision-Flan ids, text-only records.
 
 Planted faults, and what the integrity reports must then say (``expected_*``):
 

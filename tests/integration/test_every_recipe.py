@@ -4,10 +4,12 @@ rebuilds byte-identical from its lock."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pytest
+from PIL import Image
 
 from tests.integration.test_consumer_contract import load_like_llava
 from vlmdata.acquire import Context, acquire
@@ -81,6 +83,10 @@ def test_the_cli_acquisition_fills_the_crawl_gaps_from_the_mirror_replicas(every
     expected = replicas.expected_crawl
     assert set(report["filled_from_mirror"]) == expected["filled"] and set(report["missing"]) == expected["missing"]
     assert {key.rsplit("/", 1)[1][:-4] for key, _ in storage.list("data/ocr_vqa/images")} == expected["stored"]
+    for isbn in expected["converted"] | expected["filled"]:  # GIFs and PNGs, crawled or from a mirror (under .jpg names there too)
+        with Image.open(io.BytesIO(storage.read_bytes(f"data/ocr_vqa/images/{isbn}.jpg"))) as image:
+            assert image.format == "JPEG", isbn
+    assert {isbn: entry["conversion"] for isbn, entry in report["filled_from_mirror"].items()} == {"0005678901": "GIF->JPEG", "1437717772": "PNG->JPEG"}
 
 
 @pytest.mark.parametrize("source_id", sorted(load_catalog()))

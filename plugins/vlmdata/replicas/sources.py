@@ -264,12 +264,13 @@ class Replicas:
                 "genre": "Humor & Entertainment" if number % 2 else "Reference", "split": 1 + number % 3,
             }
         # The catalog's fallback mirrors, with the faults of real ones: ej2's tar (made from an
-        # earlier crawl) holds the dead 0005678901 but the same corrupt 1437717772 the crawl got,
-        # and covers already stored; weizhiwang's zip holds 1437717772 as a good PNG (stored as
-        # JPEG). Neither has 0006789012: it stays missing.
+        # earlier crawl) holds the dead 0005678901, as a GIF under its .jpg name (a user found
+        # hundreds of those in it), the same corrupt 1437717772 the crawl got, and covers already
+        # stored; weizhiwang's zip holds 1437717772 as a good PNG. What they fill is stored as
+        # real JPEG. Neither has 0006789012: it stays missing.
         ej2_url, weizhiwang_url = self._builtin()["ocr_vqa"]["crawl"]["fallback_mirrors"]
         ej2 = {f"ocr_vqa/images/{isbn}.jpg": self.crawl[isbn]["data"] for isbn in ("0001234567", "1437717772")}
-        ej2["ocr_vqa/images/0005678901.jpg"] = self._img("", "jpeg")
+        ej2["ocr_vqa/images/0005678901.jpg"] = self._img("", "gif")
         weizhiwang = {"ocr_vqa/images/0002345678.jpg": self.crawl["0002345678"]["data"], "ocr_vqa/images/1437717772.png": self._img("", "png")}
         self.mirror_archives = {ej2_url: _tar(ej2), weizhiwang_url: make_zip({**_dirs(weizhiwang), **weizhiwang})}
         for isbn, url in (("0005678901", ej2_url), ("1437717772", weizhiwang_url)):

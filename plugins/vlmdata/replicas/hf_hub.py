@@ -110,7 +110,8 @@ class FakeHfHub:
         origin (`self.cdn`, a second FakeHttpServer) whose response carries the file metadata.
         As the Hub's, the redirect is a signed URL (CloudFront's ``Expires``, ``Policy``,
         ``Signature``, ``Key-Pair-Id`` query, valid for an hour) and the CDN refuses a request
-        whose signature is not one the Hub issued for that path (403).
+        whose signature is not one the Hub issued for that path (403); :meth:`expire_cdn_links`
+        lets the hour pass for every link handed out so far.
         `page_size` caps tree pages (the Hub's is 1000), to exercise pagination."""
         self._owns_server = server is None
         self.server = server if server is not None else FakeHttpServer()
@@ -119,6 +120,7 @@ class FakeHfHub:
         self._lock = threading.Lock()
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._counter = itertools.count(1)
+        self._cdn_epoch = 0  # signatures of earlier epochs have expired
 
         api = rf"/api/{_TYPES}/{_REPO}"
         self.server.route("GET", rf"{api}(?:/revision/(?P<rev>[^/]+))?", self._api_info)
@@ -253,9 +255,13 @@ class FakeHfHub:
 
     CDN_KEY_PAIR = "K3RPWS32NSSJCE"  # the Key-Pair-Id of the Hub's LFS CDN links
 
-    @staticmethod
-    def _cdn_signature(path: str, expires: str) -> str:
-        return hashlib.sha256(f"cdn-lfs:{path}:{expires}".encode()).hexdigest()
+    def _cdn_signature(self, path: str, expires: str, epoch: int | None = None) -> str:
+        return hashlib.sha256(f"cdn-lfs:{path}:{expires}:{self._cdn_epoch if epoch is None else epoch}".encode()).hexdigest()
+
+    def expire_cdn_links(self) -> None:
+        """Every CDN link handed out so far expires (as they do after an hour)."""
+        with self._lock:
+            self._cdn_epoch += 1
 
     def _signed_cdn_url(self, f: HubFile) -> str:
         path, expires = self._cdn_path(f), str(int(time.time()) + 3600)
@@ -268,10 +274,12 @@ class FakeHfHub:
         """Let through (to the file) only a request signed by the Hub, before it expires."""
         query = req.query
         expires = (query.get("Expires") or [""])[0]
-        if query.get("Signature") != [self._cdn_signature(req.path, expires)] or query.get("Key-Pair-Id") != [self.CDN_KEY_PAIR]:
-            return Response(403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code><Message>Access denied</Message></Error>")
-        if not expires.isdigit() or int(expires) < time.time():
+        signature = (query.get("Signature") or [""])[0]
+        earlier = {self._cdn_signature(req.path, expires, epoch) for epoch in range(self._cdn_epoch)}
+        if signature in earlier or (expires.isdigit() and int(expires) < time.time()):
             return Response(403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>")
+        if signature != self._cdn_signature(req.path, expires) or query.get("Key-Pair-Id") != [self.CDN_KEY_PAIR]:
+            return Response(403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code><Message>Access denied</Message></Error>")
         return None
 
     # lookups ---------------------------------------------------------------------------------

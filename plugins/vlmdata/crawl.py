@@ -61,6 +61,7 @@ from .images import check_image
 from .lease import current_guard, exclusive
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from .mirrors import Mirrors
+from .redaction import redact_text
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
 log = logging.getLogger("vlmdata.crawl")
@@ -345,7 +346,8 @@ def _fetch(url: str, sessions: _Sessions, limit: _HostLimiter, policy: RetryPoli
 
 
 def _short(exc: Exception, limit: int = 300) -> str:
-    text = str(exc)
+    """An exception's text for a report: URLs without their query (a signed URL's credentials), clipped."""
+    text = redact_text(str(exc))
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -740,7 +742,7 @@ def fill_from_mirrors(
                 result, placed = _fill_from_mirror(storage, source_id, into, mirrors.rewrite(url), name, still, policy)
             except _UNREACHABLE as exc:
                 log.warning("%s: mirror %s failed, trying the next one: %s", source_id, redact(url), exc)
-                result, placed = {"outcome": "failed", "reason": str(exc)}, set()
+                result, placed = {"outcome": "failed", "reason": redact_text(str(exc))}, set()
             outcome |= result
             still -= placed
             filled += len(placed)

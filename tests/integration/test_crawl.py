@@ -524,3 +524,36 @@ def test_a_mirror_download_resumes_after_resets_within_a_run_and_across_runs(sto
         assert record["upstream"]["size"] == len(data) and record["upstream"]["sha256"] == hashlib.sha256(data).hexdigest()
         assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
         assert staged_archives(storage) == []
+
+
+def test_an_unreachable_signed_cdn_is_recorded_without_the_signature(storage, waits):
+    """A mirror on the Hub answers with a signed CDN link (as the Hub does for LFS files). When
+    that CDN cannot be reached, the mirror's failure is recorded, but not the link's query."""
+    from vlmdata.replicas.hf_hub import FakeHfHub
+
+    with FakeHttpServer() as srv, FakeHfHub(lfs_cdn=True) as hub:
+        gaps = crawl_with_gaps(storage, srv)
+        hub.add_repo("ej2/llava-ocr-vqa", {"ocr_vqa.tar": tar_bytes(gaps.tar)})
+        hub.cdn.stop()  # connections refused: requests names the URL it could not reach
+        mirrors = Mirrors({AMAZON: f"{srv.url}/amazon/", HUB: hub.endpoint})
+        summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL], mirrors=mirrors, policy=FAST)
+    (outcome,) = summary["mirrors"]
+    assert outcome["outcome"] == "failed" and "giving up after 3 attempts: ConnectionError" in outcome["reason"]
+    assert "?<redacted>" in outcome["reason"]
+    recorded = [key for prefix in ("data", "_vlmdata") for key, _ in storage.list(prefix) if b"Signature=" in storage.read_bytes(key)]
+    assert recorded == []
+
+
+def test_a_dead_signed_cover_url_is_recorded_without_its_query(storage, waits):
+    """A list (or a mirror map) may point covers at signed URLs: the crawl report says why a
+    cover is dead without the URL's credentials."""
+    with FakeHttpServer() as gone:
+        url = f"{gone.url}/covers/1.jpg?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=5ec2e7c0ffee"
+    storage.write_json(LIST_KEY, {"0000000001": {"imageURL": url}})  # nobody listens there any more
+    for shard in plan_shards(storage, LIST_KEY, INTO):
+        crawl_shard(storage, shard["key"], INTO, policy=FAST)
+    finish(storage, "ocr_vqa", INTO)
+    report = storage.read_json(crawl.report_key("ocr_vqa"))
+    assert "ConnectionError" in report["dead"]["0000000001"] and "?<redacted>" in report["dead"]["0000000001"]
+    written = [key for prefix in ("_vlmdata/reports", "_vlmdata/crawl/ocr_vqa/results") for key, _ in storage.list(prefix)]
+    assert written and [key for key in written if b"5ec2e7c0ffee" in storage.read_bytes(key)] == []  # the list and its shards hold it: they are the input

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from vlmdata.replicas.hf_hub import FakeHfHub
-from vlmdata.replicas.http_server import corrupt
+from vlmdata.replicas.http_server import corrupt, reset_after
 from vlmdata.acquire import Context, Pin, acquire, fetch_artifact, plan
 from vlmdata.catalog import Source
 from vlmdata.fetch.hf import hf_remotes, hub_endpoint
@@ -141,3 +141,22 @@ def test_a_host_name_that_does_not_resolve_fails_at_once(storage, waits, monkeyp
     with pytest.raises(PermanentFetchError, match="does not resolve"):
         download("http://files.mirror.example/x.zip", storage.staging_dir() / "x.zip", policy=RetryPolicy())
     assert waits == []
+
+
+def test_a_download_resumed_after_its_signed_cdn_link_expired_asks_the_hub_again(storage, waits, monkeypatch):
+    """The Hub sends LFS files through signed CDN links that expire (an hour; long downloads
+    drop before that): a resume goes through the resolve URL for a fresh link, never back to
+    the redirect it was handed."""
+    import time
+
+    big = BIG * 32  # 512 KiB: the reset comes after several 64 KiB reads were written
+    with FakeHfHub(lfs_cdn=True) as hub:
+        hub.add_repo("org/data", {"big.bin": big, "small.json": SMALL})
+        hub.script_file("org/data", "big.bin", reset_after(len(big) // 2))
+        monkeypatch.setattr(time, "sleep", lambda seconds: (waits.append(seconds), hub.expire_cdn_links()))  # the hour passes while it waits
+        acquire(source(), Context(storage, mirrors_to(hub), policy=FAST))
+        gets = [r for r in hub.cdn.requests if r.method == "GET"]
+    assert storage.read_bytes("data/demo/big.bin") == big and len(waits) == 1
+    resumed_from = int(gets[1].headers["Range"].removeprefix("bytes=").removesuffix("-"))
+    assert len(gets) == 2 and 0 < resumed_from <= len(big) // 2  # resumed from what was written, on a new signature
+    assert gets[0].query["Signature"] != gets[1].query["Signature"]

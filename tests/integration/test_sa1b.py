@@ -7,11 +7,13 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from vlmdata.replicas.data import jpeg_bytes, llava_record
-from vlmdata.replicas.http_server import FakeHttpServer, Resource, Response
+from vlmdata.replicas.http_server import FakeHttpServer, Resource
+from vlmdata.replicas.sa1b_cdn import FakeSa1bCdn
 from vlmdata import acquire as acq
 from vlmdata.acquire import Context, acquire, selected_artifacts
 from vlmdata.catalog import load_catalog
@@ -37,48 +39,20 @@ IMAGES = "data/sam/images"
 SHARDS = {"sa_000000.tar": [1, 2], "sa_000001.tar": [5, 9], "sa_000002.tar": [3, 40]}
 
 
-def _tar(numbers: list[int], prefix: str = "") -> bytes:
+def _tar(numbers: list[int], prefix: str = "./") -> bytes:
+    """Like Meta's tars: a "./" folder entry, then ./sa_<n>.jpg and ./sa_<n>.json (prefix="": bare names, no folder entry)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        if prefix:
+            folder = tarfile.TarInfo(prefix)
+            folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, 1_680_000_000
+            tf.addfile(folder)
         for n in numbers:
             for name, data in ((f"sa_{n}.jpg", jpeg_bytes(seed=n)), (f"sa_{n}.json", json.dumps({"image": {"image_id": n}, "annotations": []}).encode())):
                 info = tarfile.TarInfo(prefix + name)
                 info.size, info.mtime = len(data), 1_680_000_000
                 tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-class FakeCdn:
-    """Serves the tars only to links whose signature is current, as Meta's CDN does; old
-    signatures get 403 with the CDN's error text. ``sign()`` is the user refreshing the file."""
-
-    def __init__(self, http: FakeHttpServer, tars: dict[str, bytes], *, refuse_head: bool = False):
-        self.http, self.tars, self.refuse_head = http, tars, refuse_head
-        self.resources = {name: Resource(data, etag=f'"{hashlib.md5(data).hexdigest()}"', last_modified=http.next_http_date()) for name, data in tars.items()}
-        self.signature: dict[str, str] = {}
-        self.generation = 0
-        http.route("GET", r"/m1/v/t6/(sa_\d{6}\.tar)", self._serve)
-
-    def sign(self) -> str:
-        """A fresh links file: new signatures for every tar, the old ones revoked."""
-        self.generation += 1
-        rows = ["file_name\tcdn_link"]
-        for name in self.tars:
-            self.signature[name] = hashlib.sha256(f"{name}/{self.generation}".encode()).hexdigest()[:32]
-            expiry = format(1_700_000_000 + 86_400 * self.generation, "x")
-            rows.append(f"{name}\t{self.http.url}/m1/v/t6/{name}?ccb=10-5&oh=00_{self.signature[name]}&oe={expiry}&_nc_sid=0fdd51")
-        return "\n".join(rows) + "\n"
-
-    def _serve(self, request, match):
-        name = match[1]
-        if request.method == "HEAD" and self.refuse_head:
-            return Response(403, {"Content-Type": "text/plain"}, b"Method not allowed by signature")
-        if request.query.get("oh") != [f"00_{self.signature.get(name)}"]:
-            return Response(403, {"Content-Type": "text/plain"}, b"URL signature expired")
-        return self.resources[name]
-
-    def gets(self, name: str | None = None) -> int:
-        return sum(1 for r in self.http.requests if r.method == "GET" and r.path.endswith(name or ".tar"))
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +65,7 @@ def registered(monkeypatch):
 @pytest.fixture
 def cdn():
     with FakeHttpServer() as http:
-        yield FakeCdn(http, {name: _tar(numbers) for name, numbers in SHARDS.items()})
+        yield FakeSa1bCdn(http, {name: _tar(numbers) for name, numbers in SHARDS.items()})
 
 
 def _links_file(tmp_path: Path, text: str, name: str = "sa1b_links.txt") -> Path:
@@ -223,6 +197,24 @@ def test_acquire_places_only_the_jpegs_flat_and_a_refreshed_links_file_fetches_n
     assert dict(storage.list("data")) == {key: len(body) for key, body in expected.items()}
 
 
+def test_an_unsorted_links_file_of_opaque_links_fetches_each_tar_by_its_row(cdn, storage, tmp_path, monkeypatch):
+    """Meta's links file is not in shard order and its links do not name their tar (an opaque
+    CDN path, the signature and the CDN's parameters in the query): a row's file_name is all
+    that ties a link to its tar. The manifest records each link without its query."""
+    text = cdn.sign()
+    rows = [line.split("\t") for line in text.splitlines()[1:]]
+    assert [name for name, _ in rows] != sorted(name for name, _ in rows)
+    assert not any(name[:-4] in link for name, link in rows)
+    assert all({"_nc_gid", "_nc_oc", "ccb", "oh", "oe", "_nc_sid"} <= set(urlsplit(link).query.replace("&", "=").split("=")) for _, link in rows)
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, text)))
+    acquire(_source(first_shard=0, last_shard=2), _ctx(storage), acknowledge=True)
+    manifest = Manifest(storage, "sa1b")
+    for name, numbers in SHARDS.items():
+        assert sorted(key for key, _, _ in manifest.index(name)) == sorted(f"{IMAGES}/sa_{n}.jpg" for n in numbers), name
+        assert manifest.artifact(name).url == f"{cdn.http.url}{cdn.path(name)}?<redacted>"
+    assert not [key for prefix in ("data", "_vlmdata") for key, _ in storage.list(prefix) if any(t.encode() in storage.read_bytes(key) for t in cdn.signatures())]
+
+
 def test_expired_link_asks_for_a_fresh_links_file(cdn, tmp_path, monkeypatch):
     stale = cdn.sign()
     cdn.sign()  # the CDN moved on: the file the user holds has expired
@@ -240,7 +232,7 @@ def test_expired_link_asks_for_a_fresh_links_file(cdn, tmp_path, monkeypatch):
 
 def test_a_cdn_that_refuses_head_on_valid_links_still_works(tmp_path, monkeypatch):
     with FakeHttpServer() as http:
-        cdn = FakeCdn(http, {"sa_000000.tar": _tar([1, 2], prefix="./")}, refuse_head=True)
+        cdn = FakeSa1bCdn(http, {"sa_000000.tar": _tar([1, 2], prefix="")}, refuse_head=True)
         monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
         storage = LocalStorage(tmp_path / "root")
         assert acquire(_source(last_shard=0), _ctx(storage), acknowledge=True)["changed"] == ["sa_000000.tar"]
@@ -270,7 +262,7 @@ def test_hostile_tar_from_the_cdn_places_nothing(tmp_path, monkeypatch):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     with FakeHttpServer() as http:
-        cdn = FakeCdn(http, {"sa_000000.tar": evil.getvalue()})
+        cdn = FakeSa1bCdn(http, {"sa_000000.tar": evil.getvalue()})
         monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
         storage = LocalStorage(tmp_path / "root")
         with pytest.raises(UnsafeArchive, match=r"'\.\.'"):
@@ -349,7 +341,7 @@ def test_a_reset_mid_tar_is_recovered(cdn, tmp_path, monkeypatch, waits):
     from vlmdata.storage import LocalStorage
 
     monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
-    cdn.http.script("/m1/v/t6/sa_000001.tar", reset_after(len(cdn.tars["sa_000001.tar"]) // 2))
+    cdn.http.script(cdn.path("sa_000001.tar"), reset_after(len(cdn.tars["sa_000001.tar"]) // 2))
     storage = LocalStorage(tmp_path / "root")
     result = acquire(_source(first_shard=0, last_shard=1), _ctx(storage), acknowledge=True)
     assert sorted(result["changed"]) == ["sa_000000.tar", "sa_000001.tar"]
@@ -368,7 +360,7 @@ def _put_annotation(storage, records, path: str = PT_FILE) -> None:
 
 def _ranged_gets(cdn, name: str) -> tuple[int, int]:
     """(GETs of the whole tar, ranged GETs) of one tar."""
-    gets = [r for r in cdn.http.requests if r.method == "GET" and r.path.endswith(name)]
+    gets = [r for r in cdn.http.requests if r.method == "GET" and r.path == cdn.path(name)]
     ranged = [r for r in gets if r.headers.get("Range", "").startswith("bytes=") and not r.headers["Range"].endswith("-")]
     return len(gets) - len(ranged), len(ranged)
 
@@ -396,7 +388,7 @@ def test_long_names_and_a_tar_with_many_members_are_indexed_exactly(tmp_path, mo
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     with FakeHttpServer() as http:
-        cdn = FakeCdn(http, {"sa_000007.tar": body.getvalue()})
+        cdn = FakeSa1bCdn(http, {"sa_000007.tar": body.getvalue()})
         monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
         ctx = _ctx(LocalStorage(tmp_path / "root"))
         link = sa1b.read_links(_source(), ctx)["sa_000007.tar"]
@@ -405,14 +397,14 @@ def test_long_names_and_a_tar_with_many_members_are_indexed_exactly(tmp_path, mo
 
 @pytest.mark.parametrize("damage", ["header", "truncated"])
 def test_a_damaged_tar_is_not_indexed_partially(tmp_path, monkeypatch, damage):
-    body = bytearray(_tar([1, 2, 3]))
+    body = bytearray(_tar([1, 2, 3], prefix=""))  # bare names: the offsets below count from the first image
     second = 512 + len(jpeg_bytes(seed=1)) + (-len(jpeg_bytes(seed=1)) % 512)  # the header after sa_1.jpg
     if damage == "header":
         body[second + 148 : second + 156] = b"garbage!"  # the header checksum field
     else:
         del body[second + 700 :]  # ends inside the second member's data
     with FakeHttpServer() as http:
-        cdn = FakeCdn(http, {"sa_000004.tar": bytes(body)})
+        cdn = FakeSa1bCdn(http, {"sa_000004.tar": bytes(body)})
         monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, cdn.sign())))
         ctx = _ctx(LocalStorage(tmp_path / "root"))
         said = "after 1 members, no valid header" if damage == "header" else "unexpected end of data"
@@ -432,7 +424,7 @@ def test_indexing_an_expired_link_or_a_server_without_ranges_fails_clearly(cdn, 
     with pytest.raises(FetchError, match="refresh the links file|links file.*expired|expired"):
         sa1b.index_remote_tar(_source(), "sa_000001.tar", link, ctx)
     fresh = parse_links(cdn.sign())["sa_000001.tar"]
-    cdn.http.script("/m1/v/t6/sa_000001.tar", ignore_range())
+    cdn.http.script(cdn.path("sa_000001.tar"), ignore_range())
     with pytest.raises(FetchError, match="does not answer Range requests"):
         sa1b.index_remote_tar(_source(), "sa_000001.tar", fresh, ctx)
     assert not list(ctx.storage.list("_vlmdata/sources/sa1b/tar-contents"))  # nothing half-known kept
@@ -510,7 +502,7 @@ def test_the_pins_hold_no_signature_and_each_fetch_signs_with_the_links_file_it_
     xcom = json.dumps([pin.to_dict() for pin in acq.plan(source, _ctx(storage), acknowledge=True).pins])  # what the fetch tasks get
     for link in parse_links(links.read_text()).values():
         assert link.split("?", 1)[1] not in xcom and "oh=00_" not in xcom
-    assert [pin["url"] for pin in json.loads(xcom)] == [f"{cdn.http.url}/m1/v/t6/{name}?<redacted>" for name in ("sa_000000.tar", "sa_000001.tar")]
+    assert [pin["url"] for pin in json.loads(xcom)] == [f"{cdn.http.url}{cdn.path(name)}?<redacted>" for name in ("sa_000000.tar", "sa_000001.tar")]
 
     # The links expire while the fetches wait; the user refreshes the file and the old
     # signatures are revoked: the fetches sign with the links file they read themselves,

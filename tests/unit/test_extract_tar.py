@@ -175,6 +175,54 @@ def test_one_vetting_for_zip_and_tar(tmp_path, monkeypatch):
     assert seen == [("d", "dir"), ("d/sa_1.jpg", "file"), ("z/", "dir"), ("z/sa_2.jpg", "file")]
 
 
+# ---------------------------------------------------------------- "./" members (SA-1B's tars)
+
+
+def _archive(tmp_path: Path, fmt: str, files: list[tuple[str, bytes]], folder_entry: str | None = None) -> Path:
+    """A tar or zip of ``files``, after a folder entry (``"./"``, as ``tar -C dir .`` writes) when given."""
+    if fmt == "tar":
+        return _write(tmp_path, _tar(([(folder_entry, tarfile.DIRTYPE, "")] if folder_entry else []) + files), f"{len(list(tmp_path.glob('in/*')))}.tar")
+    return _write(tmp_path, make_zip({**({folder_entry: b""} if folder_entry else {}), **dict(files)}), f"{len(list(tmp_path.glob('in/*')))}.zip")
+
+
+DOT_SPECS = {"flatten": SAM, "strip_components": Extract(into="x", strip_components=1), "as they are": Extract(into="x"), "include": Extract(into="x", include=["top/*.jpg"])}
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+@pytest.mark.parametrize("spec", sorted(DOT_SPECS))
+def test_dot_slash_members_land_where_the_bare_names_do(fmt, spec, tmp_path):
+    """``./top/sa_1.jpg`` is ``top/sa_1.jpg``: "." is no folder level (strip_components does not count it)."""
+    bare = [("top/sa_1.jpg", b"1"), ("top/sub/sa_2.jpg", b"2"), ("sa_3.jpg", b"3")]
+    placed = {}
+    for prefix in ("", "./"):
+        store = LocalStorage(tmp_path / f"root{prefix == './'}")
+        archive = _archive(tmp_path, fmt, [(prefix + name, data) for name, data in bare], folder_entry=prefix or None)
+        placed[prefix] = sorted(extract_archive(archive, store, "data/x", DOT_SPECS[spec]))
+        assert files_under(store.root) == sorted(key for key, _, _ in placed[prefix])
+    assert placed["./"] == placed[""] and placed[""]
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+@pytest.mark.parametrize("name", ["./../evil.jpg", "././../evil.jpg", "./a/../../evil.jpg", "./sa_9.jpg/../../evil.jpg"])
+def test_traversal_behind_dot_slash_is_refused_before_any_write(fmt, name, tmp_path, monkeypatch):
+    archive = _archive(tmp_path, fmt, [("./sa_1.jpg", b"1"), (name, b"evil")], folder_entry="./")
+    store = LocalStorage(tmp_path / "root")
+    spy = WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match=r"'\.\.'"):
+        extract_archive(archive, store, FOLDER, Extract(into="sam/images"))
+    assert spy.keys == []
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_a_bare_and_a_dot_slash_member_of_one_name_collide(fmt, tmp_path, monkeypatch):
+    archive = _archive(tmp_path, fmt, [("sa_1.jpg", b"1"), ("./sa_1.jpg", b"other")])
+    store = LocalStorage(tmp_path / "root")
+    spy = WriteSpy(store, monkeypatch)
+    with pytest.raises(UnsafeArchive, match="both land at 'sa_1.jpg'"):
+        extract_archive(archive, store, FOLDER, Extract(into="sam/images"))
+    assert spy.keys == []
+
+
 # ---------------------------------------------------------------- normal extraction
 
 

@@ -35,3 +35,16 @@ def test_every_library_logger_is_filtered_at_debug(caplog):
         assert not [r for r in records if "PLANTEDSECRET" in r.getMessage()]
     finally:
         root.removeHandler(handler)
+
+
+def test_a_fetch_error_never_carries_a_query_string_whoever_builds_it():
+    """The text of a library exception quoted in a FetchError names the URL it failed on; the
+    message goes into reports on the storage, not only into logs."""
+    from vlmdata.fetch.http import FetchError, PermanentFetchError
+    from vlmdata.fetch.sa1b import LinksFileError
+
+    quoted = f"HTTPSConnectionPool(host='cdn-lfs.hf.co', port=443): Max retries exceeded with url: /repos/ab/cd/x?Expires=1&Signature=s3cret&{TOKEN} (Caused by ...)"
+    for kind in (FetchError, PermanentFetchError, LinksFileError):
+        message = str(kind(f"images.zip: giving up after 8 attempts: ConnectionError: {quoted}"))
+        assert "s3cret" not in message and "00_AfPLANTEDSECRET" not in message
+        assert "/repos/ab/cd/x?<redacted> (Caused by ...)" in message

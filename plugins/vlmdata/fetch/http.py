@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from ..redaction import redact_text
 from ..storage import raise_if_disk_full
 from .digest import Expected, IntegrityError, MultiHasher
 
@@ -45,7 +46,15 @@ TRANSIENT_ERRORS = (
 
 
 class FetchError(RuntimeError):
-    """A download that failed: retries exhausted, or a :class:`PermanentFetchError`."""
+    """A download that failed: retries exhausted, or a :class:`PermanentFetchError`.
+
+    Its message names URLs without their query string (``?<redacted>``), however it was put
+    together: the text of the library exception it quotes often holds the URL it could not
+    reach (``Max retries exceeded with url: /path?Signature=...``), a signed redirect's among
+    them, and the message travels into reports on the storage, XCom and Airflow's UI."""
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(redact_text(str(message)), *args)
 
 
 class PermanentFetchError(FetchError):

@@ -2,7 +2,9 @@
 
 Meta hands out SA-1B only through its download page: after accepting the licence the user
 gets a links file, tab-separated with the header ``file_name<TAB>cdn_link`` and one row per
-tar (``sa_000020.tar<TAB>https://...signed...``). The links expire, so the file is user input
+tar (``sa_000020.tar<TAB>https://...signed...``), in no shard order; a link's path does not
+name its tar (only the row does) and its query string is the credential (``oh=``, ``oe=``,
+``_nc_gid=`` ...: never logged, never stored). The links expire, so the file is user input
 that the user refreshes; it is read, in this order, from
 
 1. the Airflow Variable named by the catalog's ``sa1b.links_variable`` (default

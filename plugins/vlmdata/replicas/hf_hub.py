@@ -17,14 +17,17 @@ behave exactly as for plain HTTP files. No xet headers are ever sent, so clients
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
+import posixpath
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, unquote, urlencode
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from .http_server import Fault, FakeHttpServer, Request, Resource, Response
 
@@ -105,6 +108,10 @@ class FakeHfHub:
     def __init__(self, server: FakeHttpServer | None = None, *, lfs_cdn: bool = False, page_size: int = 1000) -> None:
         """`lfs_cdn=True` answers /resolve of LFS files like the real Hub: a 302 to another
         origin (`self.cdn`, a second FakeHttpServer) whose response carries the file metadata.
+        As the Hub's, the redirect is a signed URL (CloudFront's ``Expires``, ``Policy``,
+        ``Signature``, ``Key-Pair-Id`` query, valid for an hour) and the CDN refuses a request
+        whose signature is not one the Hub issued for that path (403); :meth:`expire_cdn_links`
+        lets the hour pass for every link handed out so far.
         `page_size` caps tree pages (the Hub's is 1000), to exercise pagination."""
         self._owns_server = server is None
         self.server = server if server is not None else FakeHttpServer()
@@ -113,12 +120,15 @@ class FakeHfHub:
         self._lock = threading.Lock()
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._counter = itertools.count(1)
+        self._cdn_epoch = 0  # signatures of earlier epochs have expired
 
         api = rf"/api/{_TYPES}/{_REPO}"
         self.server.route("GET", rf"{api}(?:/revision/(?P<rev>[^/]+))?", self._api_info)
         self.server.route("GET", rf"{api}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self._api_tree)
         self.server.route("POST", rf"{api}/paths-info/(?P<rev>[^/]+)", self._api_paths_info)
         self.server.route("GET", rf"/(?:(?P<prefix>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve)
+        if self.cdn is not None:
+            self.cdn.route("GET", r"/repos/.*", self._cdn_gate)  # then the file itself, added in add_repo
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -127,6 +137,7 @@ class FakeHfHub:
             self.server.start()
         if self.cdn is not None:
             self.cdn.start()
+            self._cdn_url = self.cdn.url  # redirects keep pointing there, even once the CDN is stopped
         return self
 
     def stop(self) -> None:
@@ -241,6 +252,35 @@ class FakeHfHub:
     @staticmethod
     def _cdn_path(f: HubFile) -> str:
         return f"/repos/{f.sha256[:2]}/{f.sha256[2:4]}/{f.sha256}"
+
+    CDN_KEY_PAIR = "K3RPWS32NSSJCE"  # the Key-Pair-Id of the Hub's LFS CDN links
+
+    def _cdn_signature(self, path: str, expires: str, epoch: int | None = None) -> str:
+        return hashlib.sha256(f"cdn-lfs:{path}:{expires}:{self._cdn_epoch if epoch is None else epoch}".encode()).hexdigest()
+
+    def expire_cdn_links(self) -> None:
+        """Every CDN link handed out so far expires (as they do after an hour)."""
+        with self._lock:
+            self._cdn_epoch += 1
+
+    def _signed_cdn_url(self, f: HubFile) -> str:
+        path, expires = self._cdn_path(f), str(int(time.time()) + 3600)
+        policy = base64.urlsafe_b64encode(json.dumps({"Statement": [{"Condition": {"DateLessThan": {"AWS:EpochTime": int(expires)}}}]}).encode()).decode().rstrip("=")
+        name = quote(f'attachment; filename*=UTF-8\'\'{posixpath.basename(f.path)}; filename="{posixpath.basename(f.path)}";', safe="")
+        query = f"response-content-disposition={name}&Expires={expires}&Policy={policy}&Signature={self._cdn_signature(path, expires)}&Key-Pair-Id={self.CDN_KEY_PAIR}"
+        return f"{self._cdn_url}{path}?{query}"
+
+    def _cdn_gate(self, req: Request, m) -> Response | None:
+        """Let through (to the file) only a request signed by the Hub, before it expires."""
+        query = req.query
+        expires = (query.get("Expires") or [""])[0]
+        signature = (query.get("Signature") or [""])[0]
+        earlier = {self._cdn_signature(req.path, expires, epoch) for epoch in range(self._cdn_epoch)}
+        if signature in earlier or (expires.isdigit() and int(expires) < time.time()):
+            return Response(403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>")
+        if signature != self._cdn_signature(req.path, expires) or query.get("Key-Pair-Id") != [self.CDN_KEY_PAIR]:
+            return Response(403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code><Message>Access denied</Message></Error>")
+        return None
 
     # lookups ---------------------------------------------------------------------------------
 
@@ -370,7 +410,7 @@ class FakeHfHub:
             headers |= {"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size)}
         if f.lfs and self.cdn is not None:
             # The Hub's answer for LFS files: a redirect to another origin that carries the metadata.
-            location = f"{self.cdn.url}{self._cdn_path(f)}"
+            location = self._signed_cdn_url(f)
             return Response(302, headers | {"ETag": f'"{f.etag}"', "Location": location}, fault_key=self._fault_key(repo_type, repo.repo_id, path))
         return Resource(f.data, etag=f'"{f.etag}"', headers=headers, fault_key=self._fault_key(repo_type, repo.repo_id, path))
 

@@ -16,8 +16,14 @@ and writes what a user writes to use a mirror (:meth:`Replicas.env` names them):
 * ``mirrors.yaml``: the real upstream URL prefixes mapped onto the replicas;
 * ``catalog/``: an overlay of the built-in source files with the replicas' sizes and
   checksums (Drive ids kept), and SA-1B's shard range narrowed to the replicated tars;
-* ``sa1b_links.tsv``: a links file as Meta's download page hands it out (real-looking CDN
-  URLs with expiring signatures, which the mirror map sends to the replica).
+* ``sa1b_links.tsv``: a links file as Meta's download page hands it out: not in shard order,
+  opaque CDN paths with signed queries that the replica's CDN checks to the letter
+  (:class:`~vlmdata.replicas.sa1b_cdn.FakeSa1bCdn`), sent to the replica by the mirror map.
+
+Shapes kept from upstream because code must handle them: Vision-Flan's one flat folder of
+``<task>_<n>_<name>`` PNGs and JPEGs (which ALLaVA's VFLAN records name too), OCR-VQA ids of
+9 digits and ISBNs ending in ``X``, SA-1B members starting with ``./``, LCS-558K's zip without a
+parent folder, non-unique Vision-Flan ids, text-only records.
 
 Planted faults, and what the integrity reports must then say (``expected_*``):
 
@@ -53,6 +59,7 @@ from .gdrive import FakeDrive
 from .github import FakeGitHub
 from .hf_hub import FakeHfHub
 from .http_server import FakeHttpServer
+from .sa1b_cdn import FakeSa1bCdn
 
 __all__ = ["Replicas", "SA1B_SHARDS"]
 
@@ -87,12 +94,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
+def _tar(members: dict[str, bytes | None]) -> bytes:
+    """A tar of ``{name: bytes}`` files; ``None`` makes a folder entry (``"./"``, as ``tar -C dir .`` writes)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), _TAR_MTIME, 0o644
+            info.mtime = _TAR_MTIME
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+                continue
+            info.size, info.mode = len(data), 0o644
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -136,7 +149,8 @@ class Replicas:
         self.spot_checks: dict[str, str] = {}
         self.crawl: dict[str, dict] = {}  # OCR-VQA cover id -> {"kind", "url", "data"[, "filled_from": mirror archive name]}
         self.mirror_archives: dict[str, bytes] = {}  # OCR-VQA fallback mirror URL (upstream) -> archive bytes
-        self.sa1b_links: dict[str, str] = {}
+        self.sa1b_cdn: FakeSa1bCdn | None = None  # started with the servers
+        self.sa1b_links_text = ""  # the links file, as the CDN signed it
         self.commits: dict[str, str] = {}  # hub repo -> commit
         self.http = self.hub = self.drive = self.github = None
         self._servers: list = []  # what start() started, stopped in stop()
@@ -235,6 +249,8 @@ class Replicas:
             ("0005678901", "dead", "images/I/51aaaaaaaaL.jpg"),  # 404
             ("0006789012", "dead", "images/I/41bbbbbbbbL.jpg"),  # 404
             ("1437717772", "truncated", "images/I/51ccccccccL.jpg"),  # the corrupt cover
+            ("967097339", "jpeg", "images/I/51dQkPnDd8L.jpg"),  # 9-digit ids too (mix665k names ocr_vqa/images/967097339.jpg)
+            ("140031996X", "png", "images/I/41Xq0aXbQeL.png"),
         ]
         dataset = {}
         for number, (isbn, kind, tail) in enumerate(covers):
@@ -248,12 +264,13 @@ class Replicas:
                 "genre": "Humor & Entertainment" if number % 2 else "Reference", "split": 1 + number % 3,
             }
         # The catalog's fallback mirrors, with the faults of real ones: ej2's tar (made from an
-        # earlier crawl) holds the dead 0005678901 but the same corrupt 1437717772 the crawl got,
-        # and covers already stored; weizhiwang's zip holds 1437717772 as a good PNG (stored as
-        # JPEG). Neither has 0006789012: it stays missing.
+        # earlier crawl) holds the dead 0005678901, as a GIF under its .jpg name (a user found
+        # hundreds of those in it), the same corrupt 1437717772 the crawl got, and covers already
+        # stored; weizhiwang's zip holds 1437717772 as a good PNG. What they fill is stored as
+        # real JPEG. Neither has 0006789012: it stays missing.
         ej2_url, weizhiwang_url = self._builtin()["ocr_vqa"]["crawl"]["fallback_mirrors"]
         ej2 = {f"ocr_vqa/images/{isbn}.jpg": self.crawl[isbn]["data"] for isbn in ("0001234567", "1437717772")}
-        ej2["ocr_vqa/images/0005678901.jpg"] = self._img("", "jpeg")
+        ej2["ocr_vqa/images/0005678901.jpg"] = self._img("", "gif")
         weizhiwang = {"ocr_vqa/images/0002345678.jpg": self.crawl["0002345678"]["data"], "ocr_vqa/images/1437717772.png": self._img("", "png")}
         self.mirror_archives = {ej2_url: _tar(ej2), weizhiwang_url: make_zip({**_dirs(weizhiwang), **weizhiwang})}
         for isbn, url in (("0005678901", ej2_url), ("1437717772", weizhiwang_url)):
@@ -280,19 +297,16 @@ class Replicas:
         metadata = _json([{"id": r.image[:-4], "image": r.image, "caption": f"caption {n}", "blip_caption": f"blip caption {n}", "url": f"http://cc3m.example/{n}.jpg"} for n, r in enumerate(cc3m_refs)])
         f["llava_cc3m_pretrain_595k"] = {"chat.json": chat, "metadata.json": metadata, "images.zip": cc3m_zip}
 
-        # SA-1B: tars of sa_<n>.jpg + sa_<n>.json, reached through signed CDN links.
+        # SA-1B: tars of ./sa_<n>.jpg + ./sa_<n>.json (members start with "./", after a "./"
+        # folder entry, as Meta's do), reached through signed CDN links (sa1b_cdn.FakeSa1bCdn).
         sa1b = {}
         for tar_name, numbers in SA1B_SHARDS.items():
             in_range = int(tar_name[3:9]) <= SA1B_LAST_SHARD
-            members = {}
+            members = {"./": None}
             for n in numbers:
-                members[f"sa_{n}.jpg"] = self._img(f"sam/images/sa_{n}.jpg" if in_range else "")
-                members[f"sa_{n}.json"] = _json({"image": {"image_id": n, "width": W, "height": H, "file_name": f"sa_{n}.jpg"}, "annotations": []})
+                members[f"./sa_{n}.jpg"] = self._img(f"sam/images/sa_{n}.jpg" if in_range else "")
+                members[f"./sa_{n}.json"] = _json({"image": {"image_id": n, "width": W, "height": H, "file_name": f"sa_{n}.jpg"}, "annotations": []})
             sa1b[tar_name] = _tar(members)
-            token = hashlib.sha256(tar_name.encode()).hexdigest()
-            self.sa1b_links[tar_name] = (
-                f"{SA1B_CDN}m1/v/t6/An{token[:40]}.tar?ccb=10-5&oh=00_Af{token[40:56]}&oe=6790{token[56:60]}&_nc_sid=0fdd51"
-            )
         f["sa1b"] = sa1b
 
         # ShareGPT4V's SAM 9K subset (Drive): jpgs under a folder, flattened into sam/images.
@@ -312,14 +326,23 @@ class Replicas:
             webdata[f"{folder}.zip"] = make_zip({**_dirs(members), **members})
         f["webdata"] = webdata
 
-        # Vision-Flan: image_191-task_1k.zip unpacks to images_191task_1k/<task>/<file>.
-        tasks = {"VQA-E+image_question_answer": ["COCO_train2014_000000000009.png", "COCO_train2014_000000000025.png"], "PACS+guitar_image_category_classification": ["guitar_145.png", "guitar_151.png"], "CLEVR_CoGenT+VQA_context": ["CLEVR_trainA_000012.png"]}
-        vflan_members = {f"images_191task_1k/{task}/{name}": "png" for task, names in tasks.items() for name in names}
+        # Vision-Flan: image_191-task_1k.zip unpacks to one flat folder, images_191task_1k/, of
+        # <task>_<n>_<original name>, PNG and JPEG mixed (ALLaVA's VFLAN records name the same files).
+        tasks = [
+            ("VQA-E+image_question_answer", 12, "COCO_train2014_000000000009.jpg", "jpeg"),
+            ("VQA-E+image_question_answer", 13, "COCO_train2014_000000000025.jpg", "jpeg"),
+            ("PACS+guitar_image_category_classification", 830, "n03272010_10795-5.png", "png"),
+            ("PACS+guitar_image_category_classification", 831, "n03272010_11206-1.png", "png"),
+            ("CLEVR_CoGenT+VQA_context", 3, "CLEVR_trainA_000012.png", "png"),
+            ("MEMOTION+sentiment_detection", 749, "image_6095.jpg", "jpeg"),
+        ]
+        vflan_members = {f"images_191task_1k/{task}_{n}_{name}": kind for task, n, name, kind in tasks}
+        task_of = {f"vflan/images_191task_1k/{task}_{n}_{name}": task for task, n, name, _ in tasks}
         vflan_zip = self._images_zip("vflan", vflan_members)
         vf = [f"vflan/{m}" for m in vflan_members]
         vflan_refs = self._refs("vflan/images_191task_1k", vf)
         vflan_refs.append(vflan_refs[0])  # ids are not unique upstream: the same image asked twice
-        vflan_json = self._annotation("vision_flan", "annotation_191-task_1k.json", vflan_refs, prefix="vflan-", extra=lambda n, ref: {"task_name": ref.tree.split("/")[2]})
+        vflan_json = self._annotation("vision_flan", "annotation_191-task_1k.json", vflan_refs, prefix="vflan-", extra=lambda n, ref: {"task_name": task_of[ref.tree]})
         f["vision_flan"] = {"annotation_191-task_1k.json": vflan_json, "image_191-task_1k.zip": vflan_zip}
 
         # ALLaVA-4V: ten LAION chunks extracted flat; VFLAN records point at Vision-Flan's images.
@@ -345,7 +368,7 @@ class Replicas:
             "detail_23k.json": self._annotation("llava_instruct_150k", "detail_23k.json", self._refs(coco_folder, [c[3], c[5]])),
             "complex_reasoning_77k.json": self._annotation("llava_instruct_150k", "complex_reasoning_77k.json", self._refs(coco_folder, [c[1], c[5]])),
         }
-        mix665k = [c[0], c[2], c[5], "gqa/images/2354786.jpg", "gqa/images/2354789.jpg", ocr[0], ocr[3], ocr[4], ocr[5], ocr[6], ocr[7], tv[0], tv[1], "vg/VG_100K/1.jpg", "vg/VG_100K_2/2345678.jpg", None]
+        mix665k = [c[0], c[2], c[5], "gqa/images/2354786.jpg", "gqa/images/2354789.jpg", ocr[0], ocr[3], ocr[4], ocr[5], ocr[6], ocr[7], ocr[8], ocr[9], tv[0], tv[1], "vg/VG_100K/1.jpg", "vg/VG_100K_2/2345678.jpg", None]
         instruct["llava_v1_5_mix665k.json"] = self._annotation("llava_instruct_150k", "llava_v1_5_mix665k.json", self._refs(".", mix665k))
         f["llava_instruct_150k"] = instruct
 
@@ -371,7 +394,7 @@ class Replicas:
 
         self.spot_checks = {
             "coco_train2017": c[0], "gqa": "gqa/images/2354786.jpg", "textvqa": tv[0], "visual_genome": "vg/VG_100K_2/2345678.jpg",
-            "ocr_vqa": "ocr_vqa/images/0003456789.jpg", "llava_pretrain_lcs558k": lcs[3], "llava_cc3m_pretrain_595k": "llava/llava_cc3m_595k/images/GCC_train_002582585.jpg",
+            "ocr_vqa": "ocr_vqa/images/967097339.jpg", "llava_pretrain_lcs558k": lcs[3], "llava_cc3m_pretrain_595k": "llava/llava_cc3m_595k/images/GCC_train_002582585.jpg",
             "sa1b": "sam/images/sa_11187.jpg", "sharegpt4v_sam_9k": "sam/images/sa_545504.jpg", "webdata": web[3], "vision_flan": vf[2],
             "allava_4v": laion[9], "llava_instruct_150k": "llava/llava_v1_5_mix665k.json", "sharegpt4v": "sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json",
             "llava_gpt4_prompts": "llava/prompts/conversation/000_conv.txt",
@@ -413,6 +436,18 @@ class Replicas:
                     found.setdefault(source, {})[artifact] = bad
         return found
 
+    @staticmethod
+    def unresolved_in(report: dict) -> dict[str, dict[str, str]]:
+        """What an integrity report names unresolved, in the shape of :attr:`expected_missing_refs`."""
+        found = {}
+        for artifact, refs in report["references"].items():
+            named = {image: "broken" if reason.startswith("image broken") else "missing" for reason, entry in refs["reasons"].items() for image in entry["examples"]}
+            if len(named) != refs["unresolved"]:
+                raise AssertionError(f"{artifact}: {refs['unresolved']} unresolved, {len(named)} named")
+            if named:
+                found[artifact] = named
+        return found
+
     def expected_kept(self, source: str, artifact: str) -> int:
         """Records of an annotation file a mixture keeps: well-formed, image present and decoding."""
         refs = self.annotations[source][artifact]
@@ -435,6 +470,11 @@ class Replicas:
                 kinds["filled"].add(isbn)
             kinds["stored" if crawled or cover.get("filled_from") else "missing"].add(isbn)
         return kinds
+
+    @property
+    def sa1b_links(self) -> dict[str, str]:
+        """``{tar: signed link}`` of the links file (upstream URLs: the mirror map sends them here)."""
+        return self.sa1b_cdn.links if self.sa1b_cdn else {}
 
     def fetched_artifacts(self, source: str) -> set[str]:
         """The artifacts the acquisition's mapped fetch tasks must cover."""
@@ -480,8 +520,8 @@ class Replicas:
         http.add("/textvqa/images/train_val_images.zip", f["textvqa"]["train_val_images.zip"], content_type="application/zip")
         http.add("/vg/VG_100K_2/images.zip", f["visual_genome"]["images.zip"], content_type="application/zip")
         http.add("/vg/VG_100K_2/images2.zip", f["visual_genome"]["images2.zip"], content_type="application/zip")
-        for tar_name, link in self.sa1b_links.items():
-            http.add("/sa1b/" + link[len(SA1B_CDN):].split("?")[0], f["sa1b"][tar_name], content_type="application/x-tar")
+        self.sa1b_cdn = FakeSa1bCdn(http, f["sa1b"], mount="/sa1b", host=SA1B_CDN)
+        self.sa1b_links_text = self.sa1b_cdn.sign()
         for cover in self.crawl.values():
             if cover["data"] is not None:
                 content_type = {"gif": "image/gif", "png": "image/png"}.get(cover["kind"], "image/jpeg")
@@ -558,8 +598,7 @@ class Replicas:
     def _write_user_files(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         self.mirrors_path.write_text("# Upstream URL prefixes -> the loopback replicas (vlmdata.replicas.sources)\n" + yaml.safe_dump(self.mirror_map(), sort_keys=False))
-        rows = ["file_name\tcdn_link", *(f"{name}\t{link}" for name, link in self.sa1b_links.items())]
-        self.links_path.write_text("\n".join(rows) + "\n")
+        self.links_path.write_text(self.sa1b_links_text)
         self.catalog_path.mkdir(exist_ok=True)
         for source_id, data in self._builtin().items():
             for artifact in data.get("artifacts") or []:

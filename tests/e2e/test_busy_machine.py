@@ -68,8 +68,9 @@ def test_the_demo_succeeds_beside_cpu_hogs(tmp_path):
     for dag_id in [*(f"acquire_{s}" for s in SOURCES), *(f"verify_{s}" for s in SOURCES), "mix_llava_instruct_150k"]:
         assert last_state.get(dag_id) == "success", (dag_id, last_state)
     storage = LocalStorage(tmp_path / "demo" / "data")
-    for source in SOURCES:
-        assert storage.read_json(f"_vlmdata/reports/{source}/integrity.json")["status"] == "ok"
+    for source in SOURCES:  # verified (the replicas' planted broken images make COCO's a warn)
+        assert storage.read_json(f"_vlmdata/reports/{source}/integrity.json")["status"] in ("ok", "warn")
+    assert storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")["images"]["checked"] > 0
     assert storage.read_json("mixtures/llava_instruct_150k/lock.json")["output"]["records"] > 0
     # It was busy: the load stayed at several runnable processes per core.
     assert max(load) >= 3 * cores, load

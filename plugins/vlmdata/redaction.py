@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from collections.abc import Iterable
 from urllib.parse import urlsplit
+
+from .airflow_task import in_airflow_task
 
 # A query string inside a URL or a request line: from "?" up to whitespace or a quote. Only
 # strings with a key=value pair, so an ordinary question mark in prose is left alone.
@@ -53,7 +54,7 @@ def mask_in_airflow(urls: Iterable[str]) -> None:
     """Inside an Airflow task, register the query strings of signed URLs with Airflow's own
     secrets masker too: it masks them in whatever the task and its supervisor log, including
     exceptions Airflow formats itself. Elsewhere (CLI, tests, DAG parsing): nothing to do."""
-    if "airflow.sdk.execution_time.task_runner" not in sys.modules:
+    if not in_airflow_task():
         return
     from airflow.sdk.log import mask_secret
 

@@ -64,7 +64,7 @@ def test_a_waiting_writer_gets_the_lease_when_the_holder_finishes(storage):
     got = []
 
     def second():
-        with hold(storage, "mixture/r", wait=60, ttl=60, poll=0.1) as lease:
+        with hold(storage, "mixture/r", wait=60, ttl=60, poll=0.1):
             got.append(time.monotonic())
 
     with hold(storage, "mixture/r", ttl=60):

@@ -11,7 +11,7 @@ from ..catalog import Artifact, Source
 from ..mirrors import Mirrors
 from ..storage import Storage
 from .digest import Expected
-from .http import FetchError, PermanentFetchError, RetryPolicy, _content_range_total, redact
+from .http import PermanentFetchError, RetryPolicy, _content_range_total, redact
 
 
 @dataclass

@@ -43,14 +43,13 @@ import logging
 import os
 import posixpath
 import re
-import sys
 import tarfile
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
@@ -58,6 +57,7 @@ from ..annotations import load_records
 from ..catalog import Artifact, Extract, Source, load_catalog
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
+from ..airflow_task import in_airflow_task
 from ..redaction import mask_in_airflow
 from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
@@ -127,8 +127,8 @@ def _clip(text: str, limit: int = 80) -> str:
 
 def _airflow_variable(name: str) -> str | None:
     """The Variable's value inside an Airflow task; None anywhere else (CLI, tests, DAG parsing)."""
-    if "airflow.sdk.execution_time.task_runner" not in sys.modules:
-        return None  # not in a task: importing Airflow would cost seconds and find nothing
+    if not in_airflow_task():
+        return None
     try:
         from airflow.sdk import Variable
 

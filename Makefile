@@ -10,7 +10,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	# Compiled bytecode at install: where Python may not write it (PYTHONDONTWRITEBYTECODE, a
+	# read-only image) every process would compile Airflow again; measured 4.4 CPU-s -> 1.9
+	# CPU-s to import what a task imports, paid by every Airflow task (about 25 s more install).
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 

@@ -212,11 +212,12 @@ def sa1b_discover(source: Source, ctx: Context) -> list[Artifact]:
         in_range = first <= shard_number(name) <= last
         artifacts.append(
             Artifact(
-                name=name, url=ctx.mirrors.rewrite(link), extract=spec, optional=not in_range,
+                name=name, url=ctx.mirrors.rewrite(link), extract=spec, optional=not in_range, approx_size=upstream.approx_shard_size,
                 note=None if in_range else f"outside the catalog's range {first}..{last}: fetched when named or with include_optional",
             )
         )
-    artifacts += [Artifact(name=shard_name(n), extract=spec, note="in the catalog's range; not in the links file") for n in range(first, last + 1) if shard_name(n) not in links]
+    artifacts += [Artifact(name=shard_name(n), extract=spec, approx_size=upstream.approx_shard_size, note="in the catalog's range; not in the links file")
+                  for n in range(first, last + 1) if shard_name(n) not in links]
     return artifacts
 
 

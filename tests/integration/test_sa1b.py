@@ -17,7 +17,7 @@ from vlmdata.acquire import Context, acquire, selected_artifacts
 from vlmdata.catalog import load_catalog
 from vlmdata.extract import UnsafeArchive
 from vlmdata.fetch import sa1b
-from vlmdata.fetch.http import FetchError, RetryPolicy
+from vlmdata.fetch.http import FetchError, PermanentFetchError, RetryPolicy
 from vlmdata.fetch.sa1b import (
     SA1B,
     UNKNOWN,
@@ -228,7 +228,7 @@ def test_expired_link_asks_for_a_fresh_links_file(cdn, tmp_path, monkeypatch):
     cdn.sign()  # the CDN moved on: the file the user holds has expired
     monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, stale)))
     storage = LocalStorage(tmp_path / "root")
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(PermanentFetchError) as info:
         acquire(_source(last_shard=1), _ctx(storage), acknowledge=True)
     message = str(info.value)
     assert "HTTP 403" in message and "URL signature expired" in message
@@ -429,7 +429,7 @@ def test_indexing_an_expired_link_or_a_server_without_ranges_fails_clearly(cdn, 
     ctx = _ctx(LocalStorage(tmp_path / "root"))
     link = sa1b.read_links(_source(), ctx)["sa_000001.tar"]
     cdn.sign()  # the user's file is now stale
-    with pytest.raises(FetchError, match="refresh the links file|links file.*expired|expired"):
+    with pytest.raises(PermanentFetchError, match="refresh the links file|links file.*expired|expired"):
         sa1b.index_remote_tar(_source(), "sa_000001.tar", link, ctx)
     fresh = parse_links(cdn.sign())["sa_000001.tar"]
     cdn.http.script("/m1/v/t6/sa_000001.tar", ignore_range())

@@ -59,7 +59,7 @@ from ..manifest import Manifest, now, source_prefix
 from ..redaction import mask_in_airflow
 from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
-from .http import FetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
+from .http import FetchError, PermanentFetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
 from .remote import Context, Remote, Transport
 
 log = logging.getLogger("vlmdata.fetch.sa1b")
@@ -276,10 +276,10 @@ def probe_link(source: Source, name: str, url: str, ctx: Context, session: reque
                 return _length(got.headers.get("Content-Length"))
             said = _error_text(got)
             if got.status_code in REFUSED:
-                raise FetchError(_refused_message(source, name, got.status_code, said))
+                raise PermanentFetchError(_refused_message(source, name, got.status_code, said))
             if got.status_code == 404:
-                raise FetchError(f"{source.id}/{name}: not found at {redact(url)} (HTTP 404): the links file or a mirror rule points to the wrong place; get a fresh links file from Meta's download page")
-            raise FetchError(f"{source.id}/{name}: unexpected HTTP {got.status_code} from {redact(url)}{f': {said!r}' if said else ''}")
+                raise PermanentFetchError(f"{source.id}/{name}: not found at {redact(url)} (HTTP 404): the links file or a mirror rule points to the wrong place; get a fresh links file from Meta's download page")
+            raise PermanentFetchError(f"{source.id}/{name}: unexpected HTTP {got.status_code} from {redact(url)}{f': {said!r}' if said else ''}")
 
     return with_retries(f"{source.id}/{name} ({redact(url)})", ctx.policy, attempt)
 
@@ -296,7 +296,7 @@ def sa1b_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> lis
         url = artifact.url or ctx.mirrors.rewrite(links[artifact.name])
         size = probe_link(source, artifact.name, url, ctx, session)
         if artifact.size is not None and size is not None and size != artifact.size:
-            raise FetchError(f"{source.id}/{artifact.name}: the CDN has {size} bytes, the catalog expects {artifact.size}")
+            raise PermanentFetchError(f"{source.id}/{artifact.name}: the CDN has {size} bytes, the catalog expects {artifact.size}")
         expected = Expected(size=artifact.size if artifact.size is not None else size, sha256=artifact.sha256, md5=artifact.md5)
         # Name and size, not the link: a refreshed links file must not look like a new upstream.
         remotes.append(Remote(artifact, url, expected, {"file_name": artifact.name, "size": size}))

@@ -18,7 +18,7 @@ the catalog's declared sizes and the manifest instead of failing: :class:`Offlin
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -204,7 +204,7 @@ def declared_size(artifact: Artifact) -> tuple[int | None, str]:
     return None, "unknown"
 
 
-def offline_plan(source: Source, ctx: Context, manifest: Manifest, error: Unreachable, artifacts: list[Artifact], *, listed: bool, notes: list[str] = ()) -> Plan:
+def offline_plan(source: Source, ctx: Context, manifest: Manifest, error: Unreachable, artifacts: list[Artifact], *, listed: bool, notes: Sequence[str] = ()) -> Plan:
     """The dry run's answer without upstream, for ``artifacts`` (the selection). Not ``listed``:
     the upstream listing (a Drive folder, a GitHub tree) could not be read either, so the
     selection is the catalog's, and what earlier runs found there is taken from the manifest.
@@ -248,14 +248,17 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
     """Probe upstream and compare with the manifest. Checks the licence and the free space.
     With ``needed_by`` the artifacts are those the annotation files need (plus ``only``).
 
-    A ``dry_run`` changes nothing but the licence acknowledgement (and the quarantine list with
-    ``refetch_quarantined``), checks no space, probes with :data:`DRY_RUN_POLICY` and, when
-    upstream cannot be reached, answers from the catalog (:func:`offline_plan`)."""
+    A ``dry_run`` writes nothing but the licence acknowledgement (the quarantine list stays as it
+    is: the quarantined files then count as placed), checks no space, probes with
+    :data:`DRY_RUN_POLICY` and, when upstream cannot be reached, answers from the catalog
+    (:func:`offline_plan`)."""
     manifest = Manifest(ctx.storage, source.id)
     check_licence(source, manifest, acknowledge, who)
     if refetch_quarantined and manifest.quarantined():
-        log.info("%s: fetching the %d quarantined files again (their copies stay in quarantine)", source.id, len(manifest.quarantined()))
-        manifest.save_quarantined({})
+        log.info("%s: %s the %d quarantined files again (their copies stay in quarantine)", source.id,
+                 "a run without dry_run would fetch" if dry_run else "fetching", len(manifest.quarantined()))
+        if not dry_run:
+            manifest.save_quarantined({})
     if dry_run:
         ctx, check_space = replace(ctx, policy=dry_run_policy(ctx.policy)), False
     selected: list[Artifact] | None = None

@@ -186,6 +186,13 @@ class Source(_Model):
         sizes = [a.size for a in self.artifacts if not a.optional]
         return None if not sizes or any(s is None for s in sizes) else sum(sizes)
 
+    @property
+    def approx_size(self) -> int | None:
+        """About how big the required artifacts are (exact sizes, else ``approx_size``), when
+        the catalog gives one for every one."""
+        sizes = [a.size if a.size is not None else a.approx_size for a in self.artifacts if not a.optional]
+        return None if not sizes or any(s is None for s in sizes) else sum(int(s) for s in sizes)
+
 
 def _describe(error: ValidationError) -> str:
     lines = []

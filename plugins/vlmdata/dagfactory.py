@@ -70,8 +70,9 @@ def verified(source_id: str) -> Asset:
 
 
 def _size(source: Source) -> str:
-    size = source.declared_size
-    return "unknown" if size is None else f"{size / 1024**3:.1f} GiB"
+    if source.declared_size is not None:
+        return f"{source.declared_size / 1024**3:.1f} GiB"
+    return "unknown" if source.approx_size is None else f"about {source.approx_size / 1024**3:.1f} GiB"
 
 
 def acquisition_dag(source: Source) -> DAG:

@@ -174,3 +174,17 @@ def test_the_acquisition_dags_document_the_offline_dry_run():
     dag = acquisition_dag(load_catalog()["coco_train2017"])
     assert "DRY RUN WITHOUT UPSTREAM" in dag.doc_md and f"{DRY_RUN_POLICY.attempts} attempts" in dag.doc_md
     assert "declared sizes" in dag.params.get_param("dry_run").description
+
+
+def test_a_crawled_image_whose_host_does_not_resolve_is_recorded_dead_at_once(tmp_path, waits):
+    """One try per image, not the crawl's 4 attempts: the image is missing, for the mirrors to fill."""
+    from vlmdata.crawl import crawl_shard, plan_shards, result_key
+
+    storage = LocalStorage(tmp_path / "root")
+    listing = {f"00000000{n}": {"imageURL": f"http://covers.mirror.invalid/{n}.jpg"} for n in range(1, 4)}
+    storage.write_json("data/ocr_vqa/dataset.json", listing)
+    (shard,) = plan_shards(storage, "data/ocr_vqa/dataset.json", "data/ocr_vqa/images", shard_size=10)
+    summary = crawl_shard(storage, shard["key"], "data/ocr_vqa/images", policy=RetryPolicy(attempts=4), workers=2)
+    dead = storage.read_json(result_key(shard["key"]))["dead"]
+    assert summary["ok"] == 0 and set(dead) == set(listing)
+    assert all("does not resolve" in reason for reason in dead.values()) and waits == []

@@ -185,14 +185,15 @@ def _gib(size: int | None, size_is: str | None = None) -> str:
 
 # A dry run is a question someone waits for (at a terminal, in the Trigger dialog) and costs
 # nothing when upstream does not answer: it answers from the catalog. So it retries briefly (3
-# attempts, waiting at most 5 s, 10 s to connect) instead of an acquisition's 8 attempts and
-# minutes of backoff (RetryPolicy's defaults).
-DRY_RUN_POLICY = RetryPolicy(attempts=3, max_wait=5.0, connect_timeout=10.0)
+# attempts, waiting at most 5 s, 10 s to connect, 30 s for an answer) instead of an acquisition's
+# 8 attempts and minutes of backoff (RetryPolicy's defaults): a silent host costs it about 100 s
+# at worst, a refused or unresolvable one seconds.
+DRY_RUN_POLICY = RetryPolicy(attempts=3, max_wait=5.0, connect_timeout=10.0, read_timeout=30.0)
 
 
 def dry_run_policy(policy: RetryPolicy) -> RetryPolicy:
-    return replace(policy, attempts=min(policy.attempts, DRY_RUN_POLICY.attempts), max_wait=min(policy.max_wait, DRY_RUN_POLICY.max_wait),
-                   connect_timeout=min(policy.connect_timeout, DRY_RUN_POLICY.connect_timeout))
+    """``policy`` bounded by :data:`DRY_RUN_POLICY` (a test's faster policy stays as it is)."""
+    return replace(policy, **{name: min(getattr(policy, name), getattr(DRY_RUN_POLICY, name)) for name in ("attempts", "max_wait", "connect_timeout", "read_timeout")})
 
 
 def declared_size(artifact: Artifact) -> tuple[int | None, str]:

@@ -166,6 +166,7 @@ def test_the_readme_states_the_dry_run_budget():
     policy = DRY_RUN_POLICY
     assert f"{policy.attempts} attempts" in section
     assert f"at most {policy.max_wait:.0f} s" in section and f"{policy.connect_timeout:.0f} s to connect" in section
+    assert f"{policy.read_timeout:.0f} s for an answer" in section
 
 
 def test_the_acquisition_dags_document_the_offline_dry_run():
@@ -188,3 +189,41 @@ def test_a_crawled_image_whose_host_does_not_resolve_is_recorded_dead_at_once(tm
     dead = storage.read_json(result_key(shard["key"]))["dead"]
     assert summary["ok"] == 0 and set(dead) == set(listing)
     assert all("does not resolve" in reason for reason in dead.values()) and waits == []
+
+
+@pytest.mark.parametrize(("source", "upstream"), [("coco_train2017", "http://images.cocodataset.org/"), ("llava_instruct_150k", "https://huggingface.co")])
+def test_a_dry_run_against_a_silent_host_answers_after_its_attempts(tmp_path, waits, source, upstream):
+    """A host that accepts connections and never answers (the kernel completes the handshake of
+    a socket nobody accepts on): each attempt times out, the Hub client's too (it had no timeout
+    and waited forever); after DRY_RUN_POLICY's attempts the dry run answers offline."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}" + ("/" if upstream.endswith("/") else "")
+        ctx = Context(LocalStorage(tmp_path / "root"), Mirrors({upstream: url}), policy=RetryPolicy(read_timeout=0.5))
+        answer = _within(120, lambda: acquire(load_catalog()[source], ctx, dry_run=True))
+    assert "Timeout" in answer["offline"]["unreachable"] and f"giving up after {DRY_RUN_POLICY.attempts} attempts" in answer["offline"]["unreachable"]
+    assert len(waits) == DRY_RUN_POLICY.attempts - 1 and answer["fetch"][0]["size_is"] in ("declared", "approximate")
+
+
+def _within(seconds: float, call):
+    """``call()``'s result, or a failure after ``seconds`` (a hung call must fail the test, not hold it)."""
+    import threading
+
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # raised again in the test's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if "error" in result:
+        raise result["error"]
+    assert "value" in result, f"no answer within {seconds} s"
+    return result["value"]

@@ -276,13 +276,17 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
     except Unreachable as exc:
         if not dry_run:
             raise
-        if selected is not None:
+        if selected is not None:  # listed; the probes failed
             return offline_plan(source, ctx, manifest, exc, selected, listed=True)
-        if not chosen:  # only what was named
-            named = [a for a in source.artifacts if a.name in (only or [])]
-            return offline_plan(source, ctx, manifest, exc, named, listed=False, notes=[f"which artifacts {', '.join(needed_by)} need could not be determined"])
-        from_catalog = [a for a in source.artifacts if (a.name in only if only else include_optional or not a.optional)]
-        return offline_plan(source, ctx, manifest, exc, from_catalog, listed=False)
+        if chosen:  # the listing failed: the catalog's artifacts
+            return offline_plan(source, ctx, manifest, exc, [a for a in source.artifacts if (a.name in only if only else include_optional or not a.optional)], listed=False)
+        # needed_by could not choose: what was named, from the listing if it is local (SA-1B's links file)
+        notes = [f"which artifacts {', '.join(needed_by)} need could not be determined"]
+        try:
+            named = selected_artifacts(source, ctx, only, include_optional) if only else []
+        except Unreachable:
+            return offline_plan(source, ctx, manifest, exc, [a for a in source.artifacts if a.name in (only or [])], listed=False, notes=notes)
+        return offline_plan(source, ctx, manifest, exc, named, listed=True, notes=notes)
     todo = [r for r in found if not is_current(ctx, manifest, r)]
     planned_at = now()
     result = Plan(source.id, [Pin.of(r, planned_at) for r in todo], [r.artifact.name for r in found if r not in todo])

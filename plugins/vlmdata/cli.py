@@ -96,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sources", help="list the sources: id, kind, size, licence").set_defaults(func=cmd_sources)
     p = sub.add_parser("acquire", help="fetch, verify and place a source's artifacts")
     p.add_argument("source")
-    p.add_argument("--dry-run", action="store_true", help="only say what would be fetched and how big it is")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be fetched and how big it is; never a download (without upstream: from the catalog's declared sizes, and it says so)")
     p.add_argument("--acknowledge-licence", action="store_true", help="accept a licence that requires it")
     p.add_argument("--artifact", action="append", help="only this artifact (repeatable)")
     p.add_argument("--include-optional", action="store_true")

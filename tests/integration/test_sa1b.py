@@ -532,3 +532,19 @@ def test_a_tar_that_changed_since_the_plan_is_not_fetched(cdn, tmp_path, monkeyp
         acq.fetch_artifact(source, pin, _ctx(storage))
     assert cdn.gets() == 0 and list(storage.list("data")) == []
     assert Manifest(storage, "sa1b").artifact("sa_000000.tar") is None
+
+
+def test_a_dry_run_with_needed_by_and_no_cdn_says_what_it_cannot_tell(cdn, tmp_path, monkeypatch, waits):
+    """The tars' headers cannot be read (the links' host does not resolve): the dry run answers at
+    once, fetches nothing, keeps the tars it was told by name, and says the choice is unknown."""
+    links = "file_name\tcdn_link\n" + "".join(f"{name}\thttp://cdn.mirror.invalid/{name}?oh=s3cret&oe=1\n" for name in sorted(cdn.tars))
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, links)))
+    storage = LocalStorage(tmp_path / "root")
+    _put_annotation(storage, _sharegpt4v_like())
+    dry = acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE], only=["sa_000002.tar"], dry_run=True)
+    assert [item["name"] for item in dry["fetch"]] == ["sa_000002.tar"] and dry["fetch"][0]["size_is"] in ("approximate", "unknown")
+    assert "does not resolve" in dry["offline"]["unreachable"] and "s3cret" not in json.dumps(dry)
+    assert any(f"which artifacts {PT_FILE} need could not be determined" in note for note in dry["offline"]["notes"])
+    assert waits == [] and cdn.gets() == 0
+    with pytest.raises(PermanentFetchError, match="does not resolve"):  # an acquisition fails, at once
+        acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE])

@@ -8,7 +8,7 @@ from vlmdata.replicas.github import FakeGitHub
 from vlmdata.replicas.http_server import FakeHttpServer, corrupt
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import load_catalog
-from vlmdata.fetch.http import FetchError, PermanentFetchError, RetryPolicy
+from vlmdata.fetch.http import PermanentFetchError, RetryPolicy
 from vlmdata.mirrors import Mirrors
 
 REPO = "haotian-liu/LLaVA"

@@ -9,13 +9,17 @@ The plan pins what it resolved (a :class:`Pin` per artifact: commit, URL without
 credentials, size, checksums, validators) and each fetch fetches exactly that or fails
 with :class:`UpstreamMoved`, so one acquisition never mixes two upstream versions, however
 long its fetches wait for a worker.
+
+A dry run (``plan(..., dry_run=True)``) probes with a short retry budget and, when upstream
+cannot be reached (a name that does not resolve, refused connections, timeouts), answers from
+the catalog's declared sizes and the manifest instead of failing: :class:`Offline`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .catalog import Artifact, Source
@@ -25,11 +29,12 @@ from .fetch.gdrive import GDRIVE
 from .fetch.github import GITHUB
 from .fetch.hf import HF
 from .fetch.sa1b import SA1B
-from .fetch.http import FetchError, download, isolate_partial, redact, same_fingerprint
+from .fetch.http import FetchError, RetryPolicy, Unreachable, download, isolate_partial, redact, same_fingerprint
 from .fetch.plain import HTTP
 from .fetch.remote import Context, Pin, Remote, Transport, UpstreamMoved, pinned_session
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
 from .lease import Lease, hold
+from .redaction import redact_text
 from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
@@ -95,6 +100,11 @@ def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
     record = manifest.artifact(remote.artifact.name)
     if not record or not record.complete or not same_fingerprint(record.fingerprint, remote.fingerprint):
         return False
+    return is_placed(ctx, manifest, record)
+
+
+def is_placed(ctx: Context, manifest: Manifest, record: ArtifactRecord) -> bool:
+    """Everything the record says we placed is still there, at its size (the storage only)."""
     if record.placement.target:
         return ctx.storage.size(record.placement.target) == record.size
     # One listing per folder and step: 51 SA-1B tars share data/sam/images.
@@ -106,15 +116,46 @@ def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
     return all(present.get(path) == size or path in quarantined for path, size, _crc in manifest.index(record.name))
 
 
+@dataclass(frozen=True)
+class Offline:
+    """A dry run's answer when upstream could not be reached: the catalog's declared sizes, and
+    what the manifest says is placed and still on the storage (not compared with upstream)."""
+
+    unreachable: str  # the error: which upstream (URL or repository) and why
+    fetch: list[dict]  # name, url, size, size_is: "declared", "approximate" (the catalog's approx_size) or "unknown"
+    notes: list[str] = field(default_factory=list)  # what could not be known without upstream
+
+    def to_dict(self) -> dict:
+        return {
+            "unreachable": self.unreachable,
+            "sizes": "declared in the catalog, not probed upstream",
+            "current": "placed and complete on the storage; not compared with upstream",
+            "notes": self.notes,
+        }
+
+    def summary(self, source: str, current: list[str]) -> str:
+        sizes = [item["size_is"] for item in self.fetch]
+        total = sum(item["size"] or 0 for item in self.fetch)
+        qualifier = "at least" if "unknown" in sizes else "about" if "approximate" in sizes else "declared"
+        names = ", ".join(f"{i['name']} ({_gib(i['size'], i['size_is'])})" for i in self.fetch)
+        what = f"{len(self.fetch)} to fetch by the catalog, {_gib(total, qualifier)} in all: {names}" if self.fetch else "nothing to fetch that the catalog names"
+        return (f"{source}: DRY RUN WITHOUT UPSTREAM: {what}; {len(current)} placed on the storage (not compared with upstream). "
+                f"Upstream could not be reached: {self.unreachable}. The sizes are the catalog's declared sizes, not probed"
+                f"{''.join('; ' + n for n in self.notes)}.")
+
+
 @dataclass
 class Plan:
     source: str
     pins: list[Pin]  # what the fetches get, one per artifact to fetch
     current: list[str]  # artifacts already up to date
+    offline: Offline | None = None  # a dry run that could not reach upstream (no pins then)
 
     @property
     def fetch(self) -> list[dict]:
         """What would be fetched, for users (the dry run): name, url, size, revision."""
+        if self.offline:
+            return self.offline.fetch
         return [{"name": p.name, "url": p.url, "size": p.expected.size, "revision": p.revision} for p in self.pins]
 
     @property
@@ -122,14 +163,77 @@ class Plan:
         return sum(item["size"] or 0 for item in self.fetch)
 
     def summary(self) -> str:
+        if self.offline:
+            return self.offline.summary(self.source, self.current)
         if not self.fetch:
             return f"{self.source}: up to date ({len(self.current)} artifacts unchanged)"
         names = ", ".join(f"{i['name']} ({_gib(i['size'])})" for i in self.fetch)
         return f"{self.source}: {len(self.fetch)} to fetch, {_gib(self.bytes)} in all: {names}; {len(self.current)} unchanged"
 
+    def to_dict(self) -> dict:
+        """The dry run's answer."""
+        answer = {"source": self.source, "dry_run": True, "fetch": self.fetch, "current": self.current, "bytes": self.bytes}
+        return {**answer, "offline": self.offline.to_dict()} if self.offline else answer
 
-def _gib(size: int | None) -> str:
-    return "size unknown" if size is None else f"{size / 1024**3:.2f} GiB"
+
+def _gib(size: int | None, size_is: str | None = None) -> str:
+    if size is None:
+        return "size unknown"
+    qualifier = {"declared": "declared ", "approximate": "about ", "at least": "at least "}.get(size_is or "", "")
+    return f"{qualifier}{size / 1024**3:.2f} GiB"
+
+
+# A dry run is a question someone waits for (at a terminal, in the Trigger dialog) and costs
+# nothing when upstream does not answer: it answers from the catalog. So it retries briefly (3
+# attempts, waiting at most 5 s, 10 s to connect, 30 s for an answer) instead of an acquisition's
+# 8 attempts and minutes of backoff (RetryPolicy's defaults): a silent host costs it about 100 s
+# at worst, a refused or unresolvable one seconds.
+DRY_RUN_POLICY = RetryPolicy(attempts=3, max_wait=5.0, connect_timeout=10.0, read_timeout=30.0)
+
+
+def dry_run_policy(policy: RetryPolicy) -> RetryPolicy:
+    """``policy`` bounded by :data:`DRY_RUN_POLICY` (a test's faster policy stays as it is)."""
+    return replace(policy, **{name: min(getattr(policy, name), getattr(DRY_RUN_POLICY, name)) for name in ("attempts", "max_wait", "connect_timeout", "read_timeout")})
+
+
+def declared_size(artifact: Artifact) -> tuple[int | None, str]:
+    """The catalog's size of an artifact and what it is: "declared" (exact), "approximate" or "unknown"."""
+    if artifact.size is not None:
+        return artifact.size, "declared"
+    if artifact.approx_size is not None:
+        return int(artifact.approx_size), "approximate"
+    return None, "unknown"
+
+
+def offline_plan(source: Source, ctx: Context, manifest: Manifest, error: Unreachable, artifacts: list[Artifact], *, listed: bool, notes: Sequence[str] = ()) -> Plan:
+    """The dry run's answer without upstream, for ``artifacts`` (the selection). Not ``listed``:
+    the upstream listing (a Drive folder, a GitHub tree) could not be read either, so the
+    selection is the catalog's, and what earlier runs found there is taken from the manifest.
+    Never a download: no pins."""
+    notes = list(notes)
+    records = manifest.artifacts()
+    current = [a.name for a in artifacts if _placed(ctx, manifest, records.get(a.name))]
+    if not listed and transport_for(source).discover:
+        notes.append("the upstream listing could not be read: the files it holds beyond the catalog's are not counted")
+        known = {a.name for a in artifacts}
+        current += [name for name in sorted(records) if name not in known and _placed(ctx, manifest, records[name])]
+    fetch = []
+    for artifact in artifacts:
+        if artifact.name in current:
+            continue
+        size, size_is = declared_size(artifact)
+        url = redact(ctx.mirrors.rewrite(artifact.url)) if artifact.url else None
+        fetch.append({"name": artifact.name, "url": url, "size": size, "size_is": size_is, "revision": None})
+    unknown = [item["name"] for item in fetch if item["size"] is None]
+    if unknown:
+        notes.append(f"the catalog declares no size for {', '.join(unknown)}: the total leaves them out")
+    result = Plan(source.id, [], current, Offline(redact_text(str(error)), fetch, notes))  # no signed link's query string
+    log.warning(result.summary())
+    return result
+
+
+def _placed(ctx: Context, manifest: Manifest, record: ArtifactRecord | None) -> bool:
+    return record is not None and record.complete and is_placed(ctx, manifest, record)
 
 
 def needed_artifacts(source: Source, ctx: Context, needed_by: list[str]) -> list[str]:
@@ -141,20 +245,48 @@ def needed_artifacts(source: Source, ctx: Context, needed_by: list[str]) -> list
     return chooser(source, ctx, list(needed_by))
 
 
-def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True, refetch_quarantined: bool = False, needed_by: list[str] | None = None) -> Plan:
+def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True, refetch_quarantined: bool = False, needed_by: list[str] | None = None, dry_run: bool = False) -> Plan:
     """Probe upstream and compare with the manifest. Checks the licence and the free space.
-    With ``needed_by`` the artifacts are those the annotation files need (plus ``only``)."""
+    With ``needed_by`` the artifacts are those the annotation files need (plus ``only``).
+
+    A ``dry_run`` writes nothing but the licence acknowledgement (the quarantine list stays as it
+    is: the quarantined files then count as placed), checks no space, probes with
+    :data:`DRY_RUN_POLICY` and, when upstream cannot be reached, answers from the catalog
+    (:func:`offline_plan`)."""
     manifest = Manifest(ctx.storage, source.id)
     check_licence(source, manifest, acknowledge, who)
     if refetch_quarantined and manifest.quarantined():
-        log.info("%s: fetching the %d quarantined files again (their copies stay in quarantine)", source.id, len(manifest.quarantined()))
-        manifest.save_quarantined({})
-    if needed_by:
-        only = [*(only or []), *(name for name in needed_artifacts(source, ctx, needed_by) if name not in (only or []))]
-        if not only:
-            log.info("%s: the annotation files need nothing more from this source", source.id)
-            return Plan(source.id, [], [])
-    found = remotes(source, selected_artifacts(source, ctx, only, include_optional), ctx)
+        log.info("%s: %s the %d quarantined files again (their copies stay in quarantine)", source.id,
+                 "a run without dry_run would fetch" if dry_run else "fetching", len(manifest.quarantined()))
+        if not dry_run:
+            manifest.save_quarantined({})
+    if dry_run:
+        ctx, check_space = replace(ctx, policy=dry_run_policy(ctx.policy)), False
+    selected: list[Artifact] | None = None
+    chosen = not needed_by  # needed_by chooses by reading upstream (SA-1B's tar headers)
+    try:
+        if needed_by:
+            only = [*(only or []), *(name for name in needed_artifacts(source, ctx, needed_by) if name not in (only or []))]
+            chosen = True
+            if not only:
+                log.info("%s: the annotation files need nothing more from this source", source.id)
+                return Plan(source.id, [], [])
+        selected = selected_artifacts(source, ctx, only, include_optional)
+        found = remotes(source, selected, ctx)
+    except Unreachable as exc:
+        if not dry_run:
+            raise
+        if selected is not None:  # listed; the probes failed
+            return offline_plan(source, ctx, manifest, exc, selected, listed=True)
+        if chosen:  # the listing failed: the catalog's artifacts
+            return offline_plan(source, ctx, manifest, exc, [a for a in source.artifacts if (a.name in only if only else include_optional or not a.optional)], listed=False)
+        # needed_by could not choose: what was named, from the listing if it is local (SA-1B's links file)
+        notes = [f"which artifacts {', '.join(needed_by)} need could not be determined"]
+        try:
+            named = selected_artifacts(source, ctx, only, include_optional) if only else []
+        except Unreachable:
+            return offline_plan(source, ctx, manifest, exc, [a for a in source.artifacts if a.name in (only or [])], listed=False, notes=notes)
+        return offline_plan(source, ctx, manifest, exc, named, listed=True, notes=notes)
     todo = [r for r in found if not is_current(ctx, manifest, r)]
     planned_at = now()
     result = Plan(source.id, [Pin.of(r, planned_at) for r in todo], [r.artifact.name for r in found if r not in todo])
@@ -288,9 +420,9 @@ def publish(source: Source, ctx: Context, fetched: list[dict], selection: list[s
 
 def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", refetch_quarantined: bool = False, needed_by: list[str] | None = None) -> dict:
     """All steps in a row (the CLI); Airflow runs them as separate tasks."""
-    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, check_space=not dry_run, refetch_quarantined=refetch_quarantined, needed_by=needed_by)
+    the_plan = plan(source, ctx, acknowledge=acknowledge, only=only, include_optional=include_optional, who=who, refetch_quarantined=refetch_quarantined, needed_by=needed_by, dry_run=dry_run)
     if dry_run:
-        return {"source": source.id, "dry_run": True, "fetch": the_plan.fetch, "current": the_plan.current, "bytes": the_plan.bytes}
+        return the_plan.to_dict()
     fetched = [fetch_artifact(source, pin, ctx) for pin in the_plan.pins]
     summary = publish(source, ctx, fetched, selection_of(only, needed_by))
     if source.crawl:  # the URL list is in place: fetch the images it names that are missing, then fill from the mirrors

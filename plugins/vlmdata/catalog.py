@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
 # include/ (catalog, layouts, recipes) sits beside plugins/ in a checkout (editable install);
 # an installed package, as in the Docker image, is told where it is by VLMDATA_INCLUDE.
@@ -72,6 +72,7 @@ class Artifact(_Model):
     path: str | None = Field(None, description="hf / github: path inside the repository")
     drive_id: str | None = Field(None, description="gdrive: the file id")
     size: int | None = Field(None, ge=0, description="bytes, where known")
+    approx_size: ByteSize | None = Field(None, description="where the exact size is not known: about how big (e.g. `9.4 GB`); a dry run without upstream answers with it")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
     target: TreePath | None = Field(None, description="path of the file in the data tree, for files kept as they are")
@@ -118,6 +119,7 @@ class Sa1bUpstream(_Model):
     first_shard: int = Field(0, ge=0)
     last_shard: int = Field(50, ge=0)
     keep_masks: bool = False
+    approx_shard_size: ByteSize | None = Field(None, description="about how big one tar is (a dry run without upstream answers with it)")
 
 
 class CrawlUpstream(_Model):
@@ -180,8 +182,16 @@ class Source(_Model):
 
     @property
     def declared_size(self) -> int | None:
+        """The exact size of the required artifacts, when the catalog knows every one."""
         sizes = [a.size for a in self.artifacts if not a.optional]
         return None if not sizes or any(s is None for s in sizes) else sum(sizes)
+
+    @property
+    def approx_size(self) -> int | None:
+        """About how big the required artifacts are (exact sizes, else ``approx_size``), when
+        the catalog gives one for every one."""
+        sizes = [a.size if a.size is not None else a.approx_size for a in self.artifacts if not a.optional]
+        return None if not sizes or any(s is None for s in sizes) else sum(int(s) for s in sizes)
 
 
 def _describe(error: ValidationError) -> str:

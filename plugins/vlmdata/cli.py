@@ -28,12 +28,15 @@ from .pools import pools
 from .verify import summary, verify_source
 
 
-def _size(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1024**3:.1f} GiB"
+def _size(source) -> str:
+    """The exact size, else "~" and the approximate one, else "?"."""
+    if source.declared_size is not None:
+        return f"{source.declared_size / 1024**3:.1f} GiB"
+    return "?" if source.approx_size is None else f"~{source.approx_size / 1024**3:.1f} GiB"
 
 
 def cmd_sources(args, catalog) -> int:
-    rows = [(s.id, s.kind, _size(s.declared_size), s.licence.name + (" [ack]" if s.licence.acknowledge else "")) for s in catalog.values()]
+    rows = [(s.id, s.kind, _size(s), s.licence.name + (" [ack]" if s.licence.acknowledge else "")) for s in catalog.values()]
     width = [max(len(r[i]) for r in rows + [("id", "kind", "size", "licence")]) for i in range(3)]
     print(f"{'id':<{width[0]}}  {'kind':<{width[1]}}  {'size':>{width[2]}}  licence")
     for row in rows:
@@ -93,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sources", help="list the sources: id, kind, size, licence").set_defaults(func=cmd_sources)
     p = sub.add_parser("acquire", help="fetch, verify and place a source's artifacts")
     p.add_argument("source")
-    p.add_argument("--dry-run", action="store_true", help="only say what would be fetched and how big it is")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be fetched and how big it is; never a download (without upstream: from the catalog's declared sizes, and it says so)")
     p.add_argument("--acknowledge-licence", action="store_true", help="accept a licence that requires it")
     p.add_argument("--artifact", action="append", help="only this artifact (repeatable)")
     p.add_argument("--include-optional", action="store_true")

@@ -56,7 +56,7 @@ from PIL import Image
 from . import extract
 from .catalog import Extract
 from .fetch.digest import Expected
-from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, FetchError, RetryPolicy, download, parse_retry_after, probe, redact, same_fingerprint
+from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, FetchError, RetryPolicy, download, name_unresolved, parse_retry_after, probe, redact, same_fingerprint
 from .images import check_image
 from .lease import current_guard, exclusive
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
@@ -337,6 +337,8 @@ def _fetch(url: str, sessions: _Sessions, limit: _HostLimiter, policy: RetryPoli
         except _Retry as exc:
             reason, retry_after = exc.reason, exc.retry_after
         except TRANSIENT_ERRORS as exc:
+            if name_unresolved(exc):  # permanent, as for every download (see name_unresolved): recorded at once
+                raise _Dead(f"the host name does not resolve: {_short(exc)}") from None
             reason = f"{type(exc).__name__}: {_short(exc)}"
         except requests.RequestException as exc:  # invalid URL, too many redirects, ...
             raise _Dead(f"{type(exc).__name__}: {_short(exc)}") from None

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
 
-from .acquire import TRANSPORTS
+from .acquire import DRY_RUN_POLICY, TRANSPORTS
 from .budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS, MAX_RETRY_DELAY, RETRY_BACKOFF, RETRY_DELAY, TASK_RETRIES, timeout_of
 from .catalog import Source, load_catalog
 from .layout import Profile, load_profiles
@@ -70,13 +70,16 @@ def verified(source_id: str) -> Asset:
 
 
 def _size(source: Source) -> str:
-    size = source.declared_size
-    return "unknown" if size is None else f"{size / 1024**3:.1f} GiB"
+    if source.declared_size is not None:
+        return f"{source.declared_size / 1024**3:.1f} GiB"
+    return "unknown" if source.approx_size is None else f"about {source.approx_size / 1024**3:.1f} GiB"
 
 
 def acquisition_dag(source: Source) -> DAG:
     params = {
-        "dry_run": Param(False, type="boolean", description="Only say what would be fetched and how big it is."),
+        "dry_run": Param(False, type="boolean", description="Only say what would be fetched and how big it is (in the plan task's log); never a download. "
+                         "Without upstream (a host name that does not resolve, refused connections, timeouts) it answers in seconds from the catalog's "
+                         "declared sizes and what is on the storage, and says so."),
         "artifacts": Param([], type="array", description=f"Fetch only these artifacts (empty: all). Known: {', '.join(a.name for a in source.artifacts)}"),
         "include_optional": Param(False, type="boolean", description="Also fetch artifacts marked optional in the catalog."),
         "refetch_quarantined": Param(False, type="boolean", description="Fetch again the files verify moved to the quarantine (their copies stay there)."),
@@ -103,6 +106,10 @@ def acquisition_dag(source: Source) -> DAG:
   and pins what it resolved (commit, size, checksums, ETag...); `fetch` (one per changed artifact, named after it) downloads,
   verifies and places exactly that version, and fails without retrying if upstream moved since the plan (trigger again to plan anew);
   {_after_fetch_doc(source)}
+* `dry_run`: `plan` logs what would be fetched, how big it is and what is current, and the rest skips. It probes upstream
+  briefly ({DRY_RUN_POLICY.attempts} attempts, at most {DRY_RUN_POLICY.max_wait:.0f} s apart); if upstream cannot be reached it still succeeds, answering from the catalog's
+  declared sizes (exact, approximate or unknown) and the artifacts placed on the storage, in a log line starting
+  `DRY RUN WITHOUT UPSTREAM` that names the upstream it could not reach.
 """
     with DAG(
         dag_id=f"acquire_{source.id}",

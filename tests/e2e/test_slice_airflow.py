@@ -179,3 +179,25 @@ def test_a_cli_acquisition_beside_an_airflow_one_downloads_once(deployment, s3_e
     record = storage.read_json("_vlmdata/sources/coco_train2017/artifacts/train2017.zip.json")
     assert record["complete"] and record["sha256"] == hashlib.sha256(replica.coco_zip).hexdigest()
     assert len(list(storage.list("data/coco/train2017"))) == len(replica.coco_members)
+
+
+def test_without_upstream_a_dry_run_answers_and_an_acquisition_fails_at_once(deployment):
+    """The mirror map (the Variable a user edits) sends COCO to a host that never resolves: the
+    dry run succeeds from the catalog's sizes and says so; an acquisition fails on its first
+    try, without Airflow's retries (it used to take about 10 minutes)."""
+    client, _replica, _work, _http, env = deployment
+    client.set_variable("vlmdata_mirrors", "http://images.cocodataset.org/: http://coco.mirror.invalid/\n")
+    try:
+        dry = client.trigger("acquire_coco_train2017", {"dry_run": True})
+        assert client.wait_for_run("acquire_coco_train2017", dry, timeout=300) == "success", client.task_logs("acquire_coco_train2017", dry)
+        plan = next(ti for ti in client.task_instances("acquire_coco_train2017", dry) if ti["task_id"] == "plan")
+        logs = client.task_logs("acquire_coco_train2017", dry)
+        assert plan["try_number"] == 1 and "DRY RUN WITHOUT UPSTREAM" in logs and "'coco.mirror.invalid' does not resolve" in logs
+        assert "train2017.zip (declared" in logs
+        real = client.trigger("acquire_coco_train2017")
+        assert client.wait_for_run("acquire_coco_train2017", real, timeout=300) == "failed"
+        plan = next(ti for ti in client.task_instances("acquire_coco_train2017", real) if ti["task_id"] == "plan")
+        assert (plan["state"], plan["try_number"]) == ("failed", 1)
+        assert "does not resolve" in client.task_logs("acquire_coco_train2017", real)
+    finally:
+        client.set_variable("vlmdata_mirrors", Path(env["VLMDATA_MIRRORS"]).read_text())

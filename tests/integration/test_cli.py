@@ -26,6 +26,7 @@ def test_sources_lists_every_catalog_entry():
     lines = out.splitlines()
     assert lines[0].split() == ["id", "kind", "size", "licence"]
     assert any(line.startswith("coco_train2017") and "http" in line and "18.0 GiB" in line for line in lines)
+    assert any(line.startswith("llava_instruct_150k") and "~1.5 GiB" in line for line in lines)  # from the approximate sizes
     assert any(line.startswith("sa1b") and "[ack]" in line for line in lines)
     assert len(lines) == 1 + 15
 

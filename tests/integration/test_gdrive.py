@@ -30,7 +30,7 @@ from vlmdata.fetch.gdrive import (
     gdrive_remotes,
     listing_date,
 )
-from vlmdata.fetch.http import FetchError, RetryPolicy, download
+from vlmdata.fetch.http import FetchError, PermanentFetchError, RetryPolicy, download
 from vlmdata.mirrors import Mirrors
 from vlmdata.storage import LocalStorage
 from vlmdata.verify import verify_source
@@ -153,9 +153,9 @@ def test_persistent_quota_fails_the_plan_with_drives_reason(make_drive, local, g
 def test_unknown_ids_fail_clearly(make_drive):
     drive = make_drive()
     client = client_for(drive)
-    with pytest.raises(FetchError, match=r"file 1nope: not found .*HTTP 404"):
+    with pytest.raises(PermanentFetchError, match=r"file 1nope: not found .*HTTP 404"):
         client.resolve("1nope")
-    with pytest.raises(FetchError, match=r"folder 1nofolder: not found"):
+    with pytest.raises(PermanentFetchError, match=r"folder 1nofolder: not found"):
         client.list_folder("1nofolder")
     assert len(drive.server.requests) == 2  # not retried
 
@@ -163,7 +163,7 @@ def test_unknown_ids_fail_clearly(make_drive):
 def test_a_page_without_form_or_quota_is_not_shared(make_drive):
     drive = make_drive()
     fid = drive.add_file("secret.zip", LARGE, shared=False)
-    with pytest.raises(FetchError, match="not shared as 'Anyone with the link'"):
+    with pytest.raises(PermanentFetchError, match="not shared as 'Anyone with the link'"):
         client_for(drive).resolve(fid)
 
 
@@ -326,7 +326,7 @@ def test_path_missing_from_the_folder_names_what_is_there(make_drive, local):
     ocr = load_catalog()["ocr_vqa"]
     folder = drive.add_folder("OCR-VQA", id=ocr.gdrive.folder_id)
     drive.add_file("dataset.json", SMALL, folder=folder)
-    with pytest.raises(FetchError, match=r"no file 'loadDataset.py' in Drive folder .*\['dataset.json'\]"):
+    with pytest.raises(PermanentFetchError, match=r"no file 'loadDataset.py' in Drive folder .*\['dataset.json'\]"):
         gdrive_remotes(ocr, list(ocr.artifacts), Context(local, mirrors=Mirrors(drive.mirrors()), policy=FAST))
 
 

@@ -8,7 +8,7 @@ from vlmdata.replicas.github import FakeGitHub
 from vlmdata.replicas.http_server import FakeHttpServer, corrupt
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import load_catalog
-from vlmdata.fetch.http import FetchError, RetryPolicy
+from vlmdata.fetch.http import PermanentFetchError, RetryPolicy
 from vlmdata.mirrors import Mirrors
 
 REPO = "haotian-liu/LLaVA"
@@ -63,5 +63,5 @@ def test_a_corrupted_file_fails_its_blob_id_check(storage, github):
 
 def test_unknown_ref_is_a_clear_error(storage, github):
     github.add_commit(REPO, PROMPTS)
-    with pytest.raises(FetchError, match="not found: check `github.repo` and `github.ref`"):
+    with pytest.raises(PermanentFetchError, match="not found: check `github.repo` and `github.ref`"):
         acquire(load_catalog()["llava_gpt4_prompts"], Context(storage, Mirrors(github.mirrors()), policy=RetryPolicy(attempts=2, backoff=0.01), revision="v9"))

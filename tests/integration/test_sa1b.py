@@ -19,7 +19,7 @@ from vlmdata.acquire import Context, acquire, selected_artifacts
 from vlmdata.catalog import load_catalog
 from vlmdata.extract import UnsafeArchive
 from vlmdata.fetch import sa1b
-from vlmdata.fetch.http import FetchError, RetryPolicy
+from vlmdata.fetch.http import FetchError, PermanentFetchError, RetryPolicy
 from vlmdata.fetch.sa1b import (
     SA1B,
     UNKNOWN,
@@ -220,7 +220,7 @@ def test_expired_link_asks_for_a_fresh_links_file(cdn, tmp_path, monkeypatch):
     cdn.sign()  # the CDN moved on: the file the user holds has expired
     monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, stale)))
     storage = LocalStorage(tmp_path / "root")
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(PermanentFetchError) as info:
         acquire(_source(last_shard=1), _ctx(storage), acknowledge=True)
     message = str(info.value)
     assert "HTTP 403" in message and "URL signature expired" in message
@@ -421,7 +421,7 @@ def test_indexing_an_expired_link_or_a_server_without_ranges_fails_clearly(cdn, 
     ctx = _ctx(LocalStorage(tmp_path / "root"))
     link = sa1b.read_links(_source(), ctx)["sa_000001.tar"]
     cdn.sign()  # the user's file is now stale
-    with pytest.raises(FetchError, match="refresh the links file|links file.*expired|expired"):
+    with pytest.raises(PermanentFetchError, match="refresh the links file|links file.*expired|expired"):
         sa1b.index_remote_tar(_source(), "sa_000001.tar", link, ctx)
     fresh = parse_links(cdn.sign())["sa_000001.tar"]
     cdn.http.script(cdn.path("sa_000001.tar"), ignore_range())
@@ -524,3 +524,19 @@ def test_a_tar_that_changed_since_the_plan_is_not_fetched(cdn, tmp_path, monkeyp
         acq.fetch_artifact(source, pin, _ctx(storage))
     assert cdn.gets() == 0 and list(storage.list("data")) == []
     assert Manifest(storage, "sa1b").artifact("sa_000000.tar") is None
+
+
+def test_a_dry_run_with_needed_by_and_no_cdn_says_what_it_cannot_tell(cdn, tmp_path, monkeypatch, waits):
+    """The tars' headers cannot be read (the links' host does not resolve): the dry run answers at
+    once, fetches nothing, keeps the tars it was told by name, and says the choice is unknown."""
+    links = "file_name\tcdn_link\n" + "".join(f"{name}\thttp://cdn.mirror.invalid/{name}?oh=s3cret&oe=1\n" for name in sorted(cdn.tars))
+    monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(_links_file(tmp_path, links)))
+    storage = LocalStorage(tmp_path / "root")
+    _put_annotation(storage, _sharegpt4v_like())
+    dry = acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE], only=["sa_000002.tar"], dry_run=True)
+    assert [item["name"] for item in dry["fetch"]] == ["sa_000002.tar"] and dry["fetch"][0]["size_is"] in ("approximate", "unknown")
+    assert "does not resolve" in dry["offline"]["unreachable"] and "s3cret" not in json.dumps(dry)
+    assert any(f"which artifacts {PT_FILE} need could not be determined" in note for note in dry["offline"]["notes"])
+    assert waits == [] and cdn.gets() == 0
+    with pytest.raises(PermanentFetchError, match="does not resolve"):  # an acquisition fails, at once
+        acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE])

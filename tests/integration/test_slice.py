@@ -229,6 +229,10 @@ def test_quarantined_files_are_not_fetched_again_until_asked(storage, upstream):
     assert acquire(catalog["coco_train2017"], context(storage))["changed"] == []  # a refresh does not re-download 19 GB
     again = verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
     assert again["status"] == "warn" and again["images"]["broken_count"] == 2 and not any("missing" in f for f in again["failures"])
+    quarantined = Manifest(storage, "coco_train2017").quarantined()
+    dry = acquire(catalog["coco_train2017"], context(storage), refetch_quarantined=True, dry_run=True)
+    assert dry["fetch"] == [] and Manifest(storage, "coco_train2017").quarantined() == quarantined != {}  # a dry run changes nothing
+    assert acquire(catalog["coco_train2017"], context(storage))["changed"] == []  # so a later refresh still leaves them
     refetched = acquire(catalog["coco_train2017"], context(storage), refetch_quarantined=True)
     assert refetched["changed"] == ["train2017.zip"]
     assert all(storage.exists(key) for key in replica.broken_keys)  # back in the tree, as upstream has them

@@ -47,7 +47,7 @@ import requests
 from ..catalog import Artifact, Extract, Source
 from ..mirrors import Mirrors
 from .digest import Expected
-from .http import RETRY_STATUS, FetchError, RetryPolicy, Transient, parse_retry_after, with_retries
+from .http import RETRY_STATUS, FetchError, PermanentFetchError, RetryPolicy, Transient, parse_retry_after, with_retries
 from .remote import Context, Remote, Transport
 
 log = logging.getLogger("vlmdata.fetch.gdrive")
@@ -290,7 +290,7 @@ class DriveClient:
                 return url, response
             response.close()
             url = self.mirrors.rewrite(urljoin(url, location))
-        raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise PermanentFetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     @staticmethod
     def _read_page(url: str, response: requests.Response) -> str:
@@ -299,7 +299,7 @@ class DriveClient:
             chunks.append(chunk)
             total += len(chunk)
             if total > MAX_PAGE_BYTES:
-                raise FetchError(f"{url}: expected a short Drive page, got more than {MAX_PAGE_BYTES} bytes of HTML")
+                raise PermanentFetchError(f"{url}: expected a short Drive page, got more than {MAX_PAGE_BYTES} bytes of HTML")
         return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
 
     @staticmethod
@@ -337,12 +337,12 @@ class DriveClient:
                 if page.error is not None or page.action is not None or response.status_code not in RETRY_STATUS:
                     return page  # a quota page may come with any status: its text says what it is
             self._raise_for_retry(final, response)
-            raise FetchError(f"Google Drive file {file_id}: {final} answered HTTP {response.status_code} without the file")
+            raise PermanentFetchError(f"Google Drive file {file_id}: {final} answered HTTP {response.status_code} without the file")
 
     @staticmethod
     def _raise_for_not_found(file_id: str, url: str, response: requests.Response) -> None:
         if response.status_code in (404, 410):
-            raise FetchError(f"Google Drive file {file_id}: not found ({url}: HTTP {response.status_code}); check the id in the catalog, or the file was removed upstream")
+            raise PermanentFetchError(f"Google Drive file {file_id}: not found ({url}: HTTP {response.status_code}); check the id in the catalog, or the file was removed upstream")
 
     def resolve(self, file_id: str) -> Resolved:
         """The URL of the file's bytes, with what a HEAD of it says (size, ETag, Last-Modified)."""
@@ -357,7 +357,7 @@ class DriveClient:
                     raise DriveQuotaExceeded(f"{message} Gave up after seeing the quota page {quota_pages} times.")
                 raise Transient(message)
             if page.action is None:
-                raise FetchError(
+                raise PermanentFetchError(
                     f"Google Drive file {file_id}: Drive answered a page without the file or a download form: "
                     "the file does not exist or is not shared as 'Anyone with the link'"
                 )
@@ -371,7 +371,7 @@ class DriveClient:
             if isinstance(confirmed, Resolved):
                 return confirmed
             check(confirmed)
-            raise FetchError(f"Google Drive file {file_id}: Drive still answers the virus-scan warning page after confirming; Drive's protocol may have changed")
+            raise PermanentFetchError(f"Google Drive file {file_id}: Drive still answers the virus-scan warning page after confirming; Drive's protocol may have changed")
 
         return with_retries(f"Google Drive file {file_id}", self.policy, attempt)
 
@@ -389,13 +389,13 @@ class DriveClient:
             final, response = self._send("GET", url)
             with response:
                 if response.status_code in (404, 410):
-                    raise FetchError(f"Google Drive folder {folder_id}: not found ({final}: HTTP {response.status_code}); check `gdrive.folder_id` in the catalog")
+                    raise PermanentFetchError(f"Google Drive folder {folder_id}: not found ({final}: HTTP {response.status_code}); check `gdrive.folder_id` in the catalog")
                 self._raise_for_retry(final, response)
                 if response.status_code != 200:
-                    raise FetchError(f"Google Drive folder {folder_id}: {final} answered HTTP {response.status_code}")
+                    raise PermanentFetchError(f"Google Drive folder {folder_id}: {final} answered HTTP {response.status_code}")
                 page = _FolderPage.parse(self._read_page(final, response))
             if not page.listing:
-                raise FetchError(f"Google Drive folder {folder_id}: the answer is not a folder listing: the folder is not shared as 'Anyone with the link', or Drive's page changed")
+                raise PermanentFetchError(f"Google Drive folder {folder_id}: the answer is not a folder listing: the folder is not shared as 'Anyone with the link', or Drive's page changed")
             return page.entries(datetime.now(timezone.utc).date())
 
         return with_retries(f"Google Drive folder {folder_id}", self.policy, attempt)
@@ -409,7 +409,7 @@ class DriveClient:
             if fid in seen:  # a folder can be linked into two places
                 return
             if depth > MAX_FOLDER_DEPTH:
-                raise FetchError(f"Google Drive folder {folder_id}: sub-folders nested deeper than {MAX_FOLDER_DEPTH}")
+                raise PermanentFetchError(f"Google Drive folder {folder_id}: sub-folders nested deeper than {MAX_FOLDER_DEPTH}")
             seen.add(fid)
             for entry in self.list_one(fid):
                 path = f"{prefix}{entry.name}"
@@ -424,7 +424,7 @@ class DriveClient:
             by_path.setdefault(entry.path, []).append(entry.id)
         clashes = {p: ids for p, ids in by_path.items() if len(ids) > 1}
         if clashes:
-            raise FetchError(f"Google Drive folder {folder_id}: several files share a name ({clashes}); name the one you want by `drive_id` in the catalog")
+            raise PermanentFetchError(f"Google Drive folder {folder_id}: several files share a name ({clashes}); name the one you want by `drive_id` in the catalog")
         return files
 
 
@@ -509,14 +509,14 @@ def gdrive_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> l
             file_id = artifact.drive_id
             if file_id is None:
                 if not artifact.path or not folder_id:
-                    raise FetchError(f"{source.id}/{artifact.name}: a Drive artifact needs `drive_id`, or `path` inside `gdrive.folder_id`")
+                    raise PermanentFetchError(f"{source.id}/{artifact.name}: a Drive artifact needs `drive_id`, or `path` inside `gdrive.folder_id`")
                 entry = listed().get(artifact.path)
                 if entry is None:
-                    raise FetchError(f"{source.id}/{artifact.name}: no file {artifact.path!r} in Drive folder {folder_id}; it holds {sorted(listed())}")
+                    raise PermanentFetchError(f"{source.id}/{artifact.name}: no file {artifact.path!r} in Drive folder {folder_id}; it holds {sorted(listed())}")
                 file_id = entry.id
             resolved = client.resolve(file_id)
             if artifact.size is not None and resolved.size is not None and resolved.size != artifact.size:
-                raise FetchError(f"Google Drive file {file_id} ({artifact.name}): {resolved.size} bytes upstream, the catalog expects {artifact.size}: upstream changed or the mirror is wrong; update the catalog's size")
+                raise PermanentFetchError(f"Google Drive file {file_id} ({artifact.name}): {resolved.size} bytes upstream, the catalog expects {artifact.size}: upstream changed or the mirror is wrong; update the catalog's size")
             fingerprint: dict[str, str | int | None] = {"drive_id": file_id, "size": resolved.size, "etag": resolved.etag, "last_modified": resolved.last_modified}
             if not resolved.etag and not resolved.last_modified and folder_id:
                 # Last resort (see the module doc): the listing's day-resolution date.

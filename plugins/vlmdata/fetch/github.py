@@ -16,7 +16,7 @@ import requests
 
 from ..catalog import Artifact, Source
 from .digest import Expected
-from .http import FetchError, Transient, with_retries
+from .http import FetchError, PermanentFetchError, _explain_status, _raise_for_retry, with_retries
 from .remote import Context, Remote, Transport
 
 API = "https://api.github.com"
@@ -33,11 +33,11 @@ def _get_json(url: str, ctx: Context):
         response = requests.get(url, headers=_headers(), timeout=(ctx.policy.connect_timeout, ctx.policy.read_timeout))
         if response.status_code == 403 and response.headers.get("X-RateLimit-Remaining") == "0":
             raise FetchError(f"{url}: GitHub's API rate limit is used up; set GITHUB_TOKEN or retry after {response.headers.get('X-RateLimit-Reset')}")
-        if response.status_code in (429, 500, 502, 503, 504):
-            raise Transient(f"HTTP {response.status_code}")
+        _raise_for_retry(response)
         if response.status_code == 404:
-            raise FetchError(f"{url}: not found: check `github.repo` and `github.ref` in the catalog")
-        response.raise_for_status()
+            raise PermanentFetchError(f"{url}: not found: check `github.repo` and `github.ref` in the catalog")
+        if response.status_code != 200:  # another 4xx or 5xx: a retry gets the same answer
+            raise PermanentFetchError(_explain_status(url, response.status_code, response))
         return response.json()
 
     return with_retries(url, ctx.policy, attempt)
@@ -57,11 +57,11 @@ def _listing(api: str, repo: str, ref: str, folder: str, ctx: Context):
         commit = _get_json(f"{api}/repos/{repo}/commits/{ref}", ctx)["sha"]
         listing = _get_json(f"{api}/repos/{repo}/git/trees/{commit}?recursive=1", ctx)
         if listing.get("truncated"):
-            raise FetchError(f"{repo}@{commit[:12]}: the tree listing is truncated; point `github.folder` at a smaller folder")
+            raise PermanentFetchError(f"{repo}@{commit[:12]}: the tree listing is truncated; point `github.folder` at a smaller folder")
         prefix = folder.rstrip("/") + "/"
         files = {e["path"]: (e["sha"], e["size"]) for e in listing["tree"] if e["type"] == "blob" and e["path"].startswith(prefix)}
         if not files:
-            raise FetchError(f"{repo}@{commit[:12]}: no files under {folder!r}")
+            raise PermanentFetchError(f"{repo}@{commit[:12]}: no files under {folder!r}")
         ctx.memo[key] = (commit, files)
     return ctx.memo[key]
 
@@ -81,7 +81,7 @@ def github_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> l
     remotes = []
     for artifact in artifacts:
         if artifact.path not in files:
-            raise FetchError(f"{source.github.repo}@{commit[:12]}: no file {artifact.path!r}")
+            raise PermanentFetchError(f"{source.github.repo}@{commit[:12]}: no file {artifact.path!r}")
         blob, size = files[artifact.path]
         url = ctx.mirrors.rewrite(f"{RAW}/{source.github.repo}/{commit}/{artifact.path}")
         remotes.append(Remote(artifact, url, Expected(size=size, git_sha1=blob), {"git_sha1": blob, "size": size}, revision=commit))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 import httpx2  # the HTTP client huggingface_hub talks through
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi, hf_hub_url, set_client_factory
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -22,6 +22,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import build_hf_headers
+from huggingface_hub.utils._http import default_client_factory  # the library's own client, to which we add timeouts
 
 from ..catalog import Artifact, Source
 from ..mirrors import Mirrors
@@ -30,6 +31,23 @@ from .http import RETRY_STATUS, PermanentFetchError, RetryPolicy, Transient, nam
 from .remote import Context, Remote, Transport
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def _timeout(policy: RetryPolicy) -> httpx2.Timeout:
+    return httpx2.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+
+
+def _client_with_timeouts() -> httpx2.Client:
+    """huggingface_hub's client, with the default RetryPolicy's timeouts. Its own has none and
+    ``get_paths_info`` takes none: a Hub (or a mirror) that accepts the connection and stays
+    silent held the plan until the task's 2-hour timeout. (``dataset_info`` is given the
+    context's policy's timeouts per call; an explicit ``timeout=None`` would override this.)"""
+    client = default_client_factory()
+    client.timeout = _timeout(RetryPolicy())
+    return client
+
+
+set_client_factory(_client_with_timeouts)
 
 
 def hub_endpoint(mirrors: Mirrors) -> str:
@@ -70,7 +88,7 @@ def hf_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[
     requested = revision or upstream.revision
     where = f"{upstream.repo}@{requested}"
     info_call = api.dataset_info if upstream.repo_type == "dataset" else api.model_info
-    commit = _hub_call(where, policy, lambda: info_call(upstream.repo, revision=requested)).sha
+    commit = _hub_call(where, policy, lambda: info_call(upstream.repo, revision=requested, timeout=_timeout(policy))).sha
     paths = [a.path for a in artifacts]
     infos = _hub_call(where, policy, lambda: api.get_paths_info(upstream.repo, paths, revision=commit, repo_type=upstream.repo_type))
     by_path = {info.path: info for info in infos}

@@ -62,8 +62,28 @@ class PermanentFetchError(FetchError):
     fails at once, without the in-task retries nor Airflow's task retries."""
 
 
+class Unreachable(FetchError):
+    """Upstream gave no usable answer: its host name does not resolve (:class:`HostNotFound`), or
+    every attempt met a transient failure (refused, reset, timeout, 429/5xx). A dry run then
+    answers from the catalog (:func:`vlmdata.acquire.plan`); an acquisition fails."""
+
+
+class HostNotFound(Unreachable, PermanentFetchError):
+    """The host name does not resolve: no network, or a typo in a URL or the mirror map."""
+
+
 def name_unresolved(exc: BaseException) -> bool:
-    """True when what failed is resolving a host name (no network, a typo in a mirror map)."""
+    """True when what failed is resolving a host name (no network, a typo in a mirror map).
+
+    Permanent, unlike a refused connection. The resolver has already retried (glibc asks each
+    name server ``attempts`` times, 2 by default, ``timeout`` 5 s each: resolv.conf(5)), so its
+    "not known" (NXDOMAIN) or "temporary failure" (no name server answered) will not change in
+    the next seconds; curl's ``--retry`` does not retry it either (exit code 6 is not transient).
+    A refused connection (``ECONNREFUSED``) stays transient: on a real network it is a server or a
+    load balancer's backend restarting, which curl (``--retry-connrefused``), pip (urllib3's
+    connect retries) and huggingface_hub (``httpx.NetworkError`` in ``http_backoff``) all retry.
+    A dry run does not wait for it: it probes with a short budget (``vlmdata.acquire``).
+    """
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, socket.gaierror):
@@ -72,9 +92,27 @@ def name_unresolved(exc: BaseException) -> bool:
     return False
 
 
-def unresolved_error(what: str, exc: BaseException) -> PermanentFetchError:
-    return PermanentFetchError(f"{what}: the host name does not resolve ({exc}): no network, or a typo in the URL "
-                               "or the mirror map (VLMDATA_MIRRORS / the vlmdata_mirrors Variable); not retried")
+def unresolved_error(what: str, exc: BaseException) -> HostNotFound:
+    host, reason = _host_of(exc), _innermost(exc)
+    return HostNotFound(f"{what}: the host name {f'{host!r} ' if host else ''}does not resolve ({reason}): no network, or a typo in the URL "
+                        "or the mirror map (VLMDATA_MIRRORS / the vlmdata_mirrors Variable); not retried")
+
+
+def _host_of(exc: BaseException) -> str | None:
+    """The host a failed request was for: requests' and httpx's errors carry their request."""
+    try:
+        url = exc.request.url  # httpx raises RuntimeError when the error has no request
+    except (AttributeError, RuntimeError):
+        return None
+    return urlsplit(str(url)).hostname
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The resolver's own error (``[Errno -2] Name or service not known``), not the wrappers' text."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, socket.gaierror):
+        seen = seen.__cause__ or seen.__context__
+    return seen or exc
 
 
 @dataclass(frozen=True)
@@ -287,7 +325,7 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
             wait = policy.wait(number, retry_after)
             log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
             time.sleep(wait)
-    raise FetchError(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
+    raise Unreachable(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
 
 
 def _raise_for_retry(response: requests.Response) -> None:

@@ -61,7 +61,7 @@ from ..airflow_task import in_airflow_task
 from ..redaction import mask_in_airflow
 from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
-from .http import FetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
+from .http import FetchError, PermanentFetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
 from .remote import Context, Remote, Transport
 
 log = logging.getLogger("vlmdata.fetch.sa1b")
@@ -214,11 +214,12 @@ def sa1b_discover(source: Source, ctx: Context) -> list[Artifact]:
         in_range = first <= shard_number(name) <= last
         artifacts.append(
             Artifact(
-                name=name, url=ctx.mirrors.rewrite(link), extract=spec, optional=not in_range,
+                name=name, url=ctx.mirrors.rewrite(link), extract=spec, optional=not in_range, approx_size=upstream.approx_shard_size,
                 note=None if in_range else f"outside the catalog's range {first}..{last}: fetched when named or with include_optional",
             )
         )
-    artifacts += [Artifact(name=shard_name(n), extract=spec, note="in the catalog's range; not in the links file") for n in range(first, last + 1) if shard_name(n) not in links]
+    artifacts += [Artifact(name=shard_name(n), extract=spec, approx_size=upstream.approx_shard_size, note="in the catalog's range; not in the links file")
+                  for n in range(first, last + 1) if shard_name(n) not in links]
     return artifacts
 
 
@@ -277,10 +278,10 @@ def probe_link(source: Source, name: str, url: str, ctx: Context, session: reque
                 return _length(got.headers.get("Content-Length"))
             said = _error_text(got)
             if got.status_code in REFUSED:
-                raise FetchError(_refused_message(source, name, got.status_code, said))
+                raise PermanentFetchError(_refused_message(source, name, got.status_code, said))
             if got.status_code == 404:
-                raise FetchError(f"{source.id}/{name}: not found at {redact(url)} (HTTP 404): the links file or a mirror rule points to the wrong place; get a fresh links file from Meta's download page")
-            raise FetchError(f"{source.id}/{name}: unexpected HTTP {got.status_code} from {redact(url)}{f': {said!r}' if said else ''}")
+                raise PermanentFetchError(f"{source.id}/{name}: not found at {redact(url)} (HTTP 404): the links file or a mirror rule points to the wrong place; get a fresh links file from Meta's download page")
+            raise PermanentFetchError(f"{source.id}/{name}: unexpected HTTP {got.status_code} from {redact(url)}{f': {said!r}' if said else ''}")
 
     return with_retries(f"{source.id}/{name} ({redact(url)})", ctx.policy, attempt)
 
@@ -297,7 +298,7 @@ def sa1b_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> lis
         url = artifact.url or ctx.mirrors.rewrite(links[artifact.name])
         size = probe_link(source, artifact.name, url, ctx, session)
         if artifact.size is not None and size is not None and size != artifact.size:
-            raise FetchError(f"{source.id}/{artifact.name}: the CDN has {size} bytes, the catalog expects {artifact.size}")
+            raise PermanentFetchError(f"{source.id}/{artifact.name}: the CDN has {size} bytes, the catalog expects {artifact.size}")
         expected = Expected(size=artifact.size if artifact.size is not None else size, sha256=artifact.sha256, md5=artifact.md5)
         # Name and size, not the link: a refreshed links file must not look like a new upstream.
         remotes.append(Remote(artifact, url, expected, {"file_name": artifact.name, "size": size}))

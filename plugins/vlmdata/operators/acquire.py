@@ -23,7 +23,8 @@ class PlanAcquisitionOperator(BaseOperator):
     """Compare upstream with the manifest; return a pin per artifact to fetch (none: the rest skips).
 
     Checks the licence acknowledgement and the free space first. With ``dry_run`` it logs
-    what would be fetched and how big it is, and returns nothing.
+    what would be fetched and how big it is, and returns nothing; when upstream cannot be
+    reached, it answers from the catalog's declared sizes and says so (``acquire.plan``).
     """
 
     ui_color = "#e8f1fb"
@@ -39,7 +40,7 @@ class PlanAcquisitionOperator(BaseOperator):
             the_plan = acquire.plan(
                 _source(self.source_id), ctx,
                 acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
-                include_optional=bool(params.get("include_optional")), who=_who(context), check_space=not params.get("dry_run"),
+                include_optional=bool(params.get("include_optional")), who=_who(context), dry_run=bool(params.get("dry_run")),
                 refetch_quarantined=bool(params.get("refetch_quarantined")), needed_by=params.get("needed_by") or None,
             )
         except PermanentFetchError as exc:

@@ -36,6 +36,16 @@ NAME = "mixture"
 SOURCE, ARTIFACT = "llava_instruct_150k", "llava_instruct_150k.json"
 IMAGES_SOURCE = "coco_train2017"
 PEER_OUTPUT = "by-hand.json"
+# llava_v1_5_mix665k.json holds 665K records in 1.05 GB: about 1.58 KB each. Padding every answer
+# with this many characters of prose gives the synthetic records that size (2.5 answers on average).
+ANSWER_CHARS = 450
+_PROSE = " ".join(
+    f"The {colour} {thing} sits {where} while {count} people look on, and the light falls {how}."
+    for colour in ("red", "pale blue", "green", "dark", "yellow")
+    for thing in ("bus", "cat", "kite", "plate of food", "street sign", "umbrella")
+    for where in ("near the road", "on a table", "in the grass", "by the window")
+    for count, how in (("two", "softly"), ("several", "from the left"), ("no", "across the scene"))
+)
 
 
 def _maxrss_mb() -> float:
@@ -78,6 +88,9 @@ def setup(root: Path, records: int) -> dict:
             row = llava_record(f"text-{j}", None, turns=1 + j % 3)
         else:
             row = llava_record(f"{j:09d}", names[(j * 7919) % n_images], turns=1 + j % 4)
+        for turn in row["conversations"][1::2]:  # answers as long as mix665k's (1.58 KB per record in all)
+            start = (j * 37) % (len(_PROSE) - ANSWER_CHARS)
+            turn["value"] += " " + _PROSE[start:start + ANSWER_CHARS]
         if j % 1000 == 999:
             row["conversations"] = row["conversations"][:1]  # malformed: a question with no answer
         rows.append(row)

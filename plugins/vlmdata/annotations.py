@@ -10,10 +10,14 @@ the record has an image, and image paths that stay inside the image folder.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from typing import IO, Any
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any, TypeVar
 
 import msgspec
+
+log = logging.getLogger("vlmdata.annotations")
+T = TypeVar("T")
 
 IMAGE_TOKEN = "<image>"
 ROLES = ("human", "gpt")
@@ -136,6 +140,16 @@ def json_bytes(record) -> bytes:
     return _JSON_ENCODER.encode(record).encode()
 
 
+def fast_or_json(work: Callable[[bool], T], what: str = "") -> T:
+    """``work(True)``: read annotation files the fast way; should one hold a record the fast
+    decoder refuses, all of it again with ``work(False)`` (``json``, the reference)."""
+    try:
+        return work(True)
+    except NotFast as exc:
+        log.info("%s%s; reading with json instead", f"{what}: " if what else "", exc)
+        return work(False)
+
+
 def _decode(raw: msgspec.Raw):
     try:
         return _DECODE.decode(raw)
@@ -196,7 +210,7 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
-def check_records(records: list, max_examples: int = 20) -> dict:
+def check_records(records: Sequence, max_examples: int = 20) -> dict:
     """Counts of good and bad records, bad ones by reason with a few example ids."""
     problems: dict[str, dict] = {}
     ids: set = set()

@@ -19,10 +19,11 @@ import logging
 import posixpath
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .annotations import AnnotationError, check_records, load_records, record_problem
+from .annotations import AnnotationError, Records, check_records, fast_or_json, record_problem
 from .catalog import Annotation, Source
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
@@ -121,7 +122,7 @@ def _tally(bucket: dict, reason: str, example) -> None:
         entry["examples"].append(example)
 
 
-def check_references(records: list, annotation: Annotation, images: ImageIndex) -> dict:
+def check_references(records: Sequence, annotation: Annotation, images: ImageIndex) -> dict:
     unresolved: dict[str, dict] = {}
     resolved = 0
     for record in records:
@@ -353,17 +354,21 @@ def _check_annotations(source, storage, catalog, records, report) -> None:
         return
     images = ImageIndex.load(storage, catalog, sorted({source.id, *source.references} & set(catalog)))
     for artifact in annotated:
-        key = records[artifact.name].placement.target
+        placement = records[artifact.name].placement
+
+        def checks(fast: bool, placement=placement, artifact=artifact) -> tuple[dict, dict]:  # a record at a time (Records)
+            with storage.open_read(placement.target) as handle:
+                rows = Records.read(handle, artifact.name, size=placement.bytes or None, fast=fast)
+            return check_records(rows), check_references(rows, artifact.annotation, images)
+
         try:
-            with storage.open_read(key) as handle:
-                rows = load_records(handle, artifact.name)
+            checked, refs = fast_or_json(checks, artifact.name)
         except AnnotationError as exc:
             report["failures"].append(str(exc))
             continue
-        checked = report["annotations"][artifact.name] = check_records(rows)
+        report["annotations"][artifact.name], report["references"][artifact.name] = checked, refs
         if checked["invalid"]:
             report["warnings"].append(f"{artifact.name}: {checked['invalid']} of {checked['records']} records are malformed")
-        refs = report["references"][artifact.name] = check_references(rows, artifact.annotation, images)
         if refs["unresolved"]:
             report["warnings"].append(f"{artifact.name}: {refs['unresolved']} of {refs['resolved'] + refs['unresolved']} referenced images are missing or broken")
 

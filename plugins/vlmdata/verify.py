@@ -13,17 +13,15 @@ mixture builds read (presence comes from the manifests' indexes, never from a st
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
-import posixpath
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .annotations import AnnotationError, Records, check_records, fast_or_json, record_problem
+from .annotations import AnnotationError, Records, check_records, fast_or_json, image_path, record_problem
 from .catalog import Annotation, Source
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
@@ -47,28 +45,13 @@ def report_key(source_id: str, name: str = "integrity.json") -> str:
 def image_key(annotation: Annotation, image: str) -> str:
     """Storage key of an annotation's image: ``data/<image_folder>/<image>``, following the
     annotation's links (a folder the records expect -> the data-tree folder holding the files)."""
-    path = _under(annotation.image_folder, image)
+    path = image_path(annotation.image_folder, image)
     if annotation.links:
         for expected, actual in sorted(annotation.links.items(), key=lambda kv: -len(kv[0])):
             if path.startswith(expected + "/"):
                 path = actual + path[len(expected):]
                 break
     return f"{DATA_PREFIX}/{path}"
-
-
-def _under(folder: str, image: str) -> str:
-    """``posixpath.normpath(posixpath.join(folder, image))``. A plain relative path (no empty,
-    ``.`` or ``..`` part; nothing starting with a dot at all) under a normalised relative folder
-    needs no normalising: join the strings (bench `mixture` row: join and normpath were a tenth
-    of the 665K build's time)."""
-    if image and image[0] not in "/." and image[-1] != "/" and "//" not in image and "/." not in image and _plain_folder(folder):
-        return image if folder == "." else f"{folder}/{image}"
-    return posixpath.normpath(posixpath.join(folder, image))
-
-
-@functools.lru_cache(maxsize=64)
-def _plain_folder(folder: str) -> bool:
-    return folder == posixpath.normpath(folder) and not folder.startswith(("/", ".."))
 
 
 @dataclass

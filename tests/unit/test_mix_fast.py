@@ -161,3 +161,24 @@ def test_a_record_the_fast_reader_refuses_gives_the_reference_error(tmp_path, re
     with pytest.raises(AnnotationError, match=why):
         build(recipe(), storage, load_catalog())
     assert not storage.exists(mix.output_key("fast_mix", "json"))
+
+
+def test_the_string_path_checks_agree_with_posixpath_and_pathlib():
+    """image_path and record_problem's path check replace posixpath.normpath(join()) and
+    PurePosixPath with string tests: the same answers on every path built from awkward parts."""
+    import itertools
+    import posixpath
+    from pathlib import PurePosixPath
+
+    from vlmdata.annotations import image_path, record_problem
+
+    for count in range(1, 5):
+        for parts in itertools.product(["a", ".", "..", "", ".h", "x.jpg"], repeat=count):
+            for image in ("/".join(parts), "/" + "/".join(parts), "/".join(parts) + "/"):
+                if not image:
+                    continue
+                for folder in ("", ".", "coco/train2017", "coco/", "/abs", "..", "a/./b", "a//b"):
+                    assert image_path(folder, image) == posixpath.normpath(posixpath.join(folder, image)), (folder, image)
+                record = {"id": "1", "image": image, "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}]}
+                leaves = PurePosixPath(image).is_absolute() or ".." in PurePosixPath(image).parts
+                assert (record_problem(record) == "image path leaves the image folder") == leaves, image

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import re
 import sys
 import tarfile
@@ -52,7 +51,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from ..annotations import Records, fast_or_json
+from ..annotations import Records, fast_or_json, image_path
 from ..catalog import Artifact, Extract, Source, load_catalog
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
@@ -309,11 +308,11 @@ def sam_images(records: Iterable[Mapping], image_folder: str = "") -> list[str]:
     """The distinct ``sam/images/...`` paths (relative to the data tree) the records reference."""
     seen: dict[str, None] = {}
     for record in records:
-        images = record.get("image") if isinstance(record, Mapping) else None
+        images = record.get("image") if type(record) is dict or isinstance(record, Mapping) else None
         for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
             if not isinstance(image, str) or not image:
                 continue
-            path = posixpath.normpath(posixpath.join(image_folder, image))
+            path = image_path(image_folder, image)
             if path.startswith(IMAGES_FOLDER + "/"):
                 seen[path] = None
     return list(seen)

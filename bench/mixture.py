@@ -20,6 +20,7 @@ reason, and writes a lock file with the inputs' hashes. The peer is measured in 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import statistics
@@ -36,6 +37,16 @@ NAME = "mixture"
 SOURCE, ARTIFACT = "llava_instruct_150k", "llava_instruct_150k.json"
 IMAGES_SOURCE = "coco_train2017"
 PEER_OUTPUT = "by-hand.json"
+# llava_v1_5_mix665k.json holds 665K records in 1.05 GB: about 1.58 KB each. Padding every answer
+# with this many characters of prose gives the synthetic records that size (2.5 answers on average).
+ANSWER_CHARS = 450
+_PROSE = " ".join(
+    f"The {colour} {thing} sits {where} while {count} people look on, and the light falls {how}."
+    for colour in ("red", "pale blue", "green", "dark", "yellow")
+    for thing in ("bus", "cat", "kite", "plate of food", "street sign", "umbrella")
+    for where in ("near the road", "on a table", "in the grass", "by the window")
+    for count, how in (("two", "softly"), ("several", "from the left"), ("no", "across the scene"))
+)
 
 
 def _maxrss_mb() -> float:
@@ -72,24 +83,33 @@ def setup(root: Path, records: int) -> dict:
     broken = {k: "does not decode: image file is truncated" for k in keys[50::200]}
     index = [[k, 10_000 + i % 5_000, zlib.crc32(k.encode())] for i, k in enumerate(keys) if k not in missing]
 
-    rows = []
-    for j in range(records):
-        if j % 500 == 499:
-            row = llava_record(f"text-{j}", None, turns=1 + j % 3)
-        else:
-            row = llava_record(f"{j:09d}", names[(j * 7919) % n_images], turns=1 + j % 4)
-        if j % 1000 == 999:
-            row["conversations"] = row["conversations"][:1]  # malformed: a question with no answer
-        rows.append(row)
-    body = json.dumps(rows, indent=1).encode()
     target = f"{DATA_PREFIX}/{annotation_artifact.target}"
-    storage.write_bytes(target, body)
-
-    import hashlib
+    path = root / target
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    with path.open("wb") as out:  # json.dumps(rows, indent=1), a record at a time (2 GB at the scale run)
+        for j in range(records):
+            if j % 500 == 499:
+                row = llava_record(f"text-{j}", None, turns=1 + j % 3)
+            else:
+                row = llava_record(f"{j:09d}", names[(j * 7919) % n_images], turns=1 + j % 4)
+            for turn in row["conversations"][1::2]:  # answers as long as mix665k's (1.58 KB per record in all)
+                start = (j * 37) % (len(_PROSE) - ANSWER_CHARS)
+                turn["value"] += " " + _PROSE[start:start + ANSWER_CHARS]
+            if j % 1000 == 999:
+                row["conversations"] = row["conversations"][:1]  # malformed: a question with no answer
+            piece = (("[\n " if j == 0 else ",\n ") + json.dumps(row, indent=1).replace("\n", "\n ")).encode()
+            out.write(piece)
+            digest.update(piece)
+            size += len(piece)
+        tail = b"\n]" if records else b"[]"
+        out.write(tail)
+        digest.update(tail)
+        size += len(tail)
 
     Manifest(storage, SOURCE).save_artifact(ArtifactRecord(
-        name=ARTIFACT, url="http://127.0.0.1/llava_instruct_150k.json", size=len(body), sha256=hashlib.sha256(body).hexdigest(),
-        revision="b" * 40, fetched_at=now(), placement=Placement(target=target, bytes=len(body)), complete=True,
+        name=ARTIFACT, url="http://127.0.0.1/llava_instruct_150k.json", size=size, sha256=digest.hexdigest(),
+        revision="b" * 40, fetched_at=now(), placement=Placement(target=target, bytes=size), complete=True,
     ))
     Manifest(storage, IMAGES_SOURCE).save_artifact(ArtifactRecord(
         name=zip_artifact.name, url="http://127.0.0.1/train2017.zip", size=1, sha256="0" * 64, fetched_at=now(),
@@ -103,7 +123,8 @@ def setup(root: Path, records: int) -> dict:
         "index": index_key(IMAGES_SOURCE, zip_artifact.name),
         "broken": report_key(IMAGES_SOURCE, "broken.json"),
         "prefix": image_key(annotation, "x").removesuffix("x"),
-        "bytes": len(body),
+        "bytes": size,
+        "data_path": annotation_artifact.target,
         "images": n_images,
     }
 
@@ -126,41 +147,74 @@ def _child_ours(root: Path, fmt: str) -> dict:
     return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "kept": lock["output"]["records"], "dropped": len(lock["dropped"])}
 
 
-def _child_peer(root: Path, spec: dict, dump: str) -> dict:
-    """By hand: ``json.load``, keep records whose image is indexed and not broken, write them
-    out with ``json.dump`` (the idiom; Python's encoder runs in pure Python when it streams to
-    a file) or with ``f.write(json.dumps(...))`` (C encoder, one big string)."""
+def _child_peer(root: Path, spec: dict, how: str) -> dict:
+    """By hand: load the file, keep records whose image is indexed and not broken, write them
+    out: ``json.load`` then ``json.dump`` (the idiom; Python's encoder runs in pure Python when
+    it streams to a file) or ``f.write(json.dumps(...))`` (C encoder, one big string), or
+    orjson's ``loads`` and ``dumps`` (the fastest by-hand way)."""
+    import orjson
+
+    loads = orjson.loads if how == "orjson" else json.loads
     before = _maxrss_mb()
     start = time.perf_counter()
     with open(root / spec["annotation"], "rb") as f:
-        rows = json.load(f)
+        rows = loads(f.read()) if how == "orjson" else json.load(f)
     with open(root / spec["index"], "rb") as f:
-        present = {path for path, _size, _crc in json.load(f)}
+        present = {path for path, _size, _crc in loads(f.read())}
     with open(root / spec["broken"], "rb") as f:
-        broken = json.load(f)
+        broken = loads(f.read())
     prefix = spec["prefix"]
     kept = [r for r in rows if "image" not in r or ((k := prefix + r["image"]) in present and k not in broken)]
-    with open(root / PEER_OUTPUT, "w") as f:
-        if dump == "dump":
+    with open(root / PEER_OUTPUT, "wb" if how == "orjson" else "w") as f:
+        if how == "dump":
             json.dump(kept, f)
-        else:
+        elif how == "dumps":
             f.write(json.dumps(kept))
+        else:
+            f.write(orjson.dumps(kept))
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "kept": len(kept), "dropped": len(rows) - len(kept)}
 
 
+def _child_needed(root: Path, spec: dict, how: str) -> dict:
+    """Which images does the file reference: ours is what ``needed_by`` planning runs
+    (``vlmdata.fetch.sa1b.needed_images``), the peer a set comprehension over ``json.load``
+    (or ``orjson.loads``)."""
+    before = _maxrss_mb()
+    start = time.perf_counter()
+    if how == "ours":
+        from vlmdata.catalog import load_catalog
+        from vlmdata.fetch.sa1b import needed_images
+        from vlmdata.storage import LocalStorage
+
+        catalog = load_catalog()
+        start = time.perf_counter()
+        found = len(needed_images(LocalStorage(root), catalog, [spec["data_path"]]))
+    else:
+        import orjson
+
+        with open(root / spec["annotation"], "rb") as f:
+            rows = orjson.loads(f.read()) if how == "orjson" else json.load(f)
+        found = len({r["image"] for r in rows if "image" in r and r["image"].startswith("sam/images/")})
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "found": found}
+
+
+CHILDREN = {
+    "ours-json": lambda root, spec: _child_ours(root, "json"),
+    "ours-jsonl": lambda root, spec: _child_ours(root, "jsonl"),
+    **{f"peer-{how}": (lambda how: lambda root, spec: _child_peer(root, spec, how))(how) for how in ("dump", "dumps", "orjson")},
+    **{f"needed-{how}": (lambda how: lambda root, spec: _child_needed(root, spec, how))(how) for how in ("ours", "json", "orjson")},
+}
+
+
 def _child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.mixture")
-    parser.add_argument("--child", choices=["ours-json", "ours-jsonl", "peer-dump", "peer-dumps"], required=True)
+    parser.add_argument("--child", choices=sorted(CHILDREN), required=True)
     parser.add_argument("root")
     parser.add_argument("--spec", default="{}")
     args = parser.parse_args(argv)
-    root = Path(args.root)
-    if args.child.startswith("peer-"):
-        result = _child_peer(root, json.loads(args.spec), args.child.split("-", 1)[1])
-    else:
-        result = _child_ours(root, args.child.split("-", 1)[1])
-    print(json.dumps(result))
+    print(json.dumps(CHILDREN[args.child](Path(args.root), json.loads(args.spec))))
 
 
 def _in_child(kind: str, root: Path, spec: dict) -> dict:
@@ -173,18 +227,8 @@ def _in_child(kind: str, root: Path, spec: dict) -> dict:
 # ------------------------------------------------------------------------------- comparison
 
 
-def run(ctx: Context) -> list[Row]:
-    records = ctx.mixture_records or (50_000 if ctx.quick else 200_000)
-    root = ctx.tmp / "root"
-    ctx.log(f"  writing a {records:,}-record annotation, its manifest and a COCO index")
-    spec = setup(root, records)
-    ctx.log(f"  annotation: {spec['bytes'] / 1e6:.0f} MB, {spec['images']:,} images in the index")
-
-    contenders = {
-        "ours-json": Contender("vlmdata mix.build", None),
-        "peer-dump": Contender("json.load + list comprehension + json.dump", None),
-        "peer-dumps": Contender("json.load + list comprehension + write(json.dumps)", None),
-    }
+def _race(ctx: Context, root: Path, spec: dict, contenders: dict[str, Contender]) -> dict[str, list[dict]]:
+    """Every contender once per round in a fresh process, the order rotating; every run's result."""
     details: dict[str, list[dict]] = {k: [] for k in contenders}
     for number in range(1, ctx.rounds + 1):
         for kind in rotated(list(contenders), number):
@@ -195,23 +239,41 @@ def run(ctx: Context) -> list[Row]:
             c.times.append(result["seconds"])
             c.result = result
             ctx.log(f"  round {number}/{ctx.rounds} {c.name}: {result['seconds']:.3f} s, peak RSS {result['rss_peak_mb']:.0f} MiB")
+    return details
 
-    def cell_of(kind: str):
-        def fmt(c: Contender) -> str:
-            runs = details[kind]
-            peak = max(r["rss_peak_mb"] for r in runs)
-            grown = statistics.median(r["rss_peak_mb"] - r["rss_before_mb"] for r in runs)
-            return f"{fmt_time(c.time)} ({fmt_count_rate(records, c.time, 'rec')}), peak RSS {peak:.0f} MiB (+{grown:.0f})"
 
-        return fmt
+def run(ctx: Context) -> list[Row]:
+    records = ctx.mixture_records or (50_000 if ctx.quick else 200_000)
+    root = ctx.tmp / "root"
+    ctx.log(f"  writing a {records:,}-record annotation, its manifest and a COCO index")
+    spec = setup(root, records)
+    input_mib = spec["bytes"] / 2**20
+    ctx.log(f"  annotation: {spec['bytes'] / 1e6:.0f} MB, {spec['images']:,} images in the index")
 
-    ours = contenders["ours-json"]
-    r_ours = ours.result
+    contenders = {
+        "ours-json": Contender("vlmdata mix.build", None),
+        "peer-dump": Contender("json.load + list comprehension + json.dump", None),
+        "peer-dumps": Contender("json.load + list comprehension + write(json.dumps)", None),
+        "peer-orjson": Contender("orjson.loads + list comprehension + orjson.dumps", None),
+        "needed-ours": Contender("vlmdata needed_images (needed_by planning)", None),
+        "needed-json": Contender("json.load + set comprehension", None),
+        "needed-orjson": Contender("orjson.loads + set comprehension", None),
+    }
+    details = _race(ctx, root, spec, contenders)
     kind_of = {c.name: k for k, c in contenders.items()}
+
+    def cell(c: Contender) -> str:
+        runs = details[kind_of[c.name]]
+        peak = max(r["rss_peak_mb"] for r in runs)
+        grown = statistics.median(r["rss_peak_mb"] - r["rss_before_mb"] for r in runs)
+        return f"{fmt_time(c.time)} ({fmt_count_rate(records, c.time, 'rec')}), peak RSS {peak:.0f} MiB = {peak / input_mib:.2f}x the input (+{grown:.0f})"
+
     notes = {
         "peer-dump": "the idiom; json.dump streams through the pure-Python encoder",
         "peer-dumps": "the tuned by-hand way: C encoder, the whole output as one string",
+        "peer-orjson": "the fastest by-hand way: orjson both ways (its output escapes differ from json.dumps')",
     }
+    r_ours = contenders["ours-json"].result
 
     def note(c: Contender) -> str:
         r_peer = c.result
@@ -220,16 +282,16 @@ def run(ctx: Context) -> list[Row]:
             f"(image missing, broken, malformed) and wrote a lock; by hand kept {r_peer['kept']:,} (malformed records included)"
         )
 
-    peers = [contenders["peer-dump"], contenders["peer-dumps"]]
-    return pair_rows(
-        f"mix {records:,} records ({spec['bytes'] / 1e6:.0f} MB annotation)",
-        ours,
-        peers,
-        cell_of("ours-json"),
-        lambda c: cell_of(kind_of[c.name])(c),
-        note,
-        lambda c: {"records": records, "annotation_bytes": spec["bytes"], "runs": {k: details[k] for k in ("ours-json", kind_of[c.name])}},
-    )
+    def data(c: Contender, ours: str) -> dict:
+        return {"records": records, "annotation_bytes": spec["bytes"], "runs": {k: details[k] for k in (ours, kind_of[c.name])}}
+
+    title = f"{records:,} records ({spec['bytes'] / 1e6:.0f} MB annotation)"
+    rows = pair_rows(f"mix {title}", contenders["ours-json"], [contenders[k] for k in ("peer-dump", "peer-dumps", "peer-orjson")],
+                     cell, cell, note, lambda c: data(c, "ours-json"))
+    rows += pair_rows(f"needed_by planning, {title}", contenders["needed-ours"], [contenders["needed-json"], contenders["needed-orjson"]],
+                      cell, cell, lambda c: "the referenced image paths of every record; ours normalises each and keeps the SAM ones",
+                      lambda c: data(c, "needed-ours"))
+    return rows
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import logging
 import posixpath
 import random
@@ -23,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .annotations import load_records, record_problem
+from .annotations import Records, fast_or_json, json_bytes, record_problem
 from .catalog import DEFAULT_CATALOG, Annotation, Source, TreePath, load_models
 from .lease import current_guard, exclusive
 from .manifest import Manifest, now
@@ -80,56 +79,66 @@ def lock_key(recipe_id: str) -> str:
     return f"mixtures/{recipe_id}/lock.json"
 
 
-def _sample(rows: list, take, rng: random.Random) -> list:
+def _sample(rows: Records, take, rng: random.Random) -> Records:
     if take == "all":
         return rows
     count = round(len(rows) * take) if isinstance(take, float) else min(take, len(rows))
     chosen = sorted(rng.sample(range(len(rows)), count))  # keep the upstream order
-    return [rows[i] for i in chosen]
+    return rows.pick(chosen)
 
 
 @exclusive(lambda recipe, storage, *args, **kwargs: (storage, f"mixture/{recipe.id}"))
 def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None) -> dict:
     """Build the mixture on the storage; return its lock. One build of a recipe at a time (a
-    second waits for the first, then builds the same bytes again)."""
+    second waits for the first, then builds the same bytes again).
+
+    The annotation files are read the fast way (:class:`Records`: msgspec, a record at a time);
+    should one hold a record msgspec refuses, the build starts again reading them with ``json``,
+    which gives the same bytes or the reference error."""
     seed = recipe.seed if seed is None else seed
     fmt = fmt or recipe.format
+    return fast_or_json(lambda fast: _build(recipe, storage, catalog, seed, fmt, fast=fast), recipe.id)
+
+
+def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: int, fmt: str, *, fast: bool) -> dict:
     sources = _component_sources(recipe, catalog)
     images = ImageIndex.load(storage, catalog, sorted({s for src in sources for s in (src.id, *src.references)} & set(catalog)))
     folder = posixpath.normpath(posixpath.join(DATA_PREFIX, recipe.image_folder))
-    output, inputs, counts, dropped = [], [], {}, []
+    inputs, counts, dropped = [], {}, []
     seen_ids: dict[str, int] = {}
-    for component in recipe.components:
-        source = catalog[component.source]
-        artifact = source.artifact(component.artifact)
-        record = Manifest(storage, source.id).artifact(artifact.name)
-        if record is None or not record.complete:
-            raise MixError(f"{recipe.id}: component {component.label} is not acquired yet: run acquire_{source.id}")
-        with storage.open_read(record.placement.target) as handle:
-            rows = load_records(handle, artifact.name)
-        inputs.append({"component": component.label, "source": source.id, "artifact": artifact.name, "revision": record.revision, "sha256": record.sha256, "size": record.size, "url": record.url})
-        rng = random.Random(f"{seed}:{component.label}")
-        chosen = _sample(rows, component.take, rng)
-        tally = counts[component.label] = {"available": len(rows), "sampled": len(chosen), "kept": 0, "dropped": {}}
-        for row in chosen:
-            reason = _drop_reason(row, recipe.filters, artifact.annotation, images)
-            if reason is None and recipe.max_turns and len(row["conversations"]) // 2 > recipe.max_turns:
-                reason = "too many turns"
-            if reason is None:
-                row, reason = _apply_duplicate_policy(dict(row), recipe.duplicate_ids, seen_ids)
-            if reason is None:
-                if "image" in row:
-                    row["image"] = posixpath.relpath(image_key(artifact.annotation, row["image"]), folder)
-                    if row["image"].startswith(".."):
-                        raise MixError(f"{recipe.id}: image {row['image']} of {component.label} lies outside the image folder {recipe.image_folder!r}")
-                output.append(row)
-                tally["kept"] += 1
-            else:
-                tally["dropped"][reason] = tally["dropped"].get(reason, 0) + 1
-                dropped.append({"component": component.label, "id": row.get("id") if isinstance(row, dict) else None, "image": row.get("image") if isinstance(row, dict) else None, "reason": reason})
     staged = storage.staging_dir() / "mixtures" / f"{recipe.id}.{uuid.uuid4().hex[:12]}.{fmt}"  # this build's own
     try:
-        digest, size = write_records(staged, output, fmt)
+        with RecordWriter(staged, fmt) as output:  # kept records go straight to the file: never all in memory
+            for component in recipe.components:
+                source = catalog[component.source]
+                artifact = source.artifact(component.artifact)
+                record = Manifest(storage, source.id).artifact(artifact.name)
+                if record is None or not record.complete:
+                    raise MixError(f"{recipe.id}: component {component.label} is not acquired yet: run acquire_{source.id}")
+                with storage.open_read(record.placement.target) as handle:
+                    rows = Records.read(handle, artifact.name, size=record.placement.bytes or None, fast=fast)
+                inputs.append({"component": component.label, "source": source.id, "artifact": artifact.name, "revision": record.revision, "sha256": record.sha256, "size": record.size, "url": record.url})
+                rng = random.Random(f"{seed}:{component.label}")
+                chosen = _sample(rows, component.take, rng)
+                tally = counts[component.label] = {"available": len(rows), "sampled": len(chosen), "kept": 0, "dropped": {}}
+                annotation = artifact.annotation
+                for row in chosen:
+                    reason, key = _drop_reason(row, recipe.filters, annotation, images)
+                    if reason is None and recipe.max_turns and len(row["conversations"]) // 2 > recipe.max_turns:
+                        reason = "too many turns"
+                    if reason is None:
+                        reason = _apply_duplicate_policy(row, recipe.duplicate_ids, seen_ids)
+                    if reason is None:
+                        if key is not None:
+                            row["image"] = _relative(key, folder)
+                            if row["image"].startswith(".."):
+                                raise MixError(f"{recipe.id}: image {row['image']} of {component.label} lies outside the image folder {recipe.image_folder!r}")
+                        output.add(rows.encode(row))
+                        tally["kept"] += 1
+                    else:
+                        tally["dropped"][reason] = tally["dropped"].get(reason, 0) + 1
+                        dropped.append({"component": component.label, "id": row.get("id") if isinstance(row, dict) else None, "image": row.get("image") if isinstance(row, dict) else None, "reason": reason})
+                del rows, chosen  # one component's file in memory at a time
         current_guard()()
         storage.put_file(staged, output_key(recipe.id, fmt))
     finally:
@@ -143,14 +152,23 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
         "image_folder": folder,
         "inputs": inputs,
         "counts": counts,
-        "output": {"key": output_key(recipe.id, fmt), "records": len(output), "sha256": digest, "bytes": size},
+        "output": {"key": output_key(recipe.id, fmt), "records": output.records, "sha256": output.sha256, "bytes": output.size},
         "dropped": dropped,
     }
     current_guard()()
     storage.write_json(lock_key(recipe.id), lock)
     storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
-    log.info("%s: %d records kept, %d dropped; %s", recipe.id, len(output), len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
+    log.info("%s: %d records kept, %d dropped; %s", recipe.id, output.records, len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
     return lock
+
+
+def _relative(key: str, folder: str) -> str:
+    """``posixpath.relpath(key, folder)`` for a normalised key and folder. relpath makes both
+    absolute, calling os.getcwd() twice per record (bench `mixture` row, profile in
+    bench/README.md: 9.1 s of the 665K build's 65 s); a key inside the folder is its remainder."""
+    if key.startswith(folder) and key[len(folder):len(folder) + 1] == "/":
+        return key[len(folder) + 1:]
+    return posixpath.relpath(key, folder)
 
 
 def _component_sources(recipe: Recipe, catalog: dict[str, Source]) -> list[Source]:
@@ -165,64 +183,92 @@ def _component_sources(recipe: Recipe, catalog: dict[str, Source]) -> list[Sourc
     return sources
 
 
-def _apply_duplicate_policy(row: dict, policy: str, seen: dict[str, int]) -> tuple[dict, str | None]:
+def _apply_duplicate_policy(row: dict, policy: str, seen: dict[str, int]) -> str | None:
+    """Count the record's id; suffix it in place (``suffix``) or say why it goes (``drop``)."""
     key = str(row["id"])
-    seen[key] = seen.get(key, 0) + 1
-    if seen[key] == 1 or policy == "keep":
-        return row, None
-    if policy == "drop":
-        return row, "duplicate id"
-    row["id"] = f"{row['id']}#{seen[key]}"
-    return row, None
-
-
-def _drop_reason(row, filters: list[str], annotation: Annotation, images: ImageIndex) -> str | None:
-    problem = record_problem(row)
-    if problem:  # always: no loader survives a record without its id or conversations
-        return f"malformed: {problem}"
-    if "image" not in row:
-        return "no image" if "require_image" in filters else None
-    status = images.status(image_key(annotation, row["image"]))
-    if status is None:
+    seen[key] = number = seen.get(key, 0) + 1
+    if number == 1 or policy == "keep":
         return None
-    if status.startswith("image broken") and "drop_broken_images" in filters:
-        return "image broken"
-    if status.startswith("image missing") and "drop_missing_images" in filters:
-        return "image missing"
+    if policy == "drop":
+        return "duplicate id"
+    row["id"] = f"{row['id']}#{number}"
     return None
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+def _drop_reason(row, filters: list[str], annotation: Annotation, images: ImageIndex) -> tuple[str | None, str | None]:
+    """Why the record goes (None: it stays), and the storage key of its image (None: no image)."""
+    problem = record_problem(row)
+    if problem:  # always: no loader survives a record without its id or conversations
+        return f"malformed: {problem}", None
+    if "image" not in row:
+        return ("no image" if "require_image" in filters else None), None
+    key = image_key(annotation, row["image"])
+    status = images.status(key)
+    if status is None:
+        return None, key
+    if status.startswith("image broken") and "drop_broken_images" in filters:
+        return "image broken", key
+    if status.startswith("image missing") and "drop_missing_images" in filters:
+        return "image missing", key
+    return None, key
+
+
+class RecordWriter:
+    """Records written to a local file as they come, hashed on the way: ``add`` takes each
+    record's bytes (:meth:`Records.encode`). Fixed key order and separators: the same records
+    always give the same bytes, those of ``json.dumps(records, ensure_ascii=False,
+    separators=(",", ":"))`` and a newline (one record per line for jsonl), so a 1.5 GB
+    mixture never sits in memory as one string or as its records. (Writing and hashing in a
+    thread of its own was tried: 4.03 s against 4.13 s for the 665K records, not worth it.)"""
+
+    FLUSH = 1 << 20  # write and hash in 1 MiB pieces, not per record
+
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt = path, fmt
+        self.records = self.size = 0
+        self.sha256 = ""
+        self._digest = hashlib.sha256()
+        self._pending = bytearray(b"" if fmt == "jsonl" else b"[")
+
+    def __enter__(self) -> RecordWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = self.path.open("wb")
+        return self
+
+    def add(self, data: bytes) -> None:
+        if self.fmt == "jsonl":
+            self._pending += data
+            self._pending += b"\n"
+        else:
+            if self.records:
+                self._pending += b","
+            self._pending += data
+        self.records += 1
+        if len(self._pending) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._out.write(self._pending)
+        self._digest.update(self._pending)
+        self.size += len(self._pending)
+        self._pending.clear()
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                self._pending += b"" if self.fmt == "jsonl" else b"]\n"
+                self._flush()
+                self.sha256 = self._digest.hexdigest()
+        finally:
+            self._out.close()
 
 
 def write_records(path: Path, records: list, fmt: str) -> tuple[str, int]:
-    """Write the records to a local file, hashing as it goes; return (sha256, bytes).
-
-    Fixed key order and separators: the same records always give the same bytes, those of
-    ``json.dumps(records, separators=(",", ":"))``. Each record goes through the C encoder and
-    straight to the file, so a 1.5 GB mixture never sits in memory as one string.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    opening, between, closing = (b"", b"\n", b"\n") if fmt == "jsonl" else (b"[", b",", b"]\n")
-    with path.open("wb") as out:
-
-        def put(data: bytes) -> None:
-            nonlocal size
-            out.write(data)
-            digest.update(data)
-            size += len(data)
-
-        put(opening)
-        for number, record in enumerate(records):
-            if number and fmt == "json":
-                put(between)
-            put(_ENCODER.encode(record).encode())
-            if fmt == "jsonl":
-                put(between)
-        if fmt == "json":
-            put(closing)
-    return digest.hexdigest(), size
+    """Write the records to a local file, hashing as it goes; return (sha256, bytes)."""
+    with RecordWriter(path, fmt) as writer:
+        for record in records:
+            writer.add(json_bytes(record))
+    return writer.sha256, writer.size
 
 
 def rebuild(lock: dict, storage: Storage, catalog: dict[str, Source]) -> dict:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import html
 import logging
-import posixpath
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .annotations import AnnotationError, check_records, load_records, record_problem
+from .annotations import AnnotationError, Records, check_records, fast_or_json, image_path, record_problem
 from .catalog import Annotation, Source
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
@@ -45,11 +45,12 @@ def report_key(source_id: str, name: str = "integrity.json") -> str:
 def image_key(annotation: Annotation, image: str) -> str:
     """Storage key of an annotation's image: ``data/<image_folder>/<image>``, following the
     annotation's links (a folder the records expect -> the data-tree folder holding the files)."""
-    path = posixpath.normpath(posixpath.join(annotation.image_folder, image))
-    for expected, actual in sorted(annotation.links.items(), key=lambda kv: -len(kv[0])):
-        if path.startswith(expected + "/"):
-            path = actual + path[len(expected):]
-            break
+    path = image_path(annotation.image_folder, image)
+    if annotation.links:
+        for expected, actual in sorted(annotation.links.items(), key=lambda kv: -len(kv[0])):
+            if path.startswith(expected + "/"):
+                path = actual + path[len(expected):]
+                break
     return f"{DATA_PREFIX}/{path}"
 
 
@@ -104,7 +105,7 @@ def _tally(bucket: dict, reason: str, example) -> None:
         entry["examples"].append(example)
 
 
-def check_references(records: list, annotation: Annotation, images: ImageIndex) -> dict:
+def check_references(records: Sequence, annotation: Annotation, images: ImageIndex) -> dict:
     unresolved: dict[str, dict] = {}
     resolved = 0
     for record in records:
@@ -336,17 +337,21 @@ def _check_annotations(source, storage, catalog, records, report) -> None:
         return
     images = ImageIndex.load(storage, catalog, sorted({source.id, *source.references} & set(catalog)))
     for artifact in annotated:
-        key = records[artifact.name].placement.target
+        placement = records[artifact.name].placement
+
+        def checks(fast: bool, placement=placement, artifact=artifact) -> tuple[dict, dict]:  # a record at a time (Records)
+            with storage.open_read(placement.target) as handle:
+                rows = Records.read(handle, artifact.name, size=placement.bytes or None, fast=fast)
+            return check_records(rows), check_references(rows, artifact.annotation, images)
+
         try:
-            with storage.open_read(key) as handle:
-                rows = load_records(handle, artifact.name)
+            checked, refs = fast_or_json(checks, artifact.name)
         except AnnotationError as exc:
             report["failures"].append(str(exc))
             continue
-        checked = report["annotations"][artifact.name] = check_records(rows)
+        report["annotations"][artifact.name], report["references"][artifact.name] = checked, refs
         if checked["invalid"]:
             report["warnings"].append(f"{artifact.name}: {checked['invalid']} of {checked['records']} records are malformed")
-        refs = report["references"][artifact.name] = check_references(rows, artifact.annotation, images)
         if refs["unresolved"]:
             report["warnings"].append(f"{artifact.name}: {refs['unresolved']} of {refs['resolved'] + refs['unresolved']} referenced images are missing or broken")
 

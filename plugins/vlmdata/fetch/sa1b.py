@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import re
 import tarfile
 import time
@@ -53,7 +52,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..annotations import load_records
+from ..annotations import Records, fast_or_json, image_path
 from ..catalog import Artifact, Extract, Source, load_catalog
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
@@ -312,11 +311,11 @@ def sam_images(records: Iterable[Mapping], image_folder: str = "") -> list[str]:
     """The distinct ``sam/images/...`` paths (relative to the data tree) the records reference."""
     seen: dict[str, None] = {}
     for record in records:
-        images = record.get("image") if isinstance(record, Mapping) else None
+        images = record.get("image") if type(record) is dict or isinstance(record, Mapping) else None
         for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
             if not isinstance(image, str) or not image:
                 continue
-            path = posixpath.normpath(posixpath.join(image_folder, image))
+            path = image_path(image_folder, image)
             if path.startswith(IMAGES_FOLDER + "/"):
                 seen[path] = None
     return list(seen)
@@ -483,15 +482,20 @@ def needed_images(storage: Storage, catalog: Mapping[str, Source], paths: Iterab
     for path in paths:
         path = path.strip().strip("/")
         key = f"{DATA_PREFIX}/{path}"
-        if not storage.exists(key):
+        size = storage.size(key)
+        if size is None:
             raise FileNotFoundError(
                 f"needed_by: {path} is not in the data tree ({key} on {storage.url}): acquire the source of that annotation "
                 f"file first. The catalog's annotation files that reference SAM images: "
                 f"{', '.join(sorted(t for t, folder in folders.items() if t.startswith('sharegpt4v/'))) or 'none'}"
             )
-        with storage.open_read(key) as handle:
-            records = load_records(handle, path)
-        found.update(dict.fromkeys(sam_images(records, folders.get(path, ""))))
+
+        def images_of(fast: bool, key=key, path=path, size=size) -> list[str]:  # a record at a time (Records)
+            with storage.open_read(key) as handle:
+                records = Records.read(handle, path, size=size, fast=fast)
+            return sam_images(records, folders.get(path, ""))
+
+        found.update(dict.fromkeys(fast_or_json(images_of, path)))
     return list(found)
 
 

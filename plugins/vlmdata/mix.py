@@ -80,6 +80,19 @@ def lock_key(recipe_id: str) -> str:
     return f"mixtures/{recipe_id}/lock.json"
 
 
+def summary_key(recipe_id: str) -> str:
+    return f"mixtures/{recipe_id}/summary.json"
+
+
+def lock_summary(lock: dict) -> dict:
+    """The lock without its list of dropped records (millions in a large mixture), which it
+    counts by reason instead: what the UI's status page reads."""
+    dropped: dict[str, int] = {}
+    for entry in lock["dropped"]:
+        dropped[entry["reason"]] = dropped.get(entry["reason"], 0) + 1
+    return {**{k: v for k, v in lock.items() if k != "dropped"}, "dropped": dropped}
+
+
 def _sample(rows: list, take, rng: random.Random) -> list:
     if take == "all":
         return rows
@@ -148,6 +161,7 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
     }
     current_guard()()
     storage.write_json(lock_key(recipe.id), lock)
+    storage.write_json(summary_key(recipe.id), lock_summary(lock))
     storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
     log.info("%s: %d records kept, %d dropped; %s", recipe.id, len(output), len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
     return lock

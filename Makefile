@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	# The editable build leaves plugins/vlmdata.egg-info, on sys.path beside the package: Airflow
+	# would find the UI plugin's entry point twice ("Plugin 'vlmdata' already registered").
+	rm -rf plugins/vlmdata.egg-info
 	touch $(STAMP)
 
 run: $(STAMP)  ## Airflow (API server, scheduler, DAG processor) on http://localhost:8080, storage in ./data

@@ -42,10 +42,13 @@ def test_the_app_refuses_anonymous_requests():
 
 
 def test_the_plugin_is_registered_through_the_package_entry_point():
-    from importlib.metadata import entry_points
+    from importlib.metadata import distributions, entry_points
 
     from vlmdata.ui import VlmdataPlugin
 
+    # Airflow reads every distribution's entry points: a second copy of the package's metadata
+    # on the path (the editable build's egg-info, which `make` removes) registers it twice.
+    assert len([d for d in distributions() if d.metadata["Name"] == "vlmdata"]) == 1
     (entry,) = [e for e in entry_points(group="airflow.plugins") if e.name == "vlmdata"]
     assert entry.load() is VlmdataPlugin
     assert {link.name for link in VlmdataPlugin.operator_extra_links} == {"Integrity report", "Composition", "Lock", "Manifest"}

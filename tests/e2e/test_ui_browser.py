@@ -1,6 +1,6 @@
 """The vlmdata page in a real browser: Debian's Chromium (installed when missing, as the servers
 of the distributed tests are) driven by Playwright, against a real Airflow whose storage holds
-what the library wrote from the slice's replicas (COCO with its planted broken and missing
+what the library wrote from the slice's replicas (a local root, then S3) (COCO with its planted broken and missing
 images, LLaVA-Instruct-150K with its malformed record, both layouts, a mixture).
 
 A user logs in through Airflow's login page, opens "vlmdata" from the navigation, reads every
@@ -12,7 +12,11 @@ goes to ``<tmp>/screenshots`` (printed at the end). Anonymous requests to the pl
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
+from urllib.parse import unquote
+
+import boto3
 
 import pytest
 import requests
@@ -27,18 +31,21 @@ from vlmdata.replicas.hf_hub import FakeHfHub
 from vlmdata.replicas.http_server import FakeHttpServer
 from vlmdata.replicas.slice import MISSING_FROM_COCO, SliceReplica
 from vlmdata.services import chromium_path, ensure_installed
-from vlmdata.storage import LocalStorage
+from vlmdata.storage import LocalStorage, S3Options, S3Storage
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 MIX_DAG = "mix_llava_instruct_150k"
+VERIFY_DAG = "verify_coco_train2017"
 # Playwright's waits: an API server on a loaded 2-core machine can take tens of seconds a page.
 WAIT_MS = 120_000
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", "s3"])
+def deployment(request, tmp_path_factory):
+    """Airflow over a storage the library filled, on a local root and on S3 (moto's server),
+    the root set as a user sets it (VLMDATA_ROOT; on S3 the aws_default connection)."""
     ensure_installed(("chromium",))
     work = tmp_path_factory.mktemp("ui")
     with FakeHttpServer() as http, FakeHfHub() as hub, pytest.MonkeyPatch.context() as env:
@@ -46,9 +53,16 @@ def deployment(tmp_path_factory):
         settings = replica.install(http, hub, work)
         for key, value in settings.items():
             env.setenv(key, value)
-        storage = LocalStorage(work / "root")
+        if request.param == "local":
+            storage = LocalStorage(work / "root")
+        else:
+            endpoint = request.getfixturevalue("s3_endpoint")
+            bucket = f"ui-{uuid.uuid4().hex[:12]}"
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            storage = S3Storage(f"s3://{bucket}/root", S3Options(endpoint_url=endpoint), staging=work / "staging")
+            settings["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": endpoint}})
         slice_storage.fill(storage)
-        settings.update({"VLMDATA_ROOT": str(work / "root"), "VLMDATA_STAGING": str(work / "staging")})
+        settings.update({"VLMDATA_ROOT": storage.url, "VLMDATA_STAGING": str(work / "staging")})
         airflow = LocalAirflow(work / "airflow", REPO / "dags", port=free_port(), extra_env=settings, log_server_port=free_port())
         with airflow:
             airflow.wait_ready(timeout=300)
@@ -84,9 +98,14 @@ def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
     airflow, client, replica, storage, work = deployment
     shots = work / "screenshots"
     shots.mkdir(exist_ok=True)
-    # A mixture run, for its task's extra links and the page's "last run".
-    run_id = client.trigger(MIX_DAG)
-    assert client.wait_for_run(MIX_DAG, run_id, timeout=600) == "success", client.task_logs(MIX_DAG, run_id)
+    # A verification of COCO, which the pipeline follows as it would after an acquisition: the
+    # verification of LLaVA-Instruct (whose records point into COCO), then the mixture. Their
+    # tasks carry the extra links; the page shows their runs.
+    runs = {VERIFY_DAG: client.trigger(VERIFY_DAG)}
+    assert client.wait_for_run(VERIFY_DAG, runs[VERIFY_DAG], timeout=600) == "success", client.task_logs(VERIFY_DAG, runs[VERIFY_DAG])
+    mixed = client.wait_until(lambda: [r for r in client.runs(MIX_DAG) if r["state"] in ("success", "failed")], timeout=900, interval=3)
+    assert [r["state"] for r in mixed] == ["success"], client.task_logs(MIX_DAG, mixed[0]["dag_run_id"])
+    runs[MIX_DAG] = mixed[0]["dag_run_id"]
 
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(WAIT_MS)
@@ -112,6 +131,8 @@ def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
         assert coco.locator("td.broken").inner_text() == str(len(replica.broken_keys))
         assert coco.locator("td.missing").inner_text() == "0"
         assert coco.locator("td.quarantined").inner_text() == str(len(replica.broken_keys))
+        assert coco.locator("td.verify-run .badge").inner_text() == "success"  # the run above
+        assert unquote(coco.locator("td.verify-run a").get_attribute("href")).endswith(f"/runs/{runs[VERIFY_DAG]}")
         llava = frame.locator("#source-llava_instruct_150k")
         assert replica.commit[:12] in llava.inner_text() and "malformed" in llava.inner_text()
         assert "not acquired" in frame.locator("#source-gqa").inner_text()
@@ -131,8 +152,14 @@ def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
         expect(frame.locator("h1")).to_contain_text("coco_train2017", timeout=WAIT_MS)  # once the frame has moved on
         page.screenshot(path=shots / "04-integrity-report.png", full_page=True)
 
-        # The mixture task's extra links, on the task instance's Details tab.
-        page.goto(f"{airflow.url}/dags/{MIX_DAG}/runs/{run_id}/tasks/build")
+        # A task's extra links, on the task instance's Details tab: the verification's report...
+        page.goto(f"{airflow.url}/dags/{VERIFY_DAG}/runs/{runs[VERIFY_DAG]}/tasks/report")
+        page.get_by_role("link", name="Details").click()
+        page.get_by_role("link", name="Integrity report").click()
+        page.wait_for_url("**/vlmdata/files/_vlmdata/reports/coco_train2017/integrity.html")
+        expect(page.locator("h1")).to_contain_text("coco_train2017")
+        # ... and the mixture's chart and lock.
+        page.goto(f"{airflow.url}/dags/{MIX_DAG}/runs/{runs[MIX_DAG]}/tasks/build")
         page.get_by_role("link", name="Details").click()
         lock_link = page.get_by_role("link", name="Lock")
         lock_link.wait_for()

@@ -63,3 +63,24 @@ def test_a_mixture_built_before_summaries_is_read_from_its_lock(storage, upstrea
     expected = {m.id: m for m in gather(storage).mixtures}["llava_instruct_150k"]
     storage.delete("mixtures/llava_instruct_150k/summary.json")
     assert {m.id: m for m in gather(storage).mixtures}["llava_instruct_150k"] == expected
+
+
+def test_every_task_link_opens_a_file_the_plugin_serves(storage, upstream):
+    """The extra links of fetch, report and build tasks name files that exist and are served."""
+    from urllib.parse import unquote
+
+    from vlmdata.operators import BuildMixtureOperator, HttpFetchOperator, ReportVerifyOperator
+    from vlmdata.operators.links import CompositionLink, IntegrityReportLink, LockLink, ManifestLink
+
+    slice_storage.fill(storage)
+    tasks = [
+        (HttpFetchOperator(task_id="fetch", source_id="coco_train2017", pin={"name": "train2017.zip"}), ManifestLink()),
+        (ReportVerifyOperator(task_id="report", source_id="coco_train2017"), IntegrityReportLink()),
+        (BuildMixtureOperator(task_id="build", recipe_id="llava_instruct_150k"), CompositionLink()),
+        (BuildMixtureOperator(task_id="build", recipe_id="llava_instruct_150k"), LockLink()),
+    ]
+    for operator, link in tasks:
+        url = link.get_link(operator, ti_key=None)
+        assert url.startswith("vlmdata/files/")  # relative to Airflow's base URL
+        key = unquote(url.removeprefix("vlmdata/files/"))
+        assert status.servable(key) and storage.exists(key), (link.name, key)

@@ -66,7 +66,7 @@ def file_url(key: str) -> str:
 
 def run_url(run: status.Run) -> str:
     """The run's page in Airflow's UI, relative to the page (which sits one level under it)."""
-    return f"../dags/{quote(run.dag_id)}/runs/{quote(run.run_id or '', safe='')}"
+    return f"../dags/{quote(run.dag_id)}/runs/{quote(run.run_id or '', safe=':+')}"
 
 
 templates.filters.update(bytes=human_bytes, when=when)

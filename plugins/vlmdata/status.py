@@ -208,3 +208,44 @@ def servable(key: str) -> bool:
     if key.startswith(_SERVED_PREFIXES):
         return True
     return len(parts) == 3 and parts[0] == "mixtures" and parts[2] in _SERVED_MIXTURE_FILES
+
+
+def human_bytes(count: int | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(count or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def as_text(summary: Status) -> str:
+    """What the page shows, for a terminal (``vlmdata status``)."""
+
+    def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+    lines = [f"storage {summary.root}", ""]
+    rows = []
+    for s in summary.sources:
+        integrity = (s.integrity or "not verified") + (" (before the last acquisition)" if s.stale else "")
+        counts = f"{s.ok}/{s.broken}/{s.missing}/{s.quarantined}" if s.integrity else ""
+        rows.append((s.id, (s.revision or "")[:12], s.published_at[:16] if s.acquired else "not acquired", human_bytes(s.bytes) if s.artifacts else "", integrity, counts))
+    lines += table(("source", "revision", "acquired", "bytes", "integrity", "ok/broken/missing/quarantined"), rows)
+    for s in summary.sources:
+        lines += [f"  {s.id}: {reason}" for reason in s.reasons if s.integrity in ("warn", "fail")]
+    lines.append("")
+    rows = [(l.id, l.root, l.built_at[:16] if l.built_at else "not built", "complete" if l.complete else ("missing: " + ", ".join(l.missing) if l.built_at else "")) for l in summary.layouts]
+    lines += table(("layout", "view under", "built", "state"), rows)
+    lines.append("")
+    rows = []
+    for m in summary.mixtures:
+        if m.built_at is None:
+            rows.append((m.id, "not built", "", "", ""))
+            continue
+        dropped = ", ".join(f"{reason}: {count}" for reason, count in sorted(m.dropped.items())) or "none"
+        rows.append((m.id, m.built_at[:16], str(m.records), f"--image_folder <root>/{m.image_folder}", f"dropped {dropped}"))
+    lines += table(("mixture", "built", "records", "train with", "dropped"), rows)
+    return "\n".join(lines)

@@ -84,3 +84,26 @@ def test_every_task_link_opens_a_file_the_plugin_serves(storage, upstream):
         assert url.startswith("vlmdata/files/")  # relative to Airflow's base URL
         key = unquote(url.removeprefix("vlmdata/files/"))
         assert status.servable(key) and storage.exists(key), (link.name, key)
+
+
+def test_vlmdata_status_prints_what_the_page_shows(tmp_path, upstream, capsys):
+    from vlmdata.cli import main
+    from vlmdata.storage import LocalStorage
+
+    replica, _http, _hub = upstream
+    slice_storage.fill(LocalStorage(tmp_path / "root"))
+    capsys.readouterr()
+    assert main(["--root", str(tmp_path / "root"), "status"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+    def line(name: str, last: bool = False) -> str:  # a source and a mixture share a name
+        found = [line for line in lines if line.split()[0] == name]
+        return found[-1 if last else 0]
+
+    good, broken = len(replica.good_bare_names), len(replica.broken_keys)
+    assert "warn" in line("coco_train2017") and f"{good}/{broken}/0/{broken}" in line("coco_train2017")
+    assert replica.commit[:12] in line("llava_instruct_150k")
+    assert "not acquired" in line("gqa") and "not verified" in line("gqa")
+    assert "gqa/images" in line("llava15")
+    mixture = line("llava_instruct_150k", last=True)
+    assert f" {good} " in mixture and "--image_folder <root>/data" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture

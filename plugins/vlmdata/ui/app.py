@@ -40,17 +40,6 @@ CHUNK = 1024 * 1024
 templates = Environment(loader=PackageLoader("vlmdata", "ui/templates"), autoescape=select_autoescape(["html", "svg"]))
 
 
-def human_bytes(count: int | None) -> str:
-    if not count:
-        return "0 B"
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def when(iso: str | None) -> str:
     """An ISO time as a person reads it, in UTC to the minute."""
     if not iso:
@@ -69,7 +58,7 @@ def run_url(run: status.Run) -> str:
     return f"../dags/{quote(run.dag_id)}/runs/{quote(run.run_id or '', safe=':+')}"
 
 
-templates.filters.update(bytes=human_bytes, when=when)
+templates.filters.update(bytes=status.human_bytes, when=when)
 templates.globals.update(file_url=file_url, run_url=run_url)
 
 

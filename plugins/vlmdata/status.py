@@ -20,6 +20,7 @@ from .catalog import Source
 from .layout import Profile
 from .manifest import Manifest, SourceRecord
 from .mix import Recipe, lock_key, lock_summary, summary_key
+from .pages import human_bytes
 from .storage import STATE_PREFIX, Storage
 from .verify import report_key
 
@@ -208,16 +209,6 @@ def servable(key: str) -> bool:
     if key.startswith(_SERVED_PREFIXES):
         return True
     return len(parts) == 3 and parts[0] == "mixtures" and parts[2] in _SERVED_MIXTURE_FILES
-
-
-def human_bytes(count: int | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    size = float(count or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def as_text(summary: Status) -> str:

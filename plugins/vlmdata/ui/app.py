@@ -2,7 +2,7 @@
 
 Thin: :mod:`vlmdata.status` gathers the summary from the storage (the same root the tasks
 write: the ``vlmdata_root`` Variable and the ``aws_default`` connection, read from the metadata
-database), the metadata database gives each DAG's last run, Jinja2 templates render it.
+database), the metadata database gives each DAG's last run, :mod:`vlmdata.pages` renders it.
 
 Airflow does not authenticate a plugin's app (a mounted app inherits none of the API's
 dependencies), so every route here depends on the API server's own check: a signed-in user
@@ -21,31 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import mimetypes
-from datetime import datetime
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, StreamingResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow.api_fastapi.core_api.security import requires_access_dag
 
-from .. import settings, status
+from .. import pages, settings, status
 from ..layout import load_profiles
 from ..mix import load_recipes
 
 CHUNK = 1024 * 1024
-
-templates = Environment(loader=PackageLoader("vlmdata", "ui/templates"), autoescape=select_autoescape(["html", "svg"]))
-
-
-def when(iso: str | None) -> str:
-    """An ISO time as a person reads it, in UTC to the minute."""
-    if not iso:
-        return ""
-    moment = datetime.fromisoformat(iso)
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment.utcoffset() is not None else moment.strftime("%Y-%m-%d %H:%M")
 
 
 def file_url(key: str) -> str:
@@ -56,10 +44,6 @@ def file_url(key: str) -> str:
 def run_url(run: status.Run) -> str:
     """The run's page in Airflow's UI, relative to the page (which sits one level under it)."""
     return f"../dags/{quote(run.dag_id)}/runs/{quote(run.run_id or '', safe=':+')}"
-
-
-templates.filters.update(bytes=status.human_bytes, when=when)
-templates.globals.update(file_url=file_url, run_url=run_url)
 
 
 def dag_runs(dag_ids: list[str]) -> dict[str, status.Run]:
@@ -107,7 +91,7 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return templates.get_template("status.html").render(status=gather())
+        return pages.render("status.html", status=gather(), file_url=file_url, run_url=run_url)
 
     @app.get("/status.json")
     def status_json() -> dict:

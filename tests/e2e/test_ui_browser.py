@@ -1,11 +1,13 @@
 """The vlmdata page in a real browser: Debian's Chromium (installed when missing, as the servers
 of the distributed tests are) driven by Playwright, against a real Airflow whose storage holds
-what the library wrote from the slice's replicas (a local root, then S3) (COCO with its planted broken and missing
-images, LLaVA-Instruct-150K with its malformed record, both layouts, a mixture).
+what the library wrote from the slice's replicas, on a local root, then on S3: COCO with its
+planted broken and missing images, LLaVA-Instruct-150K with its malformed record, both layouts,
+a mixture.
 
 A user logs in through Airflow's login page, opens "vlmdata" from the navigation, reads every
 source's status and counts and the mixture's records, opens a report and a chart through their
-links, and follows the "Lock" and "Composition" links of a mixture's task. A screenshot per step
+links, follows the extra links of a verification's and a mixture's tasks, and builds a mixture
+from the ``mix`` DAG's Trigger form, then finds it on the page. A screenshot per step
 goes to ``<tmp>/screenshots`` (printed at the end). Anonymous requests to the plugin are refused.
 """
 
@@ -36,7 +38,8 @@ from vlmdata.storage import LocalStorage, S3Options, S3Storage
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-MIX_DAG = "mix_llava_instruct_150k"
+RECIPE = "llava_instruct_150k"
+MIX_DAG = f"mix_{RECIPE}"
 VERIFY_DAG = "verify_coco_train2017"
 # Playwright's waits: an API server on a loaded 2-core machine can take tens of seconds a page.
 WAIT_MS = 120_000
@@ -175,6 +178,32 @@ def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
         chart = page.goto(f"{airflow.url}/{composition}")
         assert chart.ok and chart.headers["content-type"] == "image/svg+xml"
         assert "llava_instruct_150k" in chart.text()
+
+        # A mixture built from the `mix` DAG's form (another seed and format): its result on the page.
+        page.goto(f"{airflow.url}/dags/mix")
+        page.get_by_role("button", name="Trigger").first.click()
+        form = page.get_by_role("dialog")
+        recipe, fmt = form.get_by_role("combobox").all()
+        recipe.click()
+        page.keyboard.type(RECIPE)
+        page.keyboard.press("Enter")
+        fmt.click()
+        page.keyboard.type("jsonl")
+        page.keyboard.press("Enter")
+        form.get_by_role("spinbutton").fill("7")
+        page.screenshot(path=shots / "07-trigger-form.png")
+        form.get_by_role("button", name="Trigger").click()
+        page.wait_for_url("**/dags/mix/runs/**")
+        (run,) = client.runs("mix")
+        assert run["conf"] == {"recipe": RECIPE, "seed": 7, "format": "jsonl"}
+        assert client.wait_for_run("mix", run["dag_run_id"], timeout=600) == "success", client.task_logs("mix", run["dag_run_id"])
+        links = client.request("GET", f"dags/mix/dagRuns/{run['dag_run_id']}/taskInstances/build/links").json()["extra_links"]
+        assert links["Lock"].endswith(f"mixtures/{RECIPE}/lock.json")  # the recipe chosen in the form
+        page.goto(f"{airflow.url}/vlmdata/")
+        mixture = page.locator(f"#mixture-{RECIPE}")
+        assert "jsonl, seed 7" in mixture.inner_text()
+        assert mixture.locator(".records").inner_text() == str(len(replica.good_bare_names))
+        page.screenshot(path=shots / "08-vlmdata-page-after-the-form.png", full_page=True)
     except BaseException:
         try:
             page.screenshot(path=shots / "failure.png", full_page=True, timeout=30_000)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .catalog import Source
@@ -27,6 +28,7 @@ from .verify import report_key
 log = logging.getLogger("vlmdata.status")
 
 INDEX_KEY = f"{STATE_PREFIX}/reports/index.html"
+READERS = 8  # sources and mixtures read at once
 
 
 @dataclass(frozen=True)
@@ -185,14 +187,18 @@ def gather(
     recipes: Mapping[str, Recipe],
     runs: Mapping[str, Run] | None = None,
 ) -> Status:
-    """Everything the page shows; ``runs`` maps a DAG id to its :class:`Run`."""
-    return Status(
-        root=storage.url,
-        sources=[source_status(storage, catalog[i], runs) for i in sorted(catalog)],
-        layouts=[layout_status(storage, profiles[i], runs) for i in sorted(profiles)],
-        mixtures=[mixture_status(storage, recipes[i], runs) for i in sorted(recipes)],
-        index=INDEX_KEY if storage.exists(INDEX_KEY) else None,
-    )
+    """Everything the page shows; ``runs`` maps a DAG id to its :class:`Run`. Sources and
+    mixtures are read in parallel: on S3 each is a few requests, whose round trips overlap."""
+    with ThreadPoolExecutor(READERS) as pool:
+        sources = pool.map(lambda i: source_status(storage, catalog[i], runs), sorted(catalog))
+        mixtures = pool.map(lambda i: mixture_status(storage, recipes[i], runs), sorted(recipes))
+        return Status(
+            root=storage.url,
+            sources=list(sources),
+            layouts=[layout_status(storage, profiles[i], runs) for i in sorted(profiles)],
+            mixtures=list(mixtures),
+            index=INDEX_KEY if storage.exists(INDEX_KEY) else None,
+        )
 
 
 # Storage keys the UI may serve (reports, manifests, layout reports, locks and charts), never

@@ -60,6 +60,8 @@ class SourceStatus:
     broken: int = 0
     missing: int = 0
     quarantined: int = 0
+    references_resolved: int = 0  # images its annotation files reference that are present and decode
+    references_unresolved: int = 0
     reasons: list[str] = field(default_factory=list)  # the report's failures, then its warnings
     report: str | None = None  # storage key of the integrity page
     report_json: str | None = None
@@ -138,6 +140,8 @@ def source_status(storage: Storage, source: Source, runs: Mapping[str, Run] | No
         status.ok, status.broken = images.get("ok", 0), images.get("broken_count", 0)
         status.missing = sum(a.get("missing", 0) for a in report["artifacts"].values())
         status.quarantined = report.get("quarantined", 0)
+        status.references_resolved = sum(r["resolved"] for r in report["references"].values())
+        status.references_unresolved = sum(r["unresolved"] for r in report["references"].values())
         status.reasons = [*report["failures"], *report["warnings"]]
         status.report_json = report_key(source.id)
         if storage.exists(report_key(source.id, "integrity.html")):

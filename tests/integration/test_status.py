@@ -33,6 +33,7 @@ def test_the_page_summary_names_the_planted_faults(storage, upstream):
     llava = sources["llava_instruct_150k"]
     assert llava.revision == replica.commit and llava.bytes == sum(len(b) for b in replica.llava_files.values())
     assert any("malformed" in reason for reason in llava.reasons)
+    assert llava.references_resolved > 0 and llava.references_unresolved > 0 and llava.ok == 0  # its images are COCO's
 
     gqa = sources["gqa"]
     assert not gqa.acquired and gqa.integrity is None and gqa.bytes == 0

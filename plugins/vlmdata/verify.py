@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from . import pages
 from .annotations import AnnotationError, check_records, load_records, record_problem
 from .catalog import Annotation, Source
+from .crawl import report_key as crawl_report_key
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
 from .lease import current_guard, exclusive
@@ -273,6 +274,7 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     manifest = Manifest(storage, source.id)
     report["images"] = _summarise_images(storage, results, report, manifest)
     _check_annotations(source, storage, catalog, manifest.artifacts(), report)
+    _note_crawl(storage, report)
     _apply_thresholds(source, report)
     report["status"] = "fail" if report["failures"] else "warn" if report["warnings"] else "ok"
     current_guard()()
@@ -328,6 +330,19 @@ def _summarise_images(storage, results: dict[str, dict], report, manifest: Manif
         report["warnings"].append(f"{len(mislabelled)} images are named with the wrong format, e.g. {', '.join(sorted(mislabelled)[:3])} (all in the report)")
     checked = len(set(results) | set(broken))
     return {"checked": checked, "ok": checked - len(broken), "broken": dict(list(broken.items())[:MAX_EXAMPLES]), "broken_count": len(broken), "mislabelled": dict(list(mislabelled.items())[:MAX_EXAMPLES]), "formats": formats}
+
+
+def _note_crawl(storage: Storage, report: dict) -> None:
+    """A crawled source (OCR-VQA): its crawl's counts and, bounded, the images it could not store
+    (dead URLs, broken upstream) and the ones it converted; a warning when images are missing."""
+    crawl = storage.read_json(crawl_report_key(report["source"]), default=None)
+    if crawl is None:
+        return
+    counts = crawl["counts"]
+    report["crawl"] = {"finished_at": crawl["finished_at"], "counts": counts, **{what: dict(list(crawl.get(what, {}).items())[:MAX_EXAMPLES]) for what in ("dead", "broken", "converted")}}
+    if counts.get("missing"):
+        examples = ", ".join(list(crawl.get("missing", []))[:3])
+        report["warnings"].append(f"{counts['missing']} images of the list are not stored ({counts.get('dead', 0)} dead URLs, {counts.get('broken', 0)} broken upstream), e.g. ids {examples} (all in crawl.json)")
 
 
 def _check_annotations(source, storage, catalog, records, report) -> None:

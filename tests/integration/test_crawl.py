@@ -524,3 +524,22 @@ def test_a_mirror_download_resumes_after_resets_within_a_run_and_across_runs(sto
         assert record["upstream"]["size"] == len(data) and record["upstream"]["sha256"] == hashlib.sha256(data).hexdigest()
         assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
         assert staged_archives(storage) == []
+
+
+def test_the_integrity_report_names_the_crawls_dead_and_converted_images(storage, waits):
+    """OCR-VQA's report page says what its crawl could not store, not just that the stored
+    images decode."""
+    from vlmdata.verify import verify_source
+
+    with FakeHttpServer() as srv:
+        site = build_site(srv)
+        storage.write_json(LIST_KEY, site.listing)
+        mirrors = Mirrors({AMAZON: f"{srv.url}/amazon/"})
+        for shard in plan_shards(storage, LIST_KEY, INTO, shard_size=25):
+            crawl_shard(storage, shard["key"], INTO, mirrors=mirrors, policy=FAST, workers=8, per_host=4)
+        finish(storage, "ocr_vqa", INTO)
+    report = verify_source(load_catalog()["ocr_vqa"], storage, load_catalog(), workers=1)
+    assert report["crawl"]["counts"]["missing"] == 7 and set(report["crawl"]["dead"]) == site.ids("404", "503", "no_url")
+    assert any(w.startswith("7 images of the list are not stored (5 dead URLs, 2 broken upstream)") for w in report["warnings"])
+    page = storage.read_bytes("_vlmdata/reports/ocr_vqa/integrity.html").decode()
+    assert all(image_id in page for image_id in site.ids("404", "gif")) and "GIF-&gt;JPEG" in page and "crawl.json" in page

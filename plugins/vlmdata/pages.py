@@ -21,11 +21,12 @@ def human_bytes(count: int | None) -> str:
 
 
 def when(iso: str | None) -> str:
-    """An ISO time as a person reads it, to the minute (UTC when it says so)."""
+    """An ISO time as a person reads it, to the second (UTC when it says so). Seconds, so that
+    :mod:`vlmdata.treedigest` recognises it as a timestamp in a stored report."""
     if not iso:
         return ""
     moment = datetime.fromisoformat(iso)
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment.utcoffset() is not None else moment.strftime("%Y-%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment.utcoffset() is not None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def reason(report: dict) -> str:

@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml requirements.lock
 	# CPU-s to import what a task imports, paid by every Airflow task (about 25 s more install).
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	# The editable build leaves plugins/vlmdata.egg-info, on sys.path beside the package: Airflow
+	# would find the UI plugin's entry point twice ("Plugin 'vlmdata' already registered").
+	rm -rf plugins/vlmdata.egg-info
 	touch $(STAMP)
 
 run: $(STAMP)  ## Airflow (API server, scheduler, DAG processor) on http://localhost:8080, storage in ./data

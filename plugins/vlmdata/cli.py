@@ -7,6 +7,7 @@
     vlmdata layout llava15
     vlmdata mix llava_instruct_150k [--seed N] [--format jsonl]
     vlmdata pools > pools.json && airflow pools import pools.json
+    vlmdata status [--json]
 
 ``--root`` (or ``VLMDATA_ROOT``) is a folder or ``s3://bucket/prefix``; ``--catalog`` (or
 ``VLMDATA_CATALOG``) adds a folder of private source YAML files to the built-in catalog.
@@ -15,12 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 
-from . import __version__, acquire, redaction, settings
+from . import __version__, acquire, redaction, settings, status
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
 from .mix import build, load_recipes, rebuild
@@ -80,6 +82,12 @@ def cmd_mix(args, catalog) -> int:
     return 0
 
 
+def cmd_status(args, catalog) -> int:
+    summary = status.gather(settings.from_env(args.root).storage(), catalog, load_profiles(), load_recipes())
+    print(json.dumps(dataclasses.asdict(summary), indent=1) if args.json else status.as_text(summary))
+    return 0
+
+
 def _lookup(table: dict, key: str):
     if key not in table:
         raise SystemExit(f"vlmdata: unknown name {key!r}; known: {', '.join(sorted(table))}")
@@ -118,6 +126,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--format", choices=["json", "jsonl"])
     p.set_defaults(func=cmd_mix)
+    p = sub.add_parser("status", help="what is on the storage: sources, layouts, mixtures (the UI's vlmdata page)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON (what the page's status.json serves)")
+    p.set_defaults(func=cmd_status)
     return top
 
 

@@ -274,7 +274,7 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
         },
         tags=["vlmdata", "mixture"],
     ) as dag:
-        BuildMixtureOperator(task_id="build")
+        BuildMixtureOperator(task_id="build", recipe_id="{{ params.recipe }}")
     return with_timeouts(dag)
 
 

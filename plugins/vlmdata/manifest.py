@@ -31,6 +31,11 @@ def index_key(source_id: str, artifact: str) -> str:
     return f"{source_prefix(source_id)}/index/{_safe(artifact)}.json"
 
 
+def artifact_key(source_id: str, artifact: str) -> str:
+    """The record of one artifact (one small JSON each: mapped fetches never rewrite one object)."""
+    return f"{source_prefix(source_id)}/artifacts/{_safe(artifact)}.json"
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -79,11 +84,8 @@ class Manifest:
         self.storage, self.source_id = storage, source_id
         self.prefix = source_prefix(source_id)
 
-    def _artifact_key(self, name: str) -> str:
-        return f"{self.prefix}/artifacts/{_safe(name)}.json"
-
     def artifact(self, name: str) -> ArtifactRecord | None:
-        data = self.storage.read_json(self._artifact_key(name), default=None)
+        data = self.storage.read_json(artifact_key(self.source_id, name), default=None)
         return ArtifactRecord.model_validate(data) if data else None
 
     def artifacts(self) -> dict[str, ArtifactRecord]:
@@ -94,7 +96,7 @@ class Manifest:
         return records
 
     def save_artifact(self, record: ArtifactRecord) -> None:
-        self.storage.write_json(self._artifact_key(record.name), record.model_dump())
+        self.storage.write_json(artifact_key(self.source_id, record.name), record.model_dump())
 
     def source(self) -> SourceRecord | None:
         data = self.storage.read_json(f"{self.prefix}/source.json", default=None)

@@ -79,6 +79,19 @@ def lock_key(recipe_id: str) -> str:
     return f"mixtures/{recipe_id}/lock.json"
 
 
+def summary_key(recipe_id: str) -> str:
+    return f"mixtures/{recipe_id}/summary.json"
+
+
+def lock_summary(lock: dict) -> dict:
+    """The lock without its list of dropped records (millions in a large mixture), which it
+    counts by reason instead: what the UI's status page reads."""
+    dropped: dict[str, int] = {}
+    for entry in lock["dropped"]:
+        dropped[entry["reason"]] = dropped.get(entry["reason"], 0) + 1
+    return {**{k: v for k, v in lock.items() if k != "dropped"}, "dropped": dropped}
+
+
 def _sample(rows: Records, take, rng: random.Random) -> Records:
     if take == "all":
         return rows
@@ -157,6 +170,7 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
     }
     current_guard()()
     storage.write_json(lock_key(recipe.id), lock)
+    storage.write_json(summary_key(recipe.id), lock_summary(lock))
     storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
     log.info("%s: %d records kept, %d dropped; %s", recipe.id, output.records, len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
     return lock
@@ -286,22 +300,32 @@ def rebuild(lock: dict, storage: Storage, catalog: dict[str, Source]) -> dict:
 
 
 def composition_svg(title: str, counts: dict[str, dict]) -> str:
-    """A bar per component: records kept, and dropped ones stacked after them."""
-    width, bar_height, label_width = 720, 22, 260
+    """A bar per component: records kept, and dropped ones stacked after them, with their share
+    of the component's sampled records; full labels, a legend and a white background (the chart
+    is opened on its own, in a dark-themed viewer too)."""
+    char, bar_height, gap, bar_width = 7, 22, 8, 360  # char: the width of a 12 px sans-serif character, roughly
+    label_width = 12 + char * max((len(name) for name in counts), default=10)
     total = max((c["kept"] + sum(c["dropped"].values()) for c in counts.values()), default=1) or 1
-    scale = (width - label_width - 120) / total
+    scale = bar_width / total
     rows = []
     for number, (name, c) in enumerate(counts.items()):
-        y = 40 + number * (bar_height + 8)
+        y = 60 + number * (bar_height + gap)
         dropped = sum(c["dropped"].values())
+        share = c["kept"] / (c["kept"] + dropped) if c["kept"] + dropped else 0.0
         rows.append(
-            f'<text x="4" y="{y + 15}">{html.escape(name[:40])}</text>'
+            f'<text x="6" y="{y + 15}">{html.escape(name)}</text>'
             f'<rect x="{label_width}" y="{y}" width="{c["kept"] * scale:.1f}" height="{bar_height}" fill="#4a7ebb"/>'
             f'<rect x="{label_width + c["kept"] * scale:.1f}" y="{y}" width="{dropped * scale:.1f}" height="{bar_height}" fill="#d9534f"/>'
-            f'<text x="{label_width + (c["kept"] + dropped) * scale + 6:.1f}" y="{y + 15}">{c["kept"]} kept, {dropped} dropped</text>'
+            f'<text x="{label_width + bar_width + 8}" y="{y + 15}">{c["kept"]:,} kept ({share:.1%}), {dropped:,} dropped</text>'
         )
-    height = 50 + len(counts) * (bar_height + 8)
+    width = label_width + bar_width + 230
+    height = 70 + len(counts) * (bar_height + gap)
+    legend = (
+        '<rect x="6" y="30" width="12" height="12" fill="#4a7ebb"/><text x="22" y="40">kept</text>'
+        '<rect x="70" y="30" width="12" height="12" fill="#d9534f"/><text x="86" y="40">dropped (reasons in lock.json)</text>'
+    )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">'
-        f'<text x="4" y="20" font-size="14">{html.escape(title)}</text>{"".join(rows)}</svg>\n'
+        f'<rect width="100%" height="100%" fill="#ffffff"/>'
+        f'<text x="6" y="20" font-size="14">{html.escape(title)}</text>{legend}{"".join(rows)}</svg>\n'
     )

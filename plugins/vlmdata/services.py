@@ -8,8 +8,9 @@ Celery broker of the distributed Airflow the end-to-end tests start (see
 Each is a real server from Debian's packages (``postgresql``, ``redis-server``); when they are
 missing, :func:`ensure_installed` installs them with apt-get (as root; ``.ci/run`` and the test
 setup call it). Data lives in a folder of its own that :meth:`stop` removes: nothing persists.
+The UI's browser test finds (or installs) Debian's ``chromium`` the same way.
 
-    python -m vlmdata.services install     # what .ci/run does before `make test`
+    python -m vlmdata.services install     # what .ci/run does before `make test`: all three
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from pathlib import Path
 
 from .localairflow import Celery, CeleryWorker, _tail, free_port
 
-# Debian package -> a program it installs (found on PATH or, for PostgreSQL, in its bin folder)
-PACKAGES = {"postgresql": "postgres", "redis-server": "redis-server"}
 # PostgreSQL refuses to run as root: as root, the server runs as this unprivileged user.
 UNPRIVILEGED_USER = "nobody"
 
@@ -46,18 +45,29 @@ def postgres_bin_dir() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
-def missing_packages() -> list[str]:
-    missing = []
-    if postgres_bin_dir() is None:
-        missing.append("postgresql")
-    if shutil.which("redis-server") is None:
-        missing.append("redis-server")
-    return missing
+def chromium_path() -> Path | None:
+    """Debian's Chromium (the browser the UI's browser test drives), if installed."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    return Path(found) if found else None
 
 
-def ensure_installed() -> None:
-    """Install PostgreSQL and Redis from the distribution's packages when they are missing."""
-    missing = missing_packages()
+# Debian package -> how to find what it installs
+FINDERS = {
+    "postgresql": postgres_bin_dir,
+    "redis-server": lambda: shutil.which("redis-server"),
+    "chromium": chromium_path,
+}
+SERVERS = ("postgresql", "redis-server")  # what the distributed end-to-end tests run
+EVERYTHING = (*SERVERS, "chromium")  # and the browser test's browser
+
+
+def missing_packages(packages: tuple[str, ...] = SERVERS) -> list[str]:
+    return [name for name in packages if FINDERS[name]() is None]
+
+
+def ensure_installed(packages: tuple[str, ...] = SERVERS) -> None:
+    """Install the distribution's packages (PostgreSQL and Redis by default) when missing."""
+    missing = missing_packages(packages)
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -70,7 +80,7 @@ def ensure_installed() -> None:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
         if done.returncode:
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    still = missing_packages()
+    still = missing_packages(packages)
     if still:
         raise RuntimeError(f"apt-get installed {', '.join(missing)} but {', '.join(still)} still not found")
 
@@ -269,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     if args != ["install"]:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    ensure_installed()
-    print(f"PostgreSQL in {postgres_bin_dir()}, Redis at {shutil.which('redis-server')}")
+    ensure_installed(EVERYTHING)
+    print(f"PostgreSQL in {postgres_bin_dir()}, Redis at {shutil.which('redis-server')}, Chromium at {chromium_path()}")
     return 0
 
 

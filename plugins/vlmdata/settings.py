@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import redaction
 from .acquire import Context
@@ -65,11 +67,30 @@ def from_airflow() -> Settings:
     from airflow.sdk import Variable
 
     redaction.install()
-    settings = from_env(Variable.get("vlmdata_root", default=None))
-    mirrors_text = Variable.get("vlmdata_mirrors", default=None)
+    return _overridden(lambda key: Variable.get(key, default=None), _airflow_connection)
+
+
+def from_airflow_server() -> Settings:
+    """In the API server (the UI plugin, :mod:`vlmdata.ui`): the same settings, read from the
+    metadata database (the Task SDK's accessors there see only environment Variables)."""
+    from airflow.models import Connection, Variable
+
+    def connection(conn_id: str):
+        try:
+            return Connection.get_connection_from_secrets(conn_id)
+        except Exception:  # AirflowNotFoundException: no such connection, use the environment
+            return None
+
+    return _overridden(lambda key: Variable.get(key, default_var=None), connection)
+
+
+def _overridden(variable: Callable[[str], str | None], connection: Callable[[str], Any]) -> Settings:
+    """The environment's settings with Airflow's Variables and connections on top."""
+    settings = from_env(variable("vlmdata_root"))
+    mirrors_text = variable("vlmdata_mirrors")
     if mirrors_text:
         settings.mirrors = Mirrors.from_env(mirrors_text)
-    if settings.root.startswith("s3://") and (aws := _airflow_connection("aws_default")):
+    if settings.root.startswith("s3://") and (aws := connection("aws_default")):
         extra = aws.extra_dejson
         settings.s3 = S3Options(
             endpoint_url=extra.get("endpoint_url") or settings.s3.endpoint_url,
@@ -78,7 +99,7 @@ def from_airflow() -> Settings:
             aws_secret_access_key=aws.password or None,
             aws_session_token=extra.get("aws_session_token"),
         )
-    if hf := _airflow_connection("huggingface_default"):
+    if hf := connection("huggingface_default"):
         settings.hf_token = hf.password or settings.hf_token
     return settings
 

@@ -1,8 +1,8 @@
 """A digest of a storage tree: what two runs must agree on, whatever executed them.
 
 ``tree_digest(storage)`` maps every stored file to the sha256 of its bytes. The files of the
-system of record (``_vlmdata/``: manifests, file indexes, reports) and the mixtures' locks
-also record *when* they were written and by which Airflow run (``fetched_at``, ``checked_at``,
+system of record (``_vlmdata/``: manifests, file indexes, reports) and the mixtures' locks and
+their summaries also record *when* they were written and by which Airflow run (``fetched_at``, ``checked_at``,
 ``by: airflow run manual__2026-...``) and how long a step took (a crawl shard's ``seconds``,
 ``images_per_second``): in those, every ISO-8601 timestamp is replaced by ``<time>``, every
 Airflow run id by ``<run>`` (ids carry a random suffix) and every duration or rate by
@@ -33,7 +33,7 @@ COORDINATION = ("_vlmdata/leases/",)
 
 def recorded_when(key: str) -> bool:
     """Whether a file records when and by which run it was written (its timestamps are masked)."""
-    return key.startswith("_vlmdata/") or key.endswith("/lock.json")
+    return key.startswith("_vlmdata/") or key.endswith(("/lock.json", "/summary.json"))
 
 
 def _is_timing(name: str) -> bool:

@@ -13,7 +13,6 @@ mixture builds read (presence comes from the manifests' indexes, never from a st
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import uuid
@@ -21,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from . import pages
 from .annotations import AnnotationError, Records, check_records, fast_or_json, image_path, record_problem
 from .catalog import Annotation, Source
+from .crawl import report_key as crawl_report_key
 from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
 from .lease import current_guard, exclusive
@@ -274,6 +275,7 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     manifest = Manifest(storage, source.id)
     report["images"] = _summarise_images(storage, results, report, manifest)
     _check_annotations(source, storage, catalog, manifest.artifacts(), report)
+    _note_crawl(storage, report)
     _apply_thresholds(source, report)
     report["status"] = "fail" if report["failures"] else "warn" if report["warnings"] else "ok"
     current_guard()()
@@ -326,9 +328,22 @@ def _summarise_images(storage, results: dict[str, dict], report, manifest: Manif
     if broken:
         report["warnings"].append(f"{len(broken)} images do not decode: moved to {STATE_PREFIX}/quarantine/{report['source']}/ (see broken.json); mixtures drop their records")
     if mislabelled:
-        report["warnings"].append(f"{len(mislabelled)} images are named with the wrong format")
+        report["warnings"].append(f"{len(mislabelled)} images are named with the wrong format, e.g. {', '.join(sorted(mislabelled)[:3])} (all in the report)")
     checked = len(set(results) | set(broken))
     return {"checked": checked, "ok": checked - len(broken), "broken": dict(list(broken.items())[:MAX_EXAMPLES]), "broken_count": len(broken), "mislabelled": dict(list(mislabelled.items())[:MAX_EXAMPLES]), "formats": formats}
+
+
+def _note_crawl(storage: Storage, report: dict) -> None:
+    """A crawled source (OCR-VQA): its crawl's counts and, bounded, the images it could not store
+    (dead URLs, broken upstream) and the ones it converted; a warning when images are missing."""
+    crawl = storage.read_json(crawl_report_key(report["source"]), default=None)
+    if crawl is None:
+        return
+    counts = crawl["counts"]
+    report["crawl"] = {"finished_at": crawl["finished_at"], "counts": counts, **{what: dict(list(crawl.get(what, {}).items())[:MAX_EXAMPLES]) for what in ("dead", "broken", "converted")}}
+    if counts.get("missing"):
+        examples = ", ".join(list(crawl.get("missing", []))[:3])
+        report["warnings"].append(f"{counts['missing']} images of the list are not stored ({counts.get('dead', 0)} dead URLs, {counts.get('broken', 0)} broken upstream), e.g. ids {examples} (all in crawl.json)")
 
 
 def _check_annotations(source, storage, catalog, records, report) -> None:
@@ -368,33 +383,8 @@ def summary(report: dict) -> str:
 
 
 def render_html(report: dict) -> str:
-    """The report as a page a person reads: status, counts, and every listed problem."""
-    esc = html.escape
-    colour = {"ok": "#2e7d32", "warn": "#b26a00", "fail": "#c62828"}[report["status"]]
-    images = report.get("images", {})
-    rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{a.get('size', '')}</td><td><code>{esc(str(a.get('sha256', ''))[:16])}</code></td>"
-        f"<td>{esc(str(a.get('checksum', a.get('members', ''))))}</td><td>{a.get('missing', '')}</td></tr>"
-        for name, a in report["artifacts"].items()
-    )
-    refs = "".join(
-        f"<tr><td>{esc(name)}</td><td>{r['resolved']}</td><td>{r['unresolved']}</td><td>"
-        + "<br>".join(f"{esc(reason)}: {v['count']} (e.g. {esc(', '.join(map(str, v['examples'][:5])))})" for reason, v in r["reasons"].items())
-        + "</td></tr>"
-        for name, r in report["references"].items()
-    )
-    broken = "".join(f"<li><code>{esc(k)}</code>: {esc(v)}</li>" for k, v in images.get("broken", {}).items())
-    notes = "".join(f"<li class=fail>{esc(x)}</li>" for x in report["failures"]) + "".join(f"<li>{esc(x)}</li>" for x in report["warnings"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report['source'])}: integrity</title>
-<style>body{{font:14px sans-serif;margin:2em}}td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}.fail{{color:#c62828}}</style></head><body>
-<h1>{esc(report['source'])} <span style="color:{colour}">{report['status'].upper()}</span></h1>
-<p>Checked {esc(report['checked_at'])}. Images: {images.get('ok', 0)} of {images.get('checked', 0)} decode; formats {esc(str(images.get('formats', {})))}.</p>
-<ul>{notes}</ul>
-<h2>Artifacts</h2><table><tr><th>artifact</th><th>bytes</th><th>sha256</th><th>checksum / members</th><th>missing</th></tr>{rows}</table>
-<h2>Referenced images</h2><table><tr><th>annotation file</th><th>resolve</th><th>do not</th><th>why</th></tr>{refs}</table>
-<h2>Images that do not decode ({images.get('broken_count', 0)})</h2><ul>{broken}</ul>
-</body></html>
-"""
+    """The report as a page a person reads: status and why, counts, every finding with its files."""
+    return pages.render("integrity.html", report=report)
 
 
 def write_index(storage: Storage) -> None:
@@ -403,12 +393,5 @@ def write_index(storage: Storage) -> None:
     for key, _size in storage.list(f"{STATE_PREFIX}/reports"):
         if key.endswith("/integrity.json"):
             reports.append(storage.read_json(key))
-    rows = "".join(
-        f"<tr><td><a href=\"{html.escape(r['source'])}/integrity.html\">{html.escape(r['source'])}</a></td><td>{r['status']}</td>"
-        f"<td>{r.get('images', {}).get('ok', 0)}/{r.get('images', {}).get('checked', 0)}</td><td>{len(r['failures'])}</td><td>{len(r['warnings'])}</td><td>{html.escape(r['checked_at'])}</td></tr>"
-        for r in sorted(reports, key=lambda r: r["source"])
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlmdata integrity</title><style>body{{font:14px sans-serif;margin:2em}}td,th{{border-bottom:1px solid #ddd;padding:4px 8px}}</style></head><body>
-<h1>Integrity of every source</h1><table><tr><th>source</th><th>status</th><th>images decode</th><th>failures</th><th>warnings</th><th>checked</th></tr>{rows}</table></body></html>
-"""
+    page = pages.render("index.html", reports=sorted(reports, key=lambda r: r["source"]))
     storage.write_bytes(f"{STATE_PREFIX}/reports/index.html", page.encode())

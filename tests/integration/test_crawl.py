@@ -557,3 +557,22 @@ def test_a_dead_signed_cover_url_is_recorded_without_its_query(storage, waits):
     assert "ConnectionError" in report["dead"]["0000000001"] and "?<redacted>" in report["dead"]["0000000001"]
     written = [key for prefix in ("_vlmdata/reports", "_vlmdata/crawl/ocr_vqa/results") for key, _ in storage.list(prefix)]
     assert written and [key for key in written if b"5ec2e7c0ffee" in storage.read_bytes(key)] == []  # the list and its shards hold it: they are the input
+
+
+def test_the_integrity_report_names_the_crawls_dead_and_converted_images(storage, waits):
+    """OCR-VQA's report page says what its crawl could not store, not just that the stored
+    images decode."""
+    from vlmdata.verify import verify_source
+
+    with FakeHttpServer() as srv:
+        site = build_site(srv)
+        storage.write_json(LIST_KEY, site.listing)
+        mirrors = Mirrors({AMAZON: f"{srv.url}/amazon/"})
+        for shard in plan_shards(storage, LIST_KEY, INTO, shard_size=25):
+            crawl_shard(storage, shard["key"], INTO, mirrors=mirrors, policy=FAST, workers=8, per_host=4)
+        finish(storage, "ocr_vqa", INTO)
+    report = verify_source(load_catalog()["ocr_vqa"], storage, load_catalog(), workers=1)
+    assert report["crawl"]["counts"]["missing"] == 7 and set(report["crawl"]["dead"]) == site.ids("404", "503", "no_url")
+    assert any(w.startswith("7 images of the list are not stored (5 dead URLs, 2 broken upstream)") for w in report["warnings"])
+    page = storage.read_bytes("_vlmdata/reports/ocr_vqa/integrity.html").decode()
+    assert all(image_id in page for image_id in site.ids("404", "gif")) and "GIF-&gt;JPEG" in page and "crawl.json" in page

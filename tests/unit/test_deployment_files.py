@@ -346,3 +346,12 @@ def test_installed_package_without_vlmdata_include_says_what_to_set(installed, t
     done = run_installed(installed, tmp_path, LOAD_ALL)
     assert done.returncode != 0
     assert "catalog folder does not exist (set VLMDATA_INCLUDE" in done.stderr
+
+
+def test_installed_package_carries_the_ui_plugin_and_its_templates(installed):
+    """What the Docker image gets: the templates of the reports and the page, and the entry point
+    through which Airflow finds the UI plugin."""
+    templates = {path.name for path in (installed / "vlmdata" / "templates").glob("*.html")}
+    assert {"base.html", "status.html", "integrity.html", "index.html"} <= templates
+    (entry_points,) = installed.glob("vlmdata-*.dist-info/entry_points.txt")
+    assert "[airflow.plugins]\nvlmdata = vlmdata.ui:VlmdataPlugin" in entry_points.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from vlmdata.pages import when
 from vlmdata.storage import LocalStorage
 from vlmdata.treedigest import differences, tree_digest
 
@@ -16,6 +17,8 @@ def tree(root, fetched_at: str, run: str, image: bytes = b"\xff\xd8\xff jpeg") -
     storage.write_json("_vlmdata/sources/coco/source.json", {"fetched_at": fetched_at, "by": f"airflow run manual__{fetched_at}__{run}", "sha256": "ab"})
     storage.write_json("_vlmdata/reports/coco/report.json", {"by": f"asset_triggered__{fetched_at.replace(':', '_')}_{run}Qw"})
     storage.write_json("mixtures/r/lock.json", {"built_at": fetched_at, "seed": 1})
+    storage.write_json("mixtures/r/summary.json", {"built_at": fetched_at, "seed": 1})
+    storage.write_bytes("_vlmdata/reports/coco/integrity.html", f"<p>Checked {when(fetched_at)}.</p>".encode())  # as a person reads it
     storage.write_json("_vlmdata/crawl/s/results/0000.json", {"ok": 3, "seconds": len(run) * 1.5, "images_per_second": len(run) * 2.0})
     storage.write_bytes("mixtures/r/r.json", b"[1, 2]")
     return storage
@@ -28,7 +31,7 @@ def test_runs_that_differ_only_in_when_have_one_digest(tmp_path):
     assert differences(tree_digest(a), tree_digest(b)) == []
     assert set(tree_digest(a)) == {
         "data/coco/train2017/1.jpg", "data/notes/log.json", "_vlmdata/sources/coco/source.json", "mixtures/r/lock.json", "mixtures/r/r.json",
-        "_vlmdata/crawl/s/results/0000.json", "_vlmdata/reports/coco/report.json",
+        "_vlmdata/crawl/s/results/0000.json", "_vlmdata/reports/coco/report.json", "mixtures/r/summary.json", "_vlmdata/reports/coco/integrity.html",
     }
 
 

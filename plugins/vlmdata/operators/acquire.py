@@ -8,6 +8,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from .. import acquire, settings
 from ..fetch.http import PermanentFetchError
 from .events import emit
+from .links import ManifestLink
 
 
 def _source(source_id: str):
@@ -62,6 +63,7 @@ class FetchArtifactOperator(BaseOperator):
     one task instance per pin). Upstream moved since the plan: fails without retries."""
 
     ui_color = "#d6e9f8"
+    operator_extra_links = (ManifestLink(),)
 
     def __init__(self, *, source_id: str, pin: dict, **kwargs):
         super().__init__(**kwargs)

@@ -13,6 +13,7 @@ from ..manifest import Manifest
 from ..mix import build, load_recipes
 from ..verify import check_chunk, plan_verify, report_verify, summary
 from .events import emit
+from .links import CompositionLink, IntegrityReportLink, LockLink
 
 
 def plan_id_of(context) -> str:
@@ -74,6 +75,7 @@ class ReportVerifyOperator(BaseOperator):
     """
 
     ui_color = "#fde2cf"
+    operator_extra_links = (IntegrityReportLink(),)
 
     def __init__(self, *, source_id: str, **kwargs):
         super().__init__(**kwargs)
@@ -107,18 +109,20 @@ class MaterialiseLayoutOperator(BaseOperator):
 
 
 class BuildMixtureOperator(BaseOperator):
-    """Build a recipe's training file and lock; ``seed`` and ``format`` (and, without a fixed
-    ``recipe_id``, ``recipe``) come from the run's params."""
+    """Build a recipe's training file and lock; ``seed`` and ``format`` come from the run's
+    params, and so may the recipe (``recipe_id="{{ params.recipe }}"``: a template field)."""
 
+    template_fields = ("recipe_id",)
     ui_color = "#f8d7e3"
+    operator_extra_links = (CompositionLink(), LockLink())
 
-    def __init__(self, *, recipe_id: str | None = None, **kwargs):
+    def __init__(self, *, recipe_id: str, **kwargs):
         super().__init__(**kwargs)
         self.recipe_id = recipe_id
 
     def execute(self, context) -> dict:
         params = context["params"]
-        recipe_id = self.recipe_id or params["recipe"]
+        recipe_id = self.recipe_id
         seed = params.get("seed")
         lock = build(load_recipes()[recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=params.get("format") or None)
         brief = {"recipe": recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}

@@ -1,0 +1,110 @@
+"""The summary the UI's vlmdata page shows, gathered from a storage the library filled from the
+replicas (local root and S3)."""
+
+from __future__ import annotations
+
+from vlmdata import status
+from vlmdata.catalog import load_catalog
+from vlmdata.layout import load_profiles
+from vlmdata.mix import load_recipes
+from vlmdata.replicas.slice import MISSING_FROM_COCO
+from tests import slice_storage
+
+
+def gather(storage, runs=None) -> status.Status:
+    return status.gather(storage, load_catalog(), load_profiles(), load_recipes(), runs)
+
+
+def test_the_page_summary_names_the_planted_faults(storage, upstream):
+    replica, _http, _hub = upstream
+    slice_storage.fill(storage)
+    runs = {"mix_llava_instruct_150k": status.Run("mix_llava_instruct_150k", "manual__1", "success", "2026-12-01T10:00:00+00:00")}
+    summary = gather(storage, runs)
+    sources = {s.id: s for s in summary.sources}
+    assert set(sources) == set(load_catalog())
+
+    coco = sources["coco_train2017"]
+    assert coco.acquired and coco.integrity == "warn" and not coco.stale
+    assert (coco.ok, coco.broken, coco.missing, coco.quarantined) == (len(replica.good_bare_names), len(replica.broken_keys), 0, len(replica.broken_keys))
+    assert coco.bytes == len(replica.coco_zip) and coco.artifacts == 1
+    assert any("do not decode" in reason for reason in coco.reasons)
+    assert storage.exists(coco.report) and storage.exists(coco.manifest)
+
+    llava = sources["llava_instruct_150k"]
+    assert llava.revision == replica.commit and llava.bytes == sum(len(b) for b in replica.llava_files.values())
+    assert any("malformed" in reason for reason in llava.reasons)
+    assert llava.references_resolved > 0 and llava.references_unresolved > 0 and llava.ok == 0  # its images are COCO's
+
+    gqa = sources["gqa"]
+    assert not gqa.acquired and gqa.integrity is None and gqa.bytes == 0
+
+    layouts = {l.id: l for l in summary.layouts}
+    assert layouts["llava15"].built_at and not layouts["llava15"].complete and "gqa/images" in layouts["llava15"].missing
+
+    mixtures = {m.id: m for m in summary.mixtures}
+    mixture = mixtures["llava_instruct_150k"]
+    assert mixture.records == len(replica.good_bare_names) and mixture.run == runs["mix_llava_instruct_150k"]
+    assert mixture.dropped["image missing"] == len(MISSING_FROM_COCO) and mixture.dropped["image broken"] == 2
+    assert mixture.image_folder == "data" and storage.exists(mixture.composition) and storage.exists(mixture.lock)
+    assert mixtures["sharegpt4v_pt"].built_at is None
+    assert summary.index and storage.exists(summary.index)
+
+
+def test_the_summary_never_reads_a_whole_lock(storage, upstream):
+    """A lock lists every dropped record (millions in a large mixture): the page reads the
+    summary written beside it, and still works when the lock cannot be parsed at all."""
+    slice_storage.fill(storage)
+    expected = {m.id: m for m in gather(storage).mixtures}["llava_instruct_150k"]
+    storage.write_bytes("mixtures/llava_instruct_150k/lock.json", b"{not json")
+    assert {m.id: m for m in gather(storage).mixtures}["llava_instruct_150k"] == expected
+
+
+def test_a_mixture_built_before_summaries_is_read_from_its_lock(storage, upstream):
+    slice_storage.fill(storage)
+    expected = {m.id: m for m in gather(storage).mixtures}["llava_instruct_150k"]
+    storage.delete("mixtures/llava_instruct_150k/summary.json")
+    assert {m.id: m for m in gather(storage).mixtures}["llava_instruct_150k"] == expected
+
+
+def test_every_task_link_opens_a_file_the_plugin_serves(storage, upstream):
+    """The extra links of fetch, report and build tasks name files that exist and are served."""
+    from urllib.parse import unquote
+
+    from vlmdata.operators import BuildMixtureOperator, HttpFetchOperator, ReportVerifyOperator
+    from vlmdata.operators.links import CompositionLink, IntegrityReportLink, LockLink, ManifestLink
+
+    slice_storage.fill(storage)
+    tasks = [
+        (HttpFetchOperator(task_id="fetch", source_id="coco_train2017", pin={"name": "train2017.zip"}), ManifestLink()),
+        (ReportVerifyOperator(task_id="report", source_id="coco_train2017"), IntegrityReportLink()),
+        (BuildMixtureOperator(task_id="build", recipe_id="llava_instruct_150k"), CompositionLink()),
+        (BuildMixtureOperator(task_id="build", recipe_id="llava_instruct_150k"), LockLink()),
+    ]
+    for operator, link in tasks:
+        url = link.get_link(operator, ti_key=None)
+        assert url.startswith("vlmdata/files/")  # relative to Airflow's base URL
+        key = unquote(url.removeprefix("vlmdata/files/"))
+        assert status.servable(key) and storage.exists(key), (link.name, key)
+
+
+def test_vlmdata_status_prints_what_the_page_shows(tmp_path, upstream, capsys):
+    from vlmdata.cli import main
+    from vlmdata.storage import LocalStorage
+
+    replica, _http, _hub = upstream
+    slice_storage.fill(LocalStorage(tmp_path / "root"))
+    capsys.readouterr()
+    assert main(["--root", str(tmp_path / "root"), "status"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+    def line(name: str, last: bool = False) -> str:  # a source and a mixture share a name
+        found = [line for line in lines if line.split()[0] == name]
+        return found[-1 if last else 0]
+
+    good, broken = len(replica.good_bare_names), len(replica.broken_keys)
+    assert "warn" in line("coco_train2017") and f"{good}/{broken}/0/{broken}" in line("coco_train2017")
+    assert replica.commit[:12] in line("llava_instruct_150k")
+    assert "not acquired" in line("gqa") and "not verified" in line("gqa")
+    assert "gqa/images" in line("llava15")
+    mixture = line("llava_instruct_150k", last=True)
+    assert f" {good} " in mixture and "--image_folder <root>/data" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture

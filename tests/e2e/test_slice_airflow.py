@@ -157,6 +157,9 @@ def test_a_cli_acquisition_beside_an_airflow_one_downloads_once(deployment, s3_e
     the Airflow task waits for the CLI's lease, then finds the artifact current."""
     client, replica, work, http, env = deployment
     root = "s3://vlmdata-e2e/cli-beside-airflow"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    if "vlmdata-e2e" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:  # test_slice_on_s3 makes it
+        s3.create_bucket(Bucket="vlmdata-e2e")
     client.set_variable("vlmdata_root", root)
     zip_path = "/coco/zips/train2017.zip"
     http.script(zip_path, throttle(200))  # ~60 s: Airflow's tasks start while the CLI downloads
@@ -185,7 +188,10 @@ def test_without_upstream_a_dry_run_answers_and_an_acquisition_fails_at_once(dep
     """The mirror map (the Variable a user edits) sends COCO to a host that never resolves: the
     dry run succeeds from the catalog's sizes and says so; an acquisition fails on its first
     try, without Airflow's retries (it used to take about 10 minutes)."""
-    client, _replica, _work, _http, env = deployment
+    client, _replica, work, _http, env = deployment
+    # A root of its own: on the earlier tests' roots COCO is placed already, and an offline dry
+    # run lists what is placed apart from what it would fetch.
+    client.set_variable("vlmdata_root", str(work / "offline-root"))
     client.set_variable("vlmdata_mirrors", "http://images.cocodataset.org/: http://coco.mirror.invalid/\n")
     try:
         dry = client.trigger("acquire_coco_train2017", {"dry_run": True})

@@ -70,8 +70,12 @@ def selected_artifacts(source: Source, ctx: Context, only: list[str] | None = No
         unknown = set(only) - {a.name for a in every}
         if unknown:
             raise KeyError(f"source {source.id!r} has no artifact(s) {sorted(unknown)}; it has {[a.name for a in every]}")
-        return [a for a in every if a.name in only]
-    return [a for a in every if include_optional or not a.optional]
+    return chosen_from(every, only, include_optional)
+
+
+def chosen_from(artifacts: list[Artifact], only: list[str] | None, include_optional: bool) -> list[Artifact]:
+    """Those named in ``only``; without it every artifact, the optional ones if asked for."""
+    return [a for a in artifacts if (a.name in only if only else include_optional or not a.optional)]
 
 
 def check_licence(source: Source, manifest: Manifest, acknowledge: bool, who: str) -> None:
@@ -279,13 +283,13 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
         if selected is not None:  # listed; the probes failed
             return offline_plan(source, ctx, manifest, exc, selected, listed=True)
         if chosen:  # the listing failed: the catalog's artifacts
-            return offline_plan(source, ctx, manifest, exc, [a for a in source.artifacts if (a.name in only if only else include_optional or not a.optional)], listed=False)
+            return offline_plan(source, ctx, manifest, exc, chosen_from(source.artifacts, only, include_optional), listed=False)
         # needed_by could not choose: what was named, from the listing if it is local (SA-1B's links file)
         notes = [f"which artifacts {', '.join(needed_by)} need could not be determined"]
         try:
             named = selected_artifacts(source, ctx, only, include_optional) if only else []
         except Unreachable:
-            return offline_plan(source, ctx, manifest, exc, [a for a in source.artifacts if a.name in (only or [])], listed=False, notes=notes)
+            return offline_plan(source, ctx, manifest, exc, chosen_from(source.artifacts, only, include_optional), listed=False, notes=notes)
         return offline_plan(source, ctx, manifest, exc, named, listed=True, notes=notes)
     todo = [r for r in found if not is_current(ctx, manifest, r)]
     planned_at = now()

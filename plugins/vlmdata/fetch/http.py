@@ -84,16 +84,11 @@ def name_unresolved(exc: BaseException) -> bool:
     connect retries) and huggingface_hub (``httpx.NetworkError`` in ``http_backoff``) all retry.
     A dry run does not wait for it: it probes with a short budget (``vlmdata.acquire``).
     """
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, socket.gaierror):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return _resolver_error(exc) is not None
 
 
 def unresolved_error(what: str, exc: BaseException) -> HostNotFound:
-    host, reason = _host_of(exc), _innermost(exc)
+    host, reason = _host_of(exc), _resolver_error(exc) or exc
     return HostNotFound(f"{what}: the host name {f'{host!r} ' if host else ''}does not resolve ({reason}): no network, or a typo in the URL "
                         "or the mirror map (VLMDATA_MIRRORS / the vlmdata_mirrors Variable); not retried")
 
@@ -107,12 +102,13 @@ def _host_of(exc: BaseException) -> str | None:
     return urlsplit(str(url)).hostname
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    """The resolver's own error (``[Errno -2] Name or service not known``), not the wrappers' text."""
+def _resolver_error(exc: BaseException) -> socket.gaierror | None:
+    """The resolver's own error (``[Errno -2] Name or service not known``) among the causes of
+    ``exc`` (requests and httpx wrap it several times), if resolving a name is what failed."""
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, socket.gaierror):
         seen = seen.__cause__ or seen.__context__
-    return seen or exc
+    return seen
 
 
 @dataclass(frozen=True)

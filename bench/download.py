@@ -10,7 +10,7 @@ copies of the file exist. Peers:
   ``/resolve/`` endpoint (it checks only the size);
 * ``requests`` streaming with no hashing: our client library without our work, to show what
   the hashing and bookkeeping cost;
-* ``aria2c -x4``: parallel connections (DESIGN.md: no help on a fast link).
+* ``aria2c -x4``: parallel connections (docs/facts.md: no help on a fast link).
 
 Two more rows measure the server itself (``curl -o /dev/null`` against each candidate
 server), to say why the sendfile server is the one used.

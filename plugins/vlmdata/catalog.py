@@ -3,7 +3,7 @@
 A source says where its bytes come from (its ``kind`` and the matching upstream section),
 which artifacts it has (files with what we know of their size and checksums), where each
 artifact lands in the data tree (a plain file at ``target``, or an archive extracted
-``into`` a folder), and under which licence. Values marked unverified in SOURCES.md are
+``into`` a folder), and under which licence. Values tagged [M] or [U] (docs/facts.md) are
 defaults the pipeline checks against what it actually sees; the manifest records that.
 """
 

@@ -10,7 +10,7 @@ Plain functions for three Airflow tasks:
   :data:`MAX_SHARDS` of them (Airflow's ``max_map_length`` is 1024), growing the shard size
   when the list is long.
 * :func:`crawl_shard` fetches one shard with a thread pool: one ``requests.Session`` per
-  thread (kept-alive connections: DESIGN.md measured a plain pool at about half
+  thread (kept-alive connections: docs/facts.md, "Crawling": a pool without them ran at about half
   img2dataset's rate, connection reuse being much of the gap), a per-host semaphore, retries
   of 429/5xx/connection errors with backoff honouring ``Retry-After`` (capped by the policy's
   ``max_wait``). Every body is fully decoded with Pillow: JPEGs are stored byte for byte,

@@ -1,6 +1,6 @@
 """Image checks: a Pillow decode, because only a decode catches a truncated file.
 
-``Image.verify()`` misses truncation (DESIGN.md), so every image is decoded (JPEGs at reduced
+``Image.verify()`` misses truncation (docs/facts.md; tests/unit/test_images.py shows it), so every image is decoded (JPEGs at reduced
 scale, which still reads all their data), and the work is spread over processes. Results record the format and
 size, and flag files whose name lies about their format (OCR-VQA's GIFs saved as ``.jpg``).
 """

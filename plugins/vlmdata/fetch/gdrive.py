@@ -1,7 +1,7 @@
 """Google Drive: a small client of our own for public files and folders; bytes through fetch.http.
 
 Drive has no download API for anonymous users, only the pages a browser sees. What this
-client relies on (SOURCES.md; [M] = several third-party clients agree, [U] = assumed):
+client relies on (docs/facts.md, "Google Drive"; [M] = several third-party clients agree, [U] = assumed):
 
 * ``GET https://drive.google.com/uc?export=download&id=ID`` answers the file itself
   (``Content-Disposition: attachment``), possibly after a redirect to

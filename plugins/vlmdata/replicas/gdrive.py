@@ -1,7 +1,7 @@
 """A fake Google Drive (public files and folders) built on FakeHttpServer routes.
 
 It serves the pages an anonymous browser sees, as third-party clients describe them
-(SOURCES.md; the HTML imitates the real markup, trimmed):
+(docs/facts.md, "Google Drive"; the HTML imitates the real markup, trimmed):
 
     GET|HEAD /uc?export=download&id=ID        small file: the bytes (Content-Disposition)
                                               large file: the "virus scan warning" page whose

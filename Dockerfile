@@ -21,14 +21,14 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/vlmd
 
 # The package, installed as a regular (non-editable) distribution: nothing points back at the
 # build context.
+# include/ (catalog, layouts, recipes) goes into the package: plugins/vlmdata/include links to it.
 COPY --chown=airflow:0 pyproject.toml README.md /tmp/vlmdata/src/
 COPY --chown=airflow:0 plugins/ /tmp/vlmdata/src/plugins/
+COPY --chown=airflow:0 include/ /tmp/vlmdata/src/include/
 RUN pip install --no-cache-dir --no-deps /tmp/vlmdata/src && rm -rf /tmp/vlmdata
 
-# DAG files where Airflow looks for them, and include/ where the package is told to find it.
+# DAG files where Airflow looks for them.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
-COPY --chown=airflow:0 include/ /opt/airflow/include/
-ENV VLMDATA_INCLUDE=/opt/airflow/include
 
 # Download staging: docker-compose.yaml puts a volume of each worker here. Group 0 may write,
 # so the container runs under any AIRFLOW_UID (the official image's convention).

@@ -10,15 +10,16 @@ defaults the pipeline checks against what it actually sees; the manifest records
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
-# include/ (catalog, layouts, recipes) sits beside plugins/ in a checkout (editable install);
-# an installed package, as in the Docker image, is told where it is by VLMDATA_INCLUDE.
-INCLUDE_DIR = Path(os.environ.get("VLMDATA_INCLUDE") or Path(__file__).resolve().parents[2] / "include")
+# include/ (catalog, layouts, recipes) is package data (``vlmdata/include``: in a checkout a link
+# to the repository's include/, in a wheel or an image a copy); VLMDATA_INCLUDE points elsewhere.
+INCLUDE_DIR = Path(os.environ.get("VLMDATA_INCLUDE") or str(resources.files("vlmdata") / "include"))
 DEFAULT_CATALOG = INCLUDE_DIR / "catalog"
 
 Kind = Literal["hf", "http", "gdrive", "sa1b", "urllist", "github"]
@@ -242,7 +243,7 @@ def load_catalog(extra: str | os.PathLike | None = None) -> dict[str, Source]:
     sources: dict[str, Source] = {}
     for folder in catalog_dirs(extra):
         if not folder.is_dir():
-            hint = " (set VLMDATA_INCLUDE to the include/ folder of vlmdata)" if folder == DEFAULT_CATALOG else ""
+            hint = " (the package's include/ folder; VLMDATA_INCLUDE may point to another)" if folder == DEFAULT_CATALOG else ""
             raise CatalogError(f"{folder}: catalog folder does not exist{hint}")
         # A catalog folder holds sources/*.yaml; a user's folder may hold the YAML files directly.
         files_dir = folder / "sources" if (folder / "sources").is_dir() else folder

@@ -266,11 +266,12 @@ def test_image_installs_the_lock_and_the_package_not_editable():
     assert ["--chown=airflow:0", "plugins/", "/tmp/vlmdata/src/plugins/"] in copies
 
 
-def test_image_holds_dags_and_include_where_the_package_finds_them():
+def test_image_holds_the_dags_and_builds_the_package_with_its_include():
     copies = {tuple(args.split()[-2:]) for op, args in dockerfile() if op == "COPY"}
     assert ("dags/", "/opt/airflow/dags/") in copies
-    include = image_env()["VLMDATA_INCLUDE"]
-    assert ("include/", include.rstrip("/") + "/") in copies
+    # plugins/vlmdata/include links to ../../include: the build context must hold it there.
+    assert ("include/", "/tmp/vlmdata/src/include/") in copies
+    assert "VLMDATA_INCLUDE" not in image_env(), "the package carries include/: nothing to point at"
 
 
 def test_dockerignore_keeps_local_state_out():
@@ -315,14 +316,27 @@ print(json.dumps({"file": vlmdata.__file__, "sources": len(load_catalog()), "rec
 """
 
 
-def test_installed_package_finds_include_through_vlmdata_include(installed, tmp_path):
-    done = run_installed(installed, tmp_path, LOAD_ALL, VLMDATA_INCLUDE=str(REPO / "include"))
+def test_installed_package_carries_its_include(installed, tmp_path):
+    """A wheel or an image install: the catalog, layouts and recipes travel inside the package."""
+    done = run_installed(installed, tmp_path, LOAD_ALL)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.splitlines()[-1])
     assert Path(found["file"]).is_relative_to(installed)
     assert found["sources"] == len(list((REPO / "include" / "catalog" / "sources").glob("*.yaml"))) > 0
     assert found["recipes"] == len(list((REPO / "include" / "recipes").glob("*.yaml"))) > 0
     assert found["layouts"] == len(list((REPO / "include" / "layouts").glob("*.yaml"))) > 0
+    include = installed / "vlmdata" / "include"
+    assert include.is_dir() and not include.is_symlink(), "the install holds a copy of include/, not the link"
+
+
+def test_installed_cli_lists_every_source_from_any_folder(installed, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmdata.cli", "sources"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if k not in ("VLMDATA_INCLUDE", "VLMDATA_CATALOG")}, "PYTHONPATH": str(installed)},
+    )
+    assert done.returncode == 0, done.stderr
+    for path in (REPO / "include" / "catalog" / "sources").glob("*.yaml"):
+        assert path.stem in done.stdout, f"{path.stem} missing from `vlmdata sources`:\n{done.stdout}"
 
 
 def test_dag_files_import_against_the_installed_package(installed, tmp_path):
@@ -335,17 +349,23 @@ def test_dag_files_import_against_the_installed_package(installed, tmp_path):
         f"bag = DagBag({str(dags)!r})\n"
         "print(json.dumps({'file': vlmdata.__file__, 'dags': len(bag.dags), 'errors': {k: str(v) for k, v in bag.import_errors.items()}}))\n"
     )
-    done = run_installed(installed, tmp_path, code, VLMDATA_INCLUDE=str(REPO / "include"), AIRFLOW_HOME=str(tmp_path / "airflow"))
+    done = run_installed(installed, tmp_path, code, AIRFLOW_HOME=str(tmp_path / "airflow"))
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.splitlines()[-1])
     assert Path(found["file"]).is_relative_to(installed)
     assert found["errors"] == {} and found["dags"] > 0
 
 
-def test_installed_package_without_vlmdata_include_says_what_to_set(installed, tmp_path):
-    done = run_installed(installed, tmp_path, LOAD_ALL)
+def test_vlmdata_include_points_elsewhere_and_a_wrong_one_says_so(installed, tmp_path):
+    other = tmp_path / "include"
+    shutil.copytree(REPO / "include", other)
+    (other / "catalog" / "sources" / "coco_train2017.yaml").unlink()
+    done = run_installed(installed, tmp_path, LOAD_ALL, VLMDATA_INCLUDE=str(other))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["sources"] == len(list((REPO / "include" / "catalog" / "sources").glob("*.yaml"))) - 1
+    done = run_installed(installed, tmp_path, LOAD_ALL, VLMDATA_INCLUDE=str(tmp_path / "nowhere"))
     assert done.returncode != 0
-    assert "catalog folder does not exist (set VLMDATA_INCLUDE" in done.stderr
+    assert "catalog folder does not exist (the package's include/ folder; VLMDATA_INCLUDE may point to another)" in done.stderr
 
 
 def test_installed_package_carries_the_ui_plugin_and_its_templates(installed):

@@ -430,10 +430,9 @@ def acquire(source: Source, ctx: Context, *, acknowledge: bool = False, dry_run:
     fetched = [fetch_artifact(source, pin, ctx) for pin in the_plan.pins]
     summary = publish(source, ctx, fetched, selection_of(only, needed_by))
     if source.crawl:  # the URL list is in place: fetch the images it names that are missing, then fill from the mirrors
-        from .catalog import load_catalog
         from .crawl import crawl_all
 
-        summary["crawl"] = crawl_all(ctx.storage, source.id, load_catalog(), ctx.mirrors, ctx.policy)
+        summary["crawl"] = crawl_all(ctx.storage, source.id, ctx.catalog, ctx.mirrors, ctx.policy)
     return summary
 
 

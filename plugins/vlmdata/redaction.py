@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
-
-from .airflow_task import in_airflow_task
 
 # A query string inside a URL or a request line: from "?" up to whitespace or a quote. Only
 # strings with a key=value pair, so an ordinary question mark in prose is left alone.
@@ -50,14 +48,22 @@ def install(logger: logging.Logger | None = None) -> None:
             handler.addFilter(_FILTER)
 
 
-def mask_in_airflow(urls: Iterable[str]) -> None:
-    """Inside an Airflow task, register the query strings of signed URLs with Airflow's own
-    secrets masker too: it masks them in whatever the task and its supervisor log, including
-    exceptions Airflow formats itself. Elsewhere (CLI, tests, DAG parsing): nothing to do."""
-    if not in_airflow_task():
-        return
-    from airflow.sdk.log import mask_secret
+# Where a secret is also registered: inside an Airflow task, Airflow's own secrets masker
+# (vlmdata.settings adds it; the library does not import Airflow).
+_MASKERS: list[Callable[[str], None]] = []
 
+
+def add_masker(masker: Callable[[str], None]) -> None:
+    """Register a function that is told every secret from now on (idempotent)."""
+    if masker not in _MASKERS:
+        _MASKERS.append(masker)
+
+
+def mask_secrets(urls: Iterable[str]) -> None:
+    """Tell the registered maskers the query strings of signed URLs. Airflow's masks them in
+    whatever the task and its supervisor log, including exceptions Airflow formats itself.
+    Without a masker (CLI, tests, DAG parsing) the log filter above is all there is."""
     for url in urls:
         if query := urlsplit(url).query:
-            mask_secret(query)
+            for masker in _MASKERS:
+                masker(query)

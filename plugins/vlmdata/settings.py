@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import redaction
-from .acquire import Context
+from .fetch.remote import Context
 from .catalog import Source, load_catalog
 from .mirrors import Mirrors
 from .storage import S3Options, Storage, open_storage
@@ -34,12 +34,14 @@ class Settings:
     mirrors: Mirrors = field(default_factory=Mirrors)
     s3: S3Options = field(default_factory=S3Options)
     hf_token: str | None = field(default=None, repr=False)
+    # Named values of the deployment (Airflow Variables inside a task); none outside Airflow.
+    variable: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
 
     def storage(self) -> Storage:
         return open_storage(self.root, self.s3 if self.root.startswith("s3://") else None)
 
     def context(self, **overrides) -> Context:
-        return Context(storage=self.storage(), mirrors=self.mirrors, token=self.hf_token, **overrides)
+        return Context(storage=self.storage(), mirrors=self.mirrors, token=self.hf_token, variable=self.variable, catalog=load_catalog(), **overrides)
 
 
 def from_env(root: str | None = None) -> Settings:
@@ -65,8 +67,10 @@ def from_airflow() -> Settings:
     operator starts here, so this is also where the task's log handlers get the redaction
     filter (:mod:`vlmdata.redaction`)."""
     from airflow.sdk import Variable
+    from airflow.sdk.log import mask_secret
 
     redaction.install()
+    redaction.add_masker(mask_secret)
     return _overridden(lambda key: Variable.get(key, default=None), _airflow_connection)
 
 
@@ -87,6 +91,7 @@ def from_airflow_server() -> Settings:
 def _overridden(variable: Callable[[str], str | None], connection: Callable[[str], Any]) -> Settings:
     """The environment's settings with Airflow's Variables and connections on top."""
     settings = from_env(variable("vlmdata_root"))
+    settings.variable = variable
     mirrors_text = variable("vlmdata_mirrors")
     if mirrors_text:
         settings.mirrors = Mirrors.from_env(mirrors_text)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,7 +60,6 @@ def _tar(numbers: list[int], prefix: str = "./") -> bytes:
 def registered(monkeypatch):
     monkeypatch.setitem(acq.TRANSPORTS, "sa1b", SA1B)  # the lead registers it in acquire.TRANSPORTS
     monkeypatch.delenv(sa1b.LINKS_ENV, raising=False)
-    monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: None)  # no Airflow task here
 
 
 @pytest.fixture
@@ -114,10 +114,14 @@ def test_links_from_a_path_in_the_catalog_or_the_airflow_variable(cdn, tmp_path,
     # Inside a task the Variable wins over the environment; it holds the text or a path.
     monkeypatch.setenv("VLMDATA_SA1B_LINKS", str(tmp_path / "does-not-exist.txt"))
     newer = cdn.sign()
-    monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: newer if name == "vlmdata_sa1b_links" else None)
-    assert sa1b.read_links(_source()) == parse_links(newer)
-    monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: str(path))
-    assert sa1b.read_links(_source()) == parse_links(path.read_text())
+    variables = {"vlmdata_sa1b_links": newer}
+    in_task = replace(ctx, variable=variables.get, memo={})
+    assert sa1b.read_links(_source(), in_task) == parse_links(newer)
+    variables["vlmdata_sa1b_links"] = str(path)
+    assert sa1b.read_links(_source(), replace(in_task, memo={})) == parse_links(path.read_text())
+    # Outside Airflow (no variables) the environment's file is what counts, and it is missing.
+    with pytest.raises(LinksFileError, match="does-not-exist.txt.*cannot be read"):
+        sa1b.read_links(_source(), replace(ctx, memo={}))
 
 
 def test_no_links_file_says_where_to_put_it(tmp_path):

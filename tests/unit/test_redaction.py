@@ -48,3 +48,17 @@ def test_a_fetch_error_never_carries_a_query_string_whoever_builds_it():
         message = str(kind(f"images.zip: giving up after 8 attempts: ConnectionError: {quoted}"))
         assert "s3cret" not in message and "00_AfPLANTEDSECRET" not in message
         assert "/repos/ab/cd/x?<redacted> (Caused by ...)" in message
+
+
+def test_signed_links_reach_every_registered_masker_as_their_query_strings(monkeypatch):
+    """Inside a task vlmdata.settings registers Airflow's secrets masker; the transports only
+    call mask_secrets (and with no masker, as in the CLI, nothing else happens)."""
+    from vlmdata import redaction
+
+    monkeypatch.setattr(redaction, "_MASKERS", [])
+    redaction.mask_secrets(["https://cdn.example/sa_000000.tar?oh=1&oe=2"])  # no masker: nothing to tell
+    told: list[str] = []
+    redaction.add_masker(told.append)
+    redaction.add_masker(told.append)  # once only
+    redaction.mask_secrets(["https://cdn.example/sa_000000.tar?oh=abc&oe=def", "https://plain.example/file.zip"])
+    assert told == ["oh=abc&oe=def"]

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import requests
 
-from ..catalog import Artifact, Source
+from ..catalog import Artifact, Source, load_catalog
 from ..mirrors import Mirrors
 from ..storage import Storage
 from .digest import Expected
@@ -23,6 +23,12 @@ class Context:
     token: str | None = field(default=None, repr=False)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     revision: str | None = None  # overrides the catalog's pinned revision (hf)
+    # The deployment's named values (inside Airflow: its Variables, resolved by vlmdata.settings);
+    # outside Airflow there are none. SA-1B's links file may be one.
+    variable: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
+    # The sources (the built-in catalog with the user's overlay), for a step that looks across
+    # sources (SA-1B's needed_by, the crawl's mirrors).
+    catalog: Mapping[str, Source] = field(default_factory=load_catalog, repr=False)
     # Answers a transport may reuse within one step (discovery and probing list the same folder).
     memo: dict = field(default_factory=dict, repr=False)
 

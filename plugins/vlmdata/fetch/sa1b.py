@@ -8,7 +8,8 @@ name its tar (only the row does) and its query string is the credential (``oh=``
 that the user refreshes; it is read, in this order, from
 
 1. the Airflow Variable named by the catalog's ``sa1b.links_variable`` (default
-   ``vlmdata_sa1b_links``), only inside an Airflow task: the file's text, or a path to it;
+   ``vlmdata_sa1b_links``), only inside an Airflow task (``vlmdata.settings`` resolves it and
+   passes it in the context): the file's text, or a path to it;
 2. the environment variable ``VLMDATA_SA1B_LINKS``: a path to the file (or its text);
 3. ``links_variable`` itself, when it is a path to an existing file (a private catalog may
    point at a file on shared storage).
@@ -44,7 +45,7 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -53,11 +54,10 @@ from urllib.parse import urlsplit
 import requests
 
 from ..annotations import Records, fast_or_json, image_path
-from ..catalog import Artifact, Extract, Source, load_catalog
+from ..catalog import Artifact, Extract, Source
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
-from ..airflow_task import in_airflow_task
-from ..redaction import mask_in_airflow
+from ..redaction import mask_secrets
 from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
 from .http import FetchError, PermanentFetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
@@ -124,19 +124,6 @@ def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _airflow_variable(name: str) -> str | None:
-    """The Variable's value inside an Airflow task; None anywhere else (CLI, tests, DAG parsing)."""
-    if not in_airflow_task():
-        return None
-    try:
-        from airflow.sdk import Variable
-
-        return Variable.get(name, default=None)
-    except Exception as exc:  # no task context after all, or the API server unreachable
-        log.warning("Airflow Variable %s could not be read (%s); trying %s", name, exc, LINKS_ENV)
-        return None
-
-
 def _text_or_file(value: str, where: str) -> tuple[str, str]:
     """A value holding the file's text (it has a tab or a line break), or a path to the file."""
     if "\t" in value or "\n" in value:
@@ -148,10 +135,11 @@ def _text_or_file(value: str, where: str) -> tuple[str, str]:
         raise LinksFileError(f"{where} names the links file {str(path)!r}, which cannot be read: {exc.strerror or exc}") from exc
 
 
-def links_text(source: Source) -> tuple[str, str]:
-    """The links file's text and where it came from (see the module doc for the order)."""
+def links_text(source: Source, variables: Callable[[str], str | None] = lambda name: None) -> tuple[str, str]:
+    """The links file's text and where it came from (see the module doc for the order).
+    ``variables`` are the deployment's (Airflow's, resolved by vlmdata.settings)."""
     variable = source.sa1b.links_variable
-    value = _airflow_variable(variable)
+    value = variables(variable)
     if value and value.strip():
         return _text_or_file(value, f"Airflow Variable {variable}")
     env = os.environ.get(LINKS_ENV)
@@ -171,9 +159,9 @@ def read_links(source: Source, ctx: Context | None = None) -> dict[str, str]:
     key = ("sa1b.links", source.id)
     if ctx is not None and key in ctx.memo:
         return ctx.memo[key]
-    text, where = links_text(source)
+    text, where = links_text(source, ctx.variable if ctx is not None else lambda name: None)
     links = parse_links(text, where)
-    mask_in_airflow(links.values())  # the signatures are credentials
+    mask_secrets(links.values())  # the signatures are credentials
     log.info("%s: %d links read from %s", source.id, len(links), where)
     if ctx is not None:
         ctx.memo[key] = links
@@ -536,7 +524,7 @@ def needed_report_key(source_id: str) -> str:
 def sa1b_needed_by(source: Source, ctx: Context, paths: list[str]) -> list[str]:
     """The tars holding the SAM images that the annotation files ``paths`` reference and the
     storage lacks; the full account goes to :func:`needed_report_key`."""
-    needed = locate_tars(source, ctx, needed_images(ctx.storage, load_catalog(), paths))  # with the user's overlay
+    needed = locate_tars(source, ctx, needed_images(ctx.storage, ctx.catalog, paths))
     ctx.storage.write_json(needed_report_key(source.id), {"needed_by": paths, "at": now(), **needed.to_dict(), "examples_by_tar": {t: v[:10] for t, v in sorted(needed.tars.items())}})
     log.info("%s: %s", source.id, needed.summary())
     return sorted(needed.tars, key=shard_number)

@@ -7,7 +7,7 @@ Inside a task: Airflow Variables and connections first, the environment second:
 |--------------|--------------------------------|------------------------------|----------|
 | storage root | Variable ``vlmdata_root``      | ``VLMDATA_ROOT``             | ``./data`` |
 | mirror map   | Variable ``vlmdata_mirrors``   | ``VLMDATA_MIRRORS`` (a file) | none     |
-| S3           | connection ``aws_default``     | ``AWS_*``, ``AWS_ENDPOINT_URL`` | boto3 chain |
+| S3           | connection ``aws_default`` (as the Amazon provider reads it) | ``AWS_*``, ``AWS_ENDPOINT_URL`` | boto3 chain |
 | Hub token    | connection ``huggingface_default`` (password) | ``HF_TOKEN``  | none     |
 """
 
@@ -96,17 +96,24 @@ def _overridden(variable: Callable[[str], str | None], connection: Callable[[str
     if mirrors_text:
         settings.mirrors = Mirrors.from_env(mirrors_text)
     if settings.root.startswith("s3://") and (aws := connection("aws_default")):
-        extra = aws.extra_dejson
-        settings.s3 = S3Options(
-            endpoint_url=extra.get("endpoint_url") or settings.s3.endpoint_url,
-            region_name=extra.get("region_name"),
-            aws_access_key_id=aws.login or None,
-            aws_secret_access_key=aws.password or None,
-            aws_session_token=extra.get("aws_session_token"),
-        )
+        settings.s3 = s3_options(aws, settings.s3.endpoint_url)
     if hf := connection("huggingface_default"):
         settings.hf_token = hf.password or settings.hf_token
     return settings
+
+
+def s3_options(connection: Any, default_endpoint: str | None = None) -> S3Options:
+    """An AWS connection read as Airflow's Amazon provider reads it: keys (login, password),
+    ``profile_name``, ``role_arn`` (assumed through STS, refreshed before it expires),
+    ``region_name``, and ``endpoint_url`` (or ``service_config.s3.endpoint_url``) in the extra."""
+    from airflow.providers.amazon.aws.hooks.base_aws import BaseSessionFactory
+
+    factory = BaseSessionFactory(conn=connection)
+    return S3Options(
+        endpoint_url=factory.conn.get_service_endpoint_url("s3") or default_endpoint,
+        region_name=factory.conn.region_name,
+        session=factory.create_session(),
+    )
 
 
 def catalog() -> dict[str, Source]:

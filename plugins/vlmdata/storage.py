@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
+from typing import Any
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,9 +60,29 @@ class S3Options:
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
+    # A boto3 Session whose credentials may refresh (Airflow's aws_default through the Amazon
+    # provider: an assumed role, a profile). A Session does not pickle: a worker process is
+    # handed its current credentials instead (__getstate__).
+    session: Any = field(default=None, repr=False, compare=False)
 
     def client_kwargs(self) -> dict[str, str]:
-        return {k: v for k, v in self.__dict__.items() if v}
+        return {k: v for k, v in self.__dict__.items() if v and k != "session"}
+
+    def client(self, service: str = "s3"):
+        import boto3
+
+        return (self.session or boto3).client(service, **self.client_kwargs())
+
+    def __getstate__(self) -> dict:
+        state = {**self.__dict__, "session": None}
+        credentials = self.session.get_credentials() if self.session is not None else None
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            state.update(aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key, aws_session_token=frozen.token)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)  # frozen: __setattr__ is closed, __dict__ is not
 
 
 class Storage(ABC):
@@ -295,9 +316,7 @@ class S3Storage(Storage):
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.options = options or S3Options()
         self._staging = Path(staging) if staging else None
-        import boto3
-
-        self.client = boto3.client("s3", **self.options.client_kwargs())
+        self.client = self.options.client("s3")
 
     def _key(self, key: str) -> str:
         key = _check_key(key)

@@ -3,7 +3,9 @@ library through the context (the library itself reads no Airflow state)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
+
+from airflow.sdk import Connection
 
 from vlmdata import settings
 from vlmdata.catalog import load_catalog
@@ -13,18 +15,19 @@ from vlmdata.fetch.sa1b import parse_links
 LINKS = "file_name\tcdn_link\nsa_000000.tar\thttps://cdn.example/sa_000000.tar?sig=1\n"
 
 
-def airflow_with(variables: dict[str, str], connections: dict[str, SimpleNamespace]) -> settings.Settings:
+def airflow_with(variables: dict[str, str], connections: dict[str, Connection]) -> settings.Settings:
     return settings._overridden(variables.get, connections.get)
 
 
 def test_variables_and_connections_override_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("VLMDATA_ROOT", str(tmp_path / "from-env"))
     monkeypatch.setenv("HF_TOKEN", "env-token")
-    aws = SimpleNamespace(login="key", password="secret", extra_dejson={"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"})
-    hub = SimpleNamespace(login=None, password="conn-token", extra_dejson={})
+    aws = Connection(conn_id="aws_default", conn_type="aws", login="key", password="secret", extra=json.dumps({"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}))
+    hub = Connection(conn_id="huggingface_default", conn_type="generic", password="conn-token")
     found = airflow_with({"vlmdata_root": "s3://bucket/llava", "vlmdata_mirrors": "https://huggingface.co: http://127.0.0.1:8000\n"}, {"aws_default": aws, "huggingface_default": hub})
     assert found.root == "s3://bucket/llava"
-    assert (found.s3.endpoint_url, found.s3.region_name, found.s3.aws_access_key_id) == ("http://127.0.0.1:9000", "eu-west-1", "key")
+    assert (found.s3.endpoint_url, found.s3.region_name) == ("http://127.0.0.1:9000", "eu-west-1")
+    assert found.s3.session.get_credentials().get_frozen_credentials().access_key == "key"
     assert found.hf_token == "conn-token"
     assert found.mirrors.rewrite("https://huggingface.co/datasets/x") == "http://127.0.0.1:8000/datasets/x"
 

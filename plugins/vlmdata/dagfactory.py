@@ -16,9 +16,12 @@ from .acquire import DRY_RUN_POLICY, TRANSPORTS
 from .budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS, MAX_RETRY_DELAY, RETRY_BACKOFF, RETRY_DELAY, TASK_RETRIES, timeout_of
 from .catalog import Source, load_catalog
 from .layout import Profile, load_profiles
-from .mix import Recipe, load_recipes
+from .manifest import source_prefix
+from .mix import Recipe, load_recipes, mixture_prefix
 from .pools import DECODE_POOL, crawl_pool, fetch_pool, mirror_pool
-from .verify import CHUNK_BYTES, CHUNK_IMAGES
+from .settings import root_from_env
+from .storage import location_uri
+from .verify import CHUNK_BYTES, CHUNK_IMAGES, report_key
 from .operators import (
     BuildMixtureOperator,
     CheckImageChunkOperator,
@@ -56,8 +59,21 @@ def refresh_timetable(cron: str) -> CronTriggerTimetable:
     return CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0))
 
 
+def on_storage(key: str) -> str:
+    """The URI of a storage key, for an asset to name the data it stands for (``file://`` or
+    ``s3://``, so lineage tools can follow it).
+
+    The root is the environment's (``VLMDATA_ROOT``) as the DAG processor sees it, not the
+    ``vlmdata_root`` Variable: an asset is its name and URI on both sides of a schedule, and a
+    Variable moved while runs are under way would rename the assets of one DAG file before
+    another's next parse, losing the asset-triggered runs in between."""
+    return location_uri(root_from_env(), key)
+
+
 def acquired(source_id: str) -> Asset:
-    return Asset(f"vlmdata.acquired.{source_id}", group="vlmdata")
+    """The source's record on the storage (the manifest naming every file it placed: sources
+    share folders of the data tree, so no folder is one source's own)."""
+    return Asset(f"vlmdata.acquired.{source_id}", uri=on_storage(source_prefix(source_id)), group="vlmdata")
 
 
 def acquired_if_changed(source_id: str) -> AssetAlias:
@@ -66,7 +82,34 @@ def acquired_if_changed(source_id: str) -> AssetAlias:
 
 
 def verified(source_id: str) -> Asset:
-    return Asset(f"vlmdata.verified.{source_id}", group="vlmdata")
+    """The source's integrity report."""
+    return Asset(f"vlmdata.verified.{source_id}", uri=on_storage(report_key(source_id)), group="vlmdata")
+
+
+def laid_out(profile: Profile) -> Asset:
+    """The profile's view: the tree a training script is pointed at."""
+    return Asset(f"vlmdata.layout.{profile.id}", uri=on_storage(profile.root), group="vlmdata")
+
+
+def mixture(recipe_id: str) -> Asset:
+    """The mixture's folder: the training file, its lock and its chart."""
+    return Asset(f"vlmdata.mixture.{recipe_id}", uri=on_storage(mixture_prefix(recipe_id)), group="vlmdata")
+
+
+def optional(default, kind: str, title: str, description: str, **schema) -> Param:
+    """A Param the Trigger form does not mark required: Airflow 3.3's form marks required every
+    param whose JSON schema type excludes null. The operators read null as the default."""
+    return Param(default, type=["null", kind], title=title, description=description, **schema)
+
+
+def from_param(params: dict[str, Param], name: str) -> str:
+    """An operator argument templated from the DAG's param (a ``template_fields`` entry, so the
+    task's Rendered Template view shows what the run was given). The DAG renders templates as
+    native objects (booleans, lists, numbers); text goes through ``tojson`` so that a revision
+    such as ``1.10`` stays text instead of being read as a number, and empty text stays ``''``."""
+    if isinstance(params[name].value, str):
+        return f"{{{{ (params.{name} or '') | tojson }}}}"
+    return f"{{{{ params.{name} }}}}"
 
 
 def _size(source: Source) -> str:
@@ -75,27 +118,44 @@ def _size(source: Source) -> str:
     return "unknown" if source.approx_size is None else f"about {source.approx_size / 1024**3:.1f} GiB"
 
 
+def artifacts_param(source: Source) -> Param:
+    """A multi-select of the catalog's artifacts (the form lists ``examples``; ``items.enum``
+    rejects any other name); a free list where upstream lists them at plan time (a folder, a
+    links file), as the catalog names none."""
+    names = [a.name for a in source.artifacts]
+    if not names:
+        return optional([], "array", "Artifacts", "Fetch only these artifacts, named as upstream lists them, one a line (empty: all).", items={"type": "string"})
+    return optional(
+        [], "array", "Artifacts", "Fetch only these artifacts (none chosen: every artifact that is not optional).",
+        items={"type": "string", "enum": names}, examples=names, uniqueItems=True,
+        values_display={a.name: f"{a.name} (optional)" for a in source.artifacts if a.optional},
+    )
+
+
 def acquisition_dag(source: Source) -> DAG:
-    params = {
-        "dry_run": Param(False, type="boolean", description="Only say what would be fetched and how big it is (in the plan task's log); never a download. "
+    params = {}
+    if source.licence.acknowledge:  # first in the form: no download starts without it
+        params["acknowledge_licence"] = optional(
+            False, "boolean", "Accept the licence", f"I accept: {source.licence.name}. {source.licence.notice or ''}".strip(),
+        )
+    params |= {
+        "dry_run": optional(False, "boolean", "Dry run", "Only say what would be fetched and how big it is (in the plan task's log); never a download. "
                          "Without upstream (a host name that does not resolve, refused connections, timeouts) it answers in seconds from the catalog's "
                          "declared sizes and what is on the storage, and says so."),
-        "artifacts": Param([], type="array", description=f"Fetch only these artifacts (empty: all). Known: {', '.join(a.name for a in source.artifacts)}"),
-        "include_optional": Param(False, type="boolean", description="Also fetch artifacts marked optional in the catalog."),
-        "refetch_quarantined": Param(False, type="boolean", description="Fetch again the files verify moved to the quarantine (their copies stay there)."),
+        "artifacts": artifacts_param(source),
+        "include_optional": optional(False, "boolean", "Include optional artifacts", "Also fetch artifacts marked optional in the catalog."),
+        "refetch_quarantined": optional(False, "boolean", "Refetch quarantined files", "Fetch again the files verify moved to the quarantine (their copies stay there)."),
     }
     if source.kind == "hf":
-        params["revision"] = Param(source.hf.revision, type="string", description="Branch, tag or 40-hex commit of the Hub repository (the catalog's pin by default).")
+        params["revision"] = optional(source.hf.revision, "string", "Revision", "Branch, tag or 40-hex commit of the Hub repository (empty: the catalog's pin).")
     if TRANSPORTS[source.kind].needed_by:
-        params["needed_by"] = Param(
-            [], type="array",
+        params["needed_by"] = optional(
+            [], "array", "Tars needed by annotation files", items={"type": "string"},
             description="Instead of the catalog's range: the tars holding the SAM images that these annotation files reference and the storage lacks "
             "(paths in the data tree, e.g. sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json). Tars not fetched before are indexed by reading "
             f"their member headers with Range requests (once; kept on the storage). The account: _vlmdata/reports/{source.id}/needed_tars.json. "
             "With dry_run: only that account.",
         )
-    if source.licence.acknowledge:
-        params["acknowledge_licence"] = Param(False, type="boolean", description=f"I accept: {source.licence.name}. {source.licence.notice or ''}".strip())
     doc = f"""### Acquire {source.title}
 
 {source.description}
@@ -123,31 +183,34 @@ def acquisition_dag(source: Source) -> DAG:
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params=params,
+        render_template_as_native_obj=True,  # params reach the operators as booleans and lists (from_param)
         tags=["vlmdata", "acquire", source.kind],
     ) as dag:
-        plan = PlanAcquisitionOperator(task_id="plan", source_id=source.id)
+        plan = PlanAcquisitionOperator(task_id="plan", source_id=source.id, **{name: from_param(params, name) for name in params})
+        selection = {name: from_param(params, name) for name in ("artifacts", "needed_by") if name in params}
+        dry_run = from_param(params, "dry_run")
         # Each fetch gets its artifact's pin (what the plan resolved); the template, rendered with
         # the mapped task's context, names it after the artifact in the UI.
         fetch = fetch_operator_for(source.kind).partial(
             task_id="fetch", source_id=source.id, pool=fetch_pool(source), max_active_tis_per_dagrun=4, map_index_template="{{ task.pin['name'] }}",
         ).expand(pin=plan.output)
         if source.kind != "urllist":
-            PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)])
+            PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)], **selection)
         else:
             # The list file first; the crawl plans even when the list is unchanged, so a
             # refresh retries the images still missing.
-            publish = PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output)
-            shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, shard_size=CRAWL_SHARD_IMAGES, trigger_rule=TriggerRule.NONE_FAILED)
+            publish = PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, **selection)
+            shards = PlanCrawlOperator(task_id="plan_crawl", source_id=source.id, shard_size=CRAWL_SHARD_IMAGES, dry_run=dry_run, trigger_rule=TriggerRule.NONE_FAILED)
             publish >> shards
             crawled = CrawlShardOperator.partial(
                 task_id="crawl", source_id=source.id, workers=CRAWL_THREADS, pool=crawl_pool(source), map_index_template="shard {{ task.shard.shard }} ({{ task.shard.count }} images)",
             ).expand(shard=shards.output)
             # none_failed: with nothing to crawl, the report still says what the mirrors should fill.
-            finished = FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, trigger_rule=TriggerRule.NONE_FAILED)
+            finished = FinishCrawlOperator(task_id="finish_crawl", source_id=source.id, dry_run=dry_run, trigger_rule=TriggerRule.NONE_FAILED)
             crawled >> finished
             finished >> FillFromMirrorsOperator(
                 task_id="fill_from_mirrors", source_id=source.id, asset=acquired(source.id), published=publish.output,
-                outlets=[acquired_if_changed(source.id)], pool=mirror_pool(source), trigger_rule=TriggerRule.NONE_FAILED,
+                outlets=[acquired_if_changed(source.id)], pool=mirror_pool(source), dry_run=dry_run, trigger_rule=TriggerRule.NONE_FAILED,
             )
     return with_timeouts(dag)
 
@@ -169,6 +232,13 @@ def _after_fetch_doc(source: Source) -> str:
 
 def verify_dag(source: Source) -> DAG:
     triggers = [acquired(source.id), *(verified(ref) for ref in source.references)]
+    params = {
+        "chunk_images": optional(CHUNK_IMAGES, "integer", "Images per chunk", "At most this many images per check_images task (empty: the default).", minimum=1),
+        "chunk_gib": optional(
+            CHUNK_BYTES / 1024**3, "number", "GiB per chunk",
+            "At most this many GiB of images per check_images task (a larger image is a chunk of its own; empty: the default).", exclusiveMinimum=0,
+        ),
+    }
     with DAG(
         dag_id=f"verify_{source.id}",
         description=f"Integrity of {source.title}",
@@ -188,13 +258,11 @@ and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` deci
         is_paused_upon_creation=False,  # runs when its inputs change: nothing to download
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        params={
-            "chunk_images": Param(CHUNK_IMAGES, type="integer", minimum=1, description="At most this many images per check_images task."),
-            "chunk_gib": Param(CHUNK_BYTES / 1024**3, type="number", exclusiveMinimum=0, description="At most this many GiB of images per check_images task (a larger image is a chunk of its own)."),
-        },
+        params=params,
+        render_template_as_native_obj=True,  # the chunk bounds reach the operator as numbers (from_param)
         tags=["vlmdata", "verify"],
     ) as dag:
-        plan = PlanVerifyOperator(task_id="plan_verify", source_id=source.id)
+        plan = PlanVerifyOperator(task_id="plan_verify", source_id=source.id, chunk_images=from_param(params, "chunk_images"), chunk_gib=from_param(params, "chunk_gib"))
         checked = CheckImageChunkOperator.partial(task_id="check_images", pool=DECODE_POOL, map_index_template="{{ task.chunk.label }}").expand(chunk=plan.output)
         # A source without images has no chunk (check_images skips); one that is not acquired
         # yet skips plan_verify, and then the report skips too.
@@ -216,7 +284,7 @@ def layout_dag(profile: Profile, catalog: dict[str, Source]) -> DAG:
         default_args=DEFAULT_ARGS,
         tags=["vlmdata", "layout"],
     ) as dag:
-        MaterialiseLayoutOperator(task_id="materialise", profile_id=profile.id, outlets=[Asset(f"vlmdata.layout.{profile.id}", group="vlmdata")])
+        MaterialiseLayoutOperator(task_id="materialise", profile_id=profile.id, outlets=[laid_out(profile)])
     return with_timeouts(dag)
 
 
@@ -230,8 +298,21 @@ def mixture_inputs(recipe: Recipe) -> list[str]:
     return sorted({component.source for component in recipe.components})
 
 
+def mixture_params(seed: int, fmt: str) -> dict[str, Param]:
+    return {
+        "seed": optional(seed, "integer", "Seed", "Seed of the sampling of components that take a count or a fraction (empty: the recipe's)."),
+        "format": Param(fmt, enum=["json", "jsonl"], title="Format", description="json: one list (what LLaVA's loader reads); jsonl: one record a line."),
+    }
+
+
+def build_args(params: dict[str, Param]) -> dict[str, str]:
+    """The mixture's build arguments, templated from its form."""
+    return {"seed": from_param(params, "seed"), "fmt": from_param(params, "format")}
+
+
 def mixture_dag(recipe: Recipe) -> DAG:
     sources = mixture_inputs(recipe)
+    params = mixture_params(recipe.seed, recipe.format)
     with DAG(
         dag_id=f"mix_{recipe.id}",
         description=recipe.title,
@@ -247,18 +328,21 @@ Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. O
         is_paused_upon_creation=False,  # runs when its inputs change: nothing to download
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        params={
-            "seed": Param(recipe.seed, type="integer", description="Seed of the sampling of components that take a count or a fraction."),
-            "format": Param(recipe.format, enum=["json", "jsonl"], description="json: one list (what LLaVA's loader reads); jsonl: one record a line."),
-        },
+        params=params,
+        render_template_as_native_obj=True,  # the seed reaches the operator as a number (from_param)
         tags=["vlmdata", "mixture"],
     ) as dag:
-        BuildMixtureOperator(task_id="build", recipe_id=recipe.id, outlets=[Asset(f"vlmdata.mixture.{recipe.id}", group="vlmdata")])
+        BuildMixtureOperator(task_id="build", recipe_id=recipe.id, outlets=[mixture(recipe.id)], **build_args(params))
     return with_timeouts(dag)
 
 
 def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
     """One form for every recipe: pick it, a seed and a format in the Trigger dialog."""
+    ids = sorted(recipes)
+    params = {
+        "recipe": Param(ids[0], enum=ids, title="Recipe", description="Which recipe of include/recipes/ to build.", values_display={i: f"{i}: {recipes[i].title}" for i in ids}),
+        **mixture_params(0, "json"),
+    }
     with DAG(
         dag_id="mix",
         description="Build any recipe with a chosen seed and format",
@@ -267,14 +351,11 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
         schedule=None,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        params={
-            "recipe": Param(sorted(recipes)[0], enum=sorted(recipes), description="Which recipe of include/recipes/ to build."),
-            "seed": Param(0, type="integer", description="Seed of the sampling of components that take a count or a fraction."),
-            "format": Param("json", enum=["json", "jsonl"], description="json: one list (what LLaVA's loader reads); jsonl: one record a line."),
-        },
+        params=params,
+        render_template_as_native_obj=True,  # the seed reaches the operator as a number (from_param)
         tags=["vlmdata", "mixture"],
     ) as dag:
-        BuildMixtureOperator(task_id="build", recipe_id="{{ params.recipe }}")
+        BuildMixtureOperator(task_id="build", recipe_id=from_param(params, "recipe"), **build_args(params))
     return with_timeouts(dag)
 
 

@@ -36,6 +36,11 @@ RECIPES_DIR = DEFAULT_CATALOG.parent / "recipes"
 Filter = Literal["drop_malformed", "drop_missing_images", "drop_broken_images", "require_image"]
 
 
+def mixture_prefix(recipe_id: str) -> str:
+    """The folder of a recipe's outputs: training files, locks, the composition chart."""
+    return f"mixtures/{recipe_id}"
+
+
 class MixError(RuntimeError):
     pass
 

@@ -44,9 +44,15 @@ class Settings:
         return Context(storage=self.storage(), mirrors=self.mirrors, token=self.hf_token, variable=self.variable, catalog=load_catalog(), **overrides)
 
 
+def root_from_env() -> str:
+    """The storage root the environment names (``VLMDATA_ROOT``, else ``./data``). The DAG files
+    name their assets' URIs after it when parsed (:func:`vlmdata.dagfactory.on_storage`)."""
+    return os.environ.get("VLMDATA_ROOT") or "./data"
+
+
 def from_env(root: str | None = None) -> Settings:
     return Settings(
-        root=root or os.environ.get("VLMDATA_ROOT") or "./data",
+        root=root or root_from_env(),
         mirrors=Mirrors.from_env(),
         s3=S3Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None),
         hf_token=os.environ.get("HF_TOKEN") or None,

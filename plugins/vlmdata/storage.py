@@ -442,6 +442,16 @@ class _CountingReader:
         return data
 
 
+def location_uri(root: str | os.PathLike, key: str = "") -> str:
+    """Where a key lives, as a URI a lineage tool can follow: ``s3://bucket/prefix/key`` under an
+    S3 root, ``file:///absolute/path/key`` (percent-encoded) under a local one."""
+    key = _check_key(key) if key else ""
+    text = str(root)
+    if text.startswith("s3://"):
+        return "/".join(part for part in (text.rstrip("/"), key) if part)
+    return (Path(text).expanduser().resolve() / key).as_uri()
+
+
 def open_storage(url: str | os.PathLike, s3: S3Options | None = None) -> Storage:
     """``s3://bucket/prefix`` or a local folder."""
     text = str(url)

@@ -148,6 +148,14 @@ def chunks_prefix(source_id: str, plan_id: str) -> str:
     return report_key(source_id, f"chunks/{plan_id}")
 
 
+def chunk_limits(images: int | None, gib: float | None) -> dict[str, int]:
+    """``plan_verify``'s bounds from the form's values (an empty field: the default)."""
+    return {
+        "max_images": CHUNK_IMAGES if images in (None, "") else int(images),
+        "max_bytes": CHUNK_BYTES if gib in (None, "") else int(float(gib) * 1024**3),
+    }
+
+
 def chunk_images(images: list[tuple[str, int]], max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> list[list[tuple[str, int]]]:
     """Consecutive runs of ``(key, size)``, in their order, of at most ``max_images`` images and
     ``max_bytes`` bytes each (an image larger than ``max_bytes`` is a chunk of its own)."""

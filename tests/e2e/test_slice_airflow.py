@@ -138,6 +138,12 @@ def test_verification_spreads_over_named_chunks_with_the_same_report(deployment)
     assert [(ti["rendered_map_index"], ti["state"], ti["pool"]) for ti in chunks] == [(f"images {i}-{min(i + 2, images - 1)}", "success", "vlmdata_decode") for i in range(0, images, 3)]
     after = storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")
     assert after["checked_at"] > before["checked_at"]
+    # The Rendered Template view of plan_verify: the chunk bounds the run was given, as numbers.
+    plan = client.request("GET", f"dags/verify_coco_train2017/dagRuns/{run_id}/taskInstances/plan_verify").json()
+    assert plan["rendered_fields"] == {"chunk_images": 3, "chunk_gib": 8}
+    # The asset the report emitted names the report on the storage.
+    (asset,) = [a for a in client.assets() if a["name"] == "vlmdata.verified.coco_train2017"]
+    assert asset["uri"] == (work / "root" / "_vlmdata/reports/coco_train2017/integrity.json").resolve().as_uri()
     assert {k: v for k, v in after.items() if k != "checked_at"} == {k: v for k, v in before.items() if k != "checked_at"}
     # What the verified event starts (layouts, the mixture) settles before the next test moves the root.
     client.wait_until(lambda: all(r["state"] in ("success", "failed") for dag_id in CHAIN for r in client.runs(dag_id)), timeout=600, interval=3)

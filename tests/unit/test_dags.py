@@ -62,12 +62,16 @@ def test_only_sa1b_can_choose_its_tars_by_an_annotation_file(dagbag):
     assert dagbag.dags["acquire_sa1b"].params["needed_by"] == []  # the catalog's range unless asked
 
 
+def scheduled_assets(condition) -> list:
+    """The assets of a schedule's condition (an Asset, or AssetAny/AssetAll of them, nested)."""
+    if hasattr(condition, "objects"):
+        return [asset for inner in condition.objects for asset in scheduled_assets(inner)]
+    return [condition]
+
+
 def triggers(dag) -> set[str]:
-    """Names of the assets a DAG is scheduled on (an Asset, or AssetAny/AssetAll of them)."""
-    condition = dag.timetable.asset_condition
-    while hasattr(condition, "objects") and len(condition.objects) == 1 and hasattr(condition.objects[0], "objects"):
-        condition = condition.objects[0]
-    return {asset.name for asset in getattr(condition, "objects", [condition])}
+    """Names of the assets a DAG is scheduled on."""
+    return {asset.name for asset in scheduled_assets(dag.timetable.asset_condition)}
 
 
 def test_assets_chain_acquire_to_verify_to_mix(dagbag):
@@ -207,3 +211,127 @@ def test_acquisitions_start_paused_and_what_follows_them_does_not(dagbag):
             assert dag.is_paused_upon_creation is True, dag_id
         elif dag_id.startswith(("verify_", "layout_", "mix_")):
             assert dag.is_paused_upon_creation is False, dag_id
+
+
+def form_marks_required(schema: dict) -> bool:
+    """Airflow 3.3's Trigger form (``isParamRequired.tsx``): a param is required when its schema
+    has a type that does not admit null."""
+    kind = schema.get("type")
+    return bool(kind) and (not isinstance(kind, list) or "null" not in kind)
+
+
+def test_every_param_has_a_title_and_none_is_marked_required(dagbag):
+    """Every field of every Trigger form has a label, and a user can leave any of them alone."""
+    for dag_id, dag in dagbag.dags.items():
+        for name in dag.params:
+            schema = dag.params.get_param(name).dump()["schema"]
+            assert schema.get("title") and schema["title"] != name, f"{dag_id}: {name}"
+            assert not form_marks_required(schema), f"{dag_id}: {name} shows as required"
+
+
+def test_artifacts_are_a_choice_among_the_sources_artifacts(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    listed_upstream = []
+    for source in load_catalog().values():
+        param = dagbag.dags[f"acquire_{source.id}"].params.get_param("artifacts")
+        names = [a.name for a in source.artifacts]
+        schema = param.dump()["schema"]
+        if not names:  # a folder or a links file, listed at plan time: a free list of names
+            assert "enum" not in schema["items"] and "examples" not in schema
+            listed_upstream.append(source.id)
+            continue
+        assert schema["items"]["enum"] == names and schema["examples"] == names, source.id  # the form's multi-select lists examples
+        assert param.resolve([names[-1]]) == [names[-1]] and param.resolve(None) is None and param.resolve([]) == []
+        with pytest.raises(ParamValidationError):
+            param.resolve(["not-an-artifact"])
+    assert "sa1b" in listed_upstream and len(listed_upstream) < len(load_catalog()) // 2
+
+
+def test_the_licence_acknowledgement_comes_first_in_the_form(dagbag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    needing = [s for s in load_catalog().values() if s.licence.acknowledge]
+    assert needing  # SA-1B at least
+    for source in needing:
+        # As the API server reads it (the serialized DAG), which orders the form.
+        dag = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[f"acquire_{source.id}"]))
+        assert next(iter(dag.params)) == "acknowledge_licence", source.id
+        assert dag.params.get_param("acknowledge_licence").schema["title"] == "Accept the licence"
+
+
+def _all_dags() -> dict:
+    from vlmdata import dagfactory
+
+    return {**dagfactory.acquisition_dags(), **dagfactory.verify_dags(), **dagfactory.layout_dags(), **dagfactory.mixture_dags()}
+
+
+@pytest.mark.parametrize("root, prefix", [
+    ("s3://lab-bucket/llava", "s3://lab-bucket/llava"),
+    ("RELATIVE", None),  # a local root: file:// of its absolute path
+])
+def test_asset_uris_name_the_data_on_the_storage_and_match_across_schedules(monkeypatch, tmp_path, root, prefix):
+    if root == "RELATIVE":
+        monkeypatch.chdir(tmp_path)
+        root, prefix = "shared data", (tmp_path / "shared data").as_uri()
+    monkeypatch.setenv("VLMDATA_ROOT", root)
+    dags = _all_dags()
+    outlets = {}
+    for dag in dags.values():
+        for task in dag.tasks:
+            for asset in [*task.outlets, *([task.asset] if hasattr(task, "asset") else [])]:
+                if hasattr(asset, "uri"):
+                    assert outlets.setdefault(asset.name, asset.uri) == asset.uri
+    assert outlets["vlmdata.acquired.coco_train2017"] == f"{prefix}/_vlmdata/sources/coco_train2017"
+    assert outlets["vlmdata.verified.coco_train2017"] == f"{prefix}/_vlmdata/reports/coco_train2017/integrity.json"
+    assert outlets["vlmdata.layout.llava15"] == f"{prefix}/playground/data"
+    assert outlets["vlmdata.mixture.llava_instruct_150k"] == f"{prefix}/mixtures/llava_instruct_150k"
+    assert len(set(outlets.values())) == len(outlets)  # Airflow activates one asset per URI
+    if prefix.startswith("file:"):
+        assert "%20" in prefix  # a URI, percent-encoded
+    # Every asset a DAG waits for is one a task emits: the same name and the same URI.
+    for dag_id, dag in dags.items():
+        for asset in scheduled_assets(dag.timetable.asset_condition) if dag.timetable.asset_condition else []:
+            assert outlets.get(asset.name) == asset.uri, f"{dag_id} waits for {asset.name} at {asset.uri}"
+
+
+def _rendered(dag, task_id: str, params: dict) -> dict:
+    """What the task's Rendered Template view shows for a run given ``params`` (the fields that
+    come from params: the others are XCom results)."""
+    task = dag.get_task(task_id)
+    context = {"params": {**dag.params.dump(), **params}}
+    fields = [f for f in task.template_fields if f not in ("fetched", "published")]
+    return {f: task.render_template(getattr(task, f), context, jinja_env=dag.get_template_env()) for f in fields}
+
+
+def test_operator_arguments_are_rendered_from_the_params_as_values(dagbag):
+    acquire = dagbag.dags["acquire_llava_instruct_150k"]
+    plan = _rendered(acquire, "plan", {"dry_run": True, "artifacts": ["detail_23k.json"], "revision": "1.10"})
+    assert plan == {
+        "dry_run": True, "artifacts": ["detail_23k.json"], "include_optional": False, "refetch_quarantined": False, "revision": "1.10",  # text, not 1.1
+        "acknowledge_licence": False, "needed_by": None,  # not params of this source: the operator's defaults
+    }
+    assert _rendered(acquire, "plan", {"revision": None})["revision"] == ""  # empty: the catalog's pin
+    publish = _rendered(acquire, "publish", {"artifacts": None})
+    assert publish["artifacts"] is None
+    sa1b = _rendered(dagbag.dags["acquire_sa1b"], "plan", {"acknowledge_licence": True, "needed_by": ["sharegpt4v/a.json"]})
+    assert sa1b["acknowledge_licence"] is True and sa1b["needed_by"] == ["sharegpt4v/a.json"]
+    crawl = _rendered(dagbag.dags["acquire_ocr_vqa"], "plan_crawl", {"dry_run": True})
+    assert crawl == {"dry_run": True}
+    verify = _rendered(dagbag.dags["verify_coco_train2017"], "plan_verify", {"chunk_images": 5, "chunk_gib": None})
+    assert verify == {"chunk_images": 5, "chunk_gib": None}
+    build = _rendered(dagbag.dags["mix"], "build", {"recipe": "sharegpt4v_pt", "seed": 7, "format": "jsonl"})
+    assert build == {"recipe_id": "sharegpt4v_pt", "seed": 7, "fmt": "jsonl"}
+
+
+def test_empty_chunk_bounds_are_the_defaults():
+    from vlmdata.verify import CHUNK_BYTES, CHUNK_IMAGES, chunk_limits
+
+    assert chunk_limits(None, None) == {"max_images": CHUNK_IMAGES, "max_bytes": CHUNK_BYTES}
+    assert chunk_limits(5, 0.5) == {"max_images": 5, "max_bytes": 512 * 1024**2}
+
+
+def test_every_mapped_task_is_named_after_what_it_maps_over(dagbag):
+    mapped = {(dag_id, task.task_id): task.map_index_template for dag_id, dag in dagbag.dags.items() for task in dag.tasks if task.is_mapped}
+    assert {task_id for _dag_id, task_id in mapped} == {"fetch", "crawl", "check_images"}
+    assert all(mapped.values()), [key for key, template in mapped.items() if not template]

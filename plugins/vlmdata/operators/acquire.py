@@ -26,23 +26,29 @@ class PlanAcquisitionOperator(BaseOperator):
     Checks the licence acknowledgement and the free space first. With ``dry_run`` it logs
     what would be fetched and how big it is, and returns nothing; when upstream cannot be
     reached, it answers from the catalog's declared sizes and says so (``acquire.plan``).
+    Its arguments are the DAG's params, templated (None or empty: the default).
     """
 
+    template_fields = ("acknowledge_licence", "dry_run", "artifacts", "include_optional", "refetch_quarantined", "revision", "needed_by")
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, source_id: str, **kwargs):
+    def __init__(
+        self, *, source_id: str, acknowledge_licence: bool | None = False, dry_run: bool | None = False, artifacts: list[str] | None = None,
+        include_optional: bool | None = False, refetch_quarantined: bool | None = False, revision: str | None = None, needed_by: list[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self.source_id = source_id
+        self.source_id, self.acknowledge_licence, self.dry_run, self.artifacts = source_id, acknowledge_licence, dry_run, artifacts
+        self.include_optional, self.refetch_quarantined, self.revision, self.needed_by = include_optional, refetch_quarantined, revision, needed_by
 
     def execute(self, context) -> list[dict]:
-        params = context["params"]
-        ctx = settings.from_airflow().context(revision=params.get("revision") or None)
+        ctx = settings.from_airflow().context(revision=self.revision or None)
         try:
             the_plan = acquire.plan(
                 _source(self.source_id), ctx,
-                acknowledge=bool(params.get("acknowledge_licence")), only=params.get("artifacts") or None,
-                include_optional=bool(params.get("include_optional")), who=_who(context), dry_run=bool(params.get("dry_run")),
-                refetch_quarantined=bool(params.get("refetch_quarantined")), needed_by=params.get("needed_by") or None,
+                acknowledge=bool(self.acknowledge_licence), only=self.artifacts or None,
+                include_optional=bool(self.include_optional), who=_who(context), dry_run=bool(self.dry_run),
+                refetch_quarantined=bool(self.refetch_quarantined), needed_by=self.needed_by or None,
             )
         except PermanentFetchError as exc:
             raise AirflowFailException(str(exc)) from exc  # a 4xx, a name that does not resolve: retrying cannot help
@@ -52,7 +58,7 @@ class PlanAcquisitionOperator(BaseOperator):
                 raise AirflowSkipException(f"scheduled refresh skipped: {exc}") from exc  # nobody to say yes
             raise AirflowFailException(str(exc)) from exc  # retrying cannot help
         self.log.info(the_plan.summary())
-        if params.get("dry_run"):
+        if self.dry_run:
             self.log.info("dry run: nothing fetched")
             return []
         return [pin.to_dict() for pin in the_plan.pins]
@@ -102,19 +108,19 @@ def fetch_operator_for(kind: str) -> type[FetchArtifactOperator]:
 
 
 class PublishSourceOperator(BaseOperator):
-    """Record the acquisition; its success emits the source's asset event."""
+    """Record the acquisition; its success emits the source's asset event. ``artifacts`` and
+    ``needed_by`` (the run's params) say what the run was asked for, when not the whole source."""
 
     ui_color = "#c7e3c1"
 
-    def __init__(self, *, source_id: str, fetched, **kwargs):
+    def __init__(self, *, source_id: str, fetched, artifacts: list[str] | None = None, needed_by: list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.source_id, self.fetched = source_id, fetched
+        self.source_id, self.fetched, self.artifacts, self.needed_by = source_id, fetched, artifacts, needed_by
 
-    template_fields = ("fetched",)
+    template_fields = ("fetched", "artifacts", "needed_by")
 
     def execute(self, context) -> dict:
-        params = context["params"]
-        selection = acquire.selection_of(params.get("artifacts") or None, params.get("needed_by") or None)
+        selection = acquire.selection_of(self.artifacts or None, self.needed_by or None)
         summary = acquire.publish(_source(self.source_id), settings.from_airflow().context(), list(self.fetched or []), selection)
         emit(context, self.outlets, summary)
         self.log.info("published %s: %s", self.source_id, summary)

@@ -11,7 +11,7 @@ from .. import settings
 from ..layout import load_profiles, materialise
 from ..manifest import Manifest
 from ..mix import build, load_recipes
-from ..verify import check_chunk, plan_verify, report_verify, summary
+from ..verify import check_chunk, chunk_limits, plan_verify, report_verify, summary
 from .events import emit
 from .links import CompositionLink, IntegrityReportLink, LockLink
 
@@ -24,27 +24,27 @@ def plan_id_of(context) -> str:
 
 class PlanVerifyOperator(BaseOperator):
     """Re-hashes kept files, checks extracted members, and splits the images into chunks (the
-    params ``chunk_images`` and ``chunk_gib`` bound them); returns the chunks for ``check_images``.
+    params ``chunk_images`` and ``chunk_gib``, templated, bound them; None: the defaults);
+    returns the chunks for ``check_images``.
 
     Skips a source whose acquisition has not published yet: a referenced source's verification
     (or the weekly re-check) can trigger it while the first acquisition is still placing files,
     and that acquisition's own event triggers the verification once it is complete.
     """
 
+    template_fields = ("chunk_images", "chunk_gib")
     ui_color = "#fde2cf"
 
-    def __init__(self, *, source_id: str, **kwargs):
+    def __init__(self, *, source_id: str, chunk_images: int | None = None, chunk_gib: float | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.source_id = source_id
+        self.source_id, self.chunk_images, self.chunk_gib = source_id, chunk_images, chunk_gib
 
     def execute(self, context) -> list[dict]:
         storage = settings.from_airflow().storage()
         acquired = Manifest(storage, self.source_id).source()
         if acquired is None or not acquired.published_at:
             raise AirflowSkipException(f"{self.source_id} is not acquired yet (acquire_{self.source_id} has not published): nothing to verify")
-        params = context["params"]  # the DAG's form validates both
-        max_bytes = int(float(params["chunk_gib"]) * 1024**3)
-        chunks = plan_verify(settings.catalog()[self.source_id], storage, plan_id_of(context), max_images=int(params["chunk_images"]), max_bytes=max_bytes)
+        chunks = plan_verify(settings.catalog()[self.source_id], storage, plan_id_of(context), **chunk_limits(self.chunk_images, self.chunk_gib))
         self.log.info("%d images in %d chunks", sum(c["count"] for c in chunks), len(chunks))
         return chunks
 
@@ -109,22 +109,20 @@ class MaterialiseLayoutOperator(BaseOperator):
 
 
 class BuildMixtureOperator(BaseOperator):
-    """Build a recipe's training file and lock; ``seed`` and ``format`` come from the run's
-    params, and so may the recipe (``recipe_id="{{ params.recipe }}"``: a template field)."""
+    """Build a recipe's training file and lock; the recipe, ``seed`` and ``fmt`` are template
+    fields, templated from the run's params (None or empty: the recipe's own seed and format)."""
 
-    template_fields = ("recipe_id",)
+    template_fields = ("recipe_id", "seed", "fmt")
     ui_color = "#f8d7e3"
     operator_extra_links = (CompositionLink(), LockLink())
 
-    def __init__(self, *, recipe_id: str, **kwargs):
+    def __init__(self, *, recipe_id: str, seed: int | None = None, fmt: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.recipe_id = recipe_id
+        self.recipe_id, self.seed, self.fmt = recipe_id, seed, fmt
 
     def execute(self, context) -> dict:
-        params = context["params"]
-        recipe_id = self.recipe_id
-        seed = params.get("seed")
-        lock = build(load_recipes()[recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=params.get("format") or None)
+        recipe_id, seed = self.recipe_id, self.seed
+        lock = build(load_recipes()[recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=self.fmt or None)
         brief = {"recipe": recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}
         emit(context, self.outlets, brief)
         return brief

@@ -13,23 +13,25 @@ def _crawl_settings(source_id: str) -> tuple[str, str]:
     return crawl.locations(source_id, settings.catalog())
 
 
-def _skip_in_a_dry_run(context) -> None:
+def _skip_in_a_dry_run(dry_run: bool | None) -> None:
     # A dry run says what the list fetch would do; the crawl and the mirrors (GBs) wait for a real one.
-    if context["params"].get("dry_run"):
+    if dry_run:
         raise AirflowSkipException("dry run: no crawl, no mirror download")
 
 
 class PlanCrawlOperator(BaseOperator):
-    """Shard the images still missing (one listing of the folder); none missing: the rest skips."""
+    """Shard the images still missing (one listing of the folder); none missing: the rest skips.
+    Skips in a dry run (``dry_run``: the run's param, templated), as do the tasks after it."""
 
+    template_fields = ("dry_run",)
     ui_color = "#fff3d6"
 
-    def __init__(self, *, source_id: str, shard_size: int = 2000, **kwargs):
+    def __init__(self, *, source_id: str, shard_size: int = 2000, dry_run: bool | None = False, **kwargs):
         super().__init__(**kwargs)
-        self.source_id, self.shard_size = source_id, shard_size
+        self.source_id, self.shard_size, self.dry_run = source_id, shard_size, dry_run
 
     def execute(self, context) -> list[dict]:
-        _skip_in_a_dry_run(context)
+        _skip_in_a_dry_run(self.dry_run)
         list_key, into = _crawl_settings(self.source_id)
         shards = crawl.plan_shards(settings.from_airflow().storage(), list_key, into, self.shard_size, source_id=self.source_id)
         self.log.info("%d shards, %d images to fetch", len(shards), sum(s["count"] for s in shards))
@@ -56,14 +58,15 @@ class FinishCrawlOperator(BaseOperator):
     """Merge the shards' results into the crawl report and the manifest (also when nothing was
     planned: the report then says what is still missing, for the mirrors)."""
 
+    template_fields = ("dry_run",)
     ui_color = "#c7e3c1"
 
-    def __init__(self, *, source_id: str, **kwargs):
+    def __init__(self, *, source_id: str, dry_run: bool | None = False, **kwargs):
         super().__init__(**kwargs)
-        self.source_id = source_id
+        self.source_id, self.dry_run = source_id, dry_run
 
     def execute(self, context) -> dict:
-        _skip_in_a_dry_run(context)
+        _skip_in_a_dry_run(self.dry_run)
         _list_key, into = _crawl_settings(self.source_id)
         summary = crawl.finish(settings.from_airflow().storage(), self.source_id, into)
         self.log.info("crawl of %s: %s", self.source_id, summary)
@@ -75,15 +78,15 @@ class FillFromMirrorsOperator(BaseOperator):
     is a warning, not a failure); then emit ``asset`` through the ``outlets`` alias, unless this
     run changed nothing: no new list (``published``), nothing crawled, nothing filled."""
 
-    template_fields = ("published",)
+    template_fields = ("published", "dry_run")
     ui_color = "#b5dcae"
 
-    def __init__(self, *, source_id: str, asset, published=None, **kwargs):
+    def __init__(self, *, source_id: str, asset, published=None, dry_run: bool | None = False, **kwargs):
         super().__init__(**kwargs)
-        self.source_id, self.asset, self.published = source_id, asset, published
+        self.source_id, self.asset, self.published, self.dry_run = source_id, asset, published, dry_run
 
     def execute(self, context) -> dict:
-        _skip_in_a_dry_run(context)
+        _skip_in_a_dry_run(self.dry_run)
         _list_key, into = _crawl_settings(self.source_id)
         config = settings.from_airflow()
         urls = settings.catalog()[self.source_id].crawl.fallback_mirrors

@@ -17,7 +17,6 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from vlmdata.replicas.data import jpeg_bytes, make_zip
-from vlmdata import extract
 from vlmdata.catalog import Extract
-from vlmdata.extract import Limits, NotAnArchive, UnsafeArchive, extract_archive, extract_tar, extract_zip
+from vlmdata.extract import Limits, NotAnArchive, UnsafeArchive, extract_archive, extract_tar
 from vlmdata.storage import LocalStorage
 from tests.unit.archive_helpers import WriteSpy, files_under, write_archive
 
@@ -159,20 +158,17 @@ def test_cut_tar_gz_writes_nothing(tmp_path, monkeypatch):
     assert spy.keys == []
 
 
-def test_one_vetting_for_zip_and_tar(tmp_path, monkeypatch):
-    """Both formats go through extract.vet_member: a fix there protects both."""
-    seen = []
-    real = extract.vet_member
-
-    def spy(name, kind, spec, detail=""):
-        seen.append((name, kind))
-        return real(name, kind, spec, detail)
-
-    monkeypatch.setattr(extract, "vet_member", spy)
-    store = LocalStorage(tmp_path / "root")
-    extract_tar(_write(tmp_path, _tar([("d", tarfile.DIRTYPE, ""), ("d/sa_1.jpg", b"1")])), store, FOLDER, SAM)
-    extract_zip(_write(tmp_path, make_zip({"z/": b"", "z/sa_2.jpg": b"2"}), "x.zip"), store, FOLDER, SAM)
-    assert seen == [("d", "dir"), ("d/sa_1.jpg", "file"), ("z/", "dir"), ("z/sa_2.jpg", "file")]
+@pytest.mark.parametrize("name", ["../sa_1.jpg", "a/../../sa_1.jpg", "/abs/sa_1.jpg", "C:/sa_1.jpg", "a\\sa_1.jpg"])
+def test_zip_and_tar_refuse_a_hostile_name_alike_and_write_nothing(tmp_path, name):
+    """One vetting for both formats: the same name gets the same refusal, before any byte."""
+    refusals = []
+    for fmt, archive in (("tar", _write(tmp_path, _tar([("sa_0.jpg", b"0"), (name, b"1")]))), ("zip", _write(tmp_path, make_zip({"sa_0.jpg": b"0", name: b"1"}), "x.zip"))):
+        store = LocalStorage(tmp_path / f"root-{fmt}")
+        with pytest.raises(UnsafeArchive) as refused:
+            extract_archive(archive, store, FOLDER, SAM)
+        refusals.append(str(refused.value))
+        assert files_under(tmp_path / f"root-{fmt}") == [], f"{fmt}: a file was written before the refusal"
+    assert refusals[0] == refusals[1] and repr(name) in refusals[0]
 
 
 # ---------------------------------------------------------------- "./" members (SA-1B's tars)

@@ -35,9 +35,12 @@ class SliceReplica:
     coco_members: list[str] = field(default_factory=list)
     llava_files: dict[str, bytes] = field(default_factory=dict)
     commit: str = ""
+    # Scale (the benchmarks'): how many COCO images, and their size in pixels.
+    images: int = COCO_IMAGES
+    image_size: tuple[int, int] = (64, 48)
 
     def __post_init__(self):
-        self.coco_zip, self.coco_members = coco_like_zip(COCO_IMAGES, COCO_BROKEN)
+        self.coco_zip, self.coco_members = coco_like_zip(self.images, COCO_BROKEN, width=self.image_size[0], height=self.image_size[1])
         bare = [m.split("/", 1)[1] for m in self.coco_members]  # LLaVA-Instruct names bare COCO files
         instruct = json.loads(llava_annotation_json(bare, MISSING_FROM_COCO))
         instruct.append({"id": "malformed-1", "image": bare[0], "conversations": [{"from": "gpt", "value": "no question"}]})

@@ -1,0 +1,234 @@
+"""vlmdata.fetch.zip_members: the needed members of a remote zip, fetched alone over HTTP Range
+requests from a real loopback server, on a local root and on S3 (moto's server)."""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+import zlib
+
+import pytest
+from PIL import Image
+
+from vlmdata.catalog import Extract
+from vlmdata.extract import UnsafeArchive, extract_zip
+from vlmdata.fetch.http import RangeNotSupported, RetryPolicy
+from vlmdata.fetch.zip_members import TAIL, Coalescing, fetch_members, wanted_members
+from vlmdata.manifest import ArtifactRecord, PartialRead
+from vlmdata.replicas.http_server import FakeHttpServer, ignore_range
+from vlmdata.storage import LocalStorage
+from tests.unit.archive_helpers import WriteSpy, files_under
+from tests.unit.test_extract import EXPECTED_REASON, GOOD_FIRST, HOSTILE, _zip_with
+
+FOLDER = "data/coco/train2017"
+SPEC = Extract(into="coco/train2017", strip_components=1)  # members are train2017/<name>.jpg, as COCO's zip
+POLICY = RetryPolicy(attempts=3, backoff=0.05, max_wait=0.2)
+
+
+def _photo(seed: int, side: int = 160) -> bytes:
+    """A JPEG of noise: it compresses as little as a photo does (~20 KB here, COCO's are ~160 KB)."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.Random(seed).randbytes(side * side * 3)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+IMAGES = {f"{n:012d}.jpg": _photo(n) for n in range(200)}
+
+
+def _coco_zip(images: dict[str, bytes] = IMAGES) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in images.items():
+            zf.writestr(zipfile.ZipInfo(f"train2017/{name}", date_time=(2017, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+ARCHIVE = _coco_zip()
+
+
+@pytest.fixture
+def server():
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", ARCHIVE)
+        yield srv
+
+
+def _span_bytes(archive: bytes, names: list[str]) -> int:
+    """Bytes the named members occupy: local header to the next member (the least a fetch moves)."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        starts = sorted([i.header_offset for i in zf.infolist()] + [zf.start_dir])
+        following = dict(zip(starts, starts[1:]))
+        return sum(following[zf.getinfo(f"train2017/{n}").header_offset] - zf.getinfo(f"train2017/{n}").header_offset for n in names)
+
+
+def _fetch(srv, wanted, storage, **options):
+    return fetch_members(f"{srv.url}/zips/train2017.zip", wanted, storage, FOLDER, SPEC, policy=POLICY, **options)
+
+
+def test_a_tenth_of_the_members_moves_about_a_tenth_of_the_bytes(server, storage):
+    wanted = list(IMAGES)[::10]  # 20 of 200, spread over the archive
+    result = _fetch(server, wanted, storage)
+
+    sent = server.bytes_sent("/zips/train2017.zip")
+    assert sent == result.bytes_moved
+    assert sent <= _span_bytes(ARCHIVE, wanted) + TAIL + 1  # the members, the archive's end, the size probe
+    assert sent <= 0.1 * len(ARCHIVE) + TAIL + 1
+    # One request for the size, one for the end (the central directory is inside), one per member: none merged (no small gaps).
+    assert server.count("GET", "/zips/train2017.zip") == result.requests == 2 + len(wanted)
+    assert sorted(key.rsplit("/", 1)[1] for key, _ in storage.list(FOLDER)) == sorted(wanted)
+    for name in wanted:
+        data = storage.read_bytes(f"{FOLDER}/{name}")
+        assert data == IMAGES[name]
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    assert result.fetched == 20 and result.members_in_archive == 200 and result.archive_size == len(ARCHIVE)
+    assert sorted(result.index) == sorted([f"{FOLDER}/{n}", len(IMAGES[n]), zlib.crc32(IMAGES[n])] for n in wanted)
+    assert result.not_in_archive == []
+
+
+def test_a_later_call_fetches_only_the_members_still_missing(server, storage):
+    first = list(IMAGES)[:200:10]
+    _fetch(server, first, storage)
+    server.clear_requests()
+    more = list(IMAGES)[5:200:10]
+    result = _fetch(server, first + more, storage)
+
+    assert result.fetched == len(more) and len(result.index) == len(first) + len(more)
+    assert server.bytes_sent("/zips/train2017.zip") <= _span_bytes(ARCHIVE, more) + TAIL + 1
+    assert {key.rsplit("/", 1)[1] for key, _ in storage.list(FOLDER)} == set(first + more)
+    assert all(storage.read_bytes(f"{FOLDER}/{n}") == IMAGES[n] for n in first + more)
+    # Nothing missing: the central directory is read, no member.
+    server.clear_requests()
+    again = _fetch(server, first + more, storage)
+    assert again.fetched == 0 and server.count("GET", "/zips/train2017.zip") == 2 and len(again.index) == 40
+
+
+def test_neighbours_share_a_request_and_every_member_equals_a_full_extraction(server, tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    result = _fetch(server, list(IMAGES), storage)  # everything: contiguous, one request
+    assert result.requests == 3 and result.fetched == 200
+    full = LocalStorage(tmp_path / "full")
+    (tmp_path / "whole.zip").write_bytes(ARCHIVE)
+    index = extract_zip(tmp_path / "whole.zip", full, FOLDER, SPEC)
+    assert sorted(result.index) == sorted(index)
+    assert files_under(tmp_path / "root") == files_under(tmp_path / "full")
+
+
+def test_zip64_archive(tmp_path, monkeypatch):
+    # Forced zip64: a zip64 end of central directory record and locator, zip64 extras in the
+    # central directory (offsets) and longer local headers than the central directory says.
+    with monkeypatch.context() as patched:
+        patched.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 5)
+        patched.setattr(zipfile, "ZIP64_LIMIT", 1000)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            for name, data in list(IMAGES.items())[:30]:
+                with zf.open(zipfile.ZipInfo(f"train2017/{name}", date_time=(2017, 1, 1, 0, 0, 0)), "w", force_zip64=True) as member:
+                    member.write(data)
+        archive = buf.getvalue()
+    assert b"PK\x06\x06" in archive[-200:] and b"PK\x06\x07" in archive[-200:]  # zip64 end record and locator
+    storage = LocalStorage(tmp_path / "root")
+    wanted = list(IMAGES)[:30:3]
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", archive)
+        result = _fetch(srv, wanted, storage)
+    assert result.fetched == len(wanted) and result.members_in_archive == 30
+    assert all(storage.read_bytes(f"{FOLDER}/{n}") == IMAGES[n] for n in wanted)
+
+
+def test_a_corrupt_member_raises_naming_it_and_never_reaches_its_final_path(storage):
+    names = list(IMAGES)[:3]
+    archive = bytearray(_coco_zip({n: IMAGES[n] for n in names}))
+    with zipfile.ZipFile(io.BytesIO(bytes(archive))) as zf:
+        info = zf.getinfo(f"train2017/{names[1]}")
+    archive[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2] ^= 0xFF
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", bytes(archive))
+        with pytest.raises(zipfile.BadZipFile) as raised:
+            _fetch(srv, names, storage)
+    assert names[1] in str(raised.value) and "train2017.zip" in str(raised.value)
+    assert storage.size(f"{FOLDER}/{names[1]}") is None
+    assert storage.read_bytes(f"{FOLDER}/{names[0]}") == IMAGES[names[0]]  # written before, whole
+    if isinstance(storage, LocalStorage):
+        assert files_under(storage.root) == [f"{FOLDER}/{names[0]}"]  # no temporary file left
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_members_are_refused_as_in_a_full_extraction_even_unwanted(case, tmp_path, monkeypatch):
+    storage = LocalStorage(tmp_path / "root")
+    spy = WriteSpy(storage, monkeypatch)
+    with FakeHttpServer() as srv:
+        srv.add("/evil.zip", _zip_with(GOOD_FIRST + HOSTILE[case]))
+        with pytest.raises(UnsafeArchive, match=EXPECTED_REASON[case]):
+            fetch_members(f"{srv.url}/evil.zip", ["ok/1.jpg"], storage, "data/src/images", Extract(into="src/images"), policy=POLICY)
+        assert srv.count("GET", "/evil.zip") == 2  # the size and the end: no member was fetched
+    assert spy.keys == [] and files_under(tmp_path) == []
+
+
+def test_a_server_that_ignores_range_raises_range_not_supported(server, tmp_path):
+    server.script("/zips/train2017.zip", ignore_range())
+    storage = LocalStorage(tmp_path / "root")
+    with pytest.raises(RangeNotSupported, match="does not answer Range requests; download the whole file instead"):
+        _fetch(server, list(IMAGES)[:5], storage)
+    assert server.count("GET", "/zips/train2017.zip") == 1 and files_under(tmp_path) == []
+
+
+def test_a_member_larger_than_a_range_streams_in_chunks(tmp_path):
+    big = {"big.jpg": _photo(7, side=1400), **dict(list(IMAGES.items())[:3])}  # ~1.6 MB
+    archive = _coco_zip(big)
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", archive)
+        storage = LocalStorage(tmp_path / "root")
+        result = _fetch(srv, ["big.jpg"], storage, coalescing=Coalescing(max_range=512 << 10, stream_chunk=256 << 10))
+    assert storage.read_bytes(f"{FOLDER}/big.jpg") == big["big.jpg"]
+    # The size, the end, then the member in several pieces (as zipfile and the writer read it), none read twice.
+    assert result.requests >= 2 + 2
+    assert result.bytes_moved <= _span_bytes(archive, ["big.jpg"]) + TAIL + 1
+
+
+def test_wanted_paths_the_archive_lacks_are_reported(server, tmp_path):
+    result = _fetch(server, ["000000000001.jpg", "elsewhere/x.jpg"], LocalStorage(tmp_path / "root"))
+    assert result.fetched == 1 and result.not_in_archive == ["elsewhere/x.jpg"]
+
+
+def test_the_manifest_records_a_partial_read_and_old_records_still_load(server, tmp_path):
+    result = _fetch(server, list(IMAGES)[:10], LocalStorage(tmp_path / "root"))
+    record = ArtifactRecord(name="train2017.zip", url=result.url, size=result.archive_size, sha256="", fetched_at="now", partial=result.record())
+    loaded = ArtifactRecord.model_validate_json(record.model_dump_json())
+    assert loaded.partial == PartialRead(archive_size=len(ARCHIVE), validator=result.validator, members_in_archive=200, members_present=10,
+                                         members_fetched=10, bytes_moved=result.bytes_moved, requests=result.requests)
+    assert loaded.partial.validator  # the If-Range validator: what a later read compares
+    old = ArtifactRecord.model_validate({"name": "a.zip", "url": "u", "size": 1, "sha256": "x", "fetched_at": "t"})
+    assert old.partial is None
+
+
+def test_wanted_members_from_annotation_records():
+    records = [
+        {"id": 1, "image": "coco/train2017/000000000001.jpg"},
+        {"id": 2, "image": ["coco/train2017/000000000002.jpg", "gqa/images/x.jpg"]},
+        {"id": 3},  # text only
+        {"id": 4, "image": "train2017/000000000004.jpg"},  # relative to a folder the layout links
+        {"id": 5, "image": "coco/train2017/000000000001.jpg"},  # twice: once
+    ]
+    assert wanted_members(records, "", "coco/train2017", links={"train2017": "coco/train2017"}) == [
+        "000000000001.jpg", "000000000002.jpg", "000000000004.jpg"]
+    assert wanted_members(records, "", "gqa/images") == ["x.jpg"]
+
+
+def test_an_archive_comment_is_read_past(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("train2017/000000000003.jpg", IMAGES["000000000003.jpg"])
+        zf.comment = b"x" * 30_000  # the end record is no longer the last 22 bytes: zipfile searches
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", buf.getvalue())
+        result = _fetch(srv, ["000000000003.jpg"], LocalStorage(tmp_path / "root"))
+    assert result.fetched == 1
+
+
+def test_not_a_zip_raises_bad_zip_naming_the_archive(tmp_path):
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", b"<html>Sign in to continue</html>" * 100)
+        with pytest.raises(zipfile.BadZipFile, match="train2017.zip: not a readable zip archive"):
+            _fetch(srv, ["000000000003.jpg"], LocalStorage(tmp_path / "root"))

@@ -13,10 +13,10 @@ from PIL import Image
 
 from vlmdata.catalog import Extract
 from vlmdata.extract import UnsafeArchive, extract_zip
-from vlmdata.fetch.http import RangeNotSupported, RetryPolicy
+from vlmdata.fetch.http import FetchError, RangeNotSupported, RetryPolicy
 from vlmdata.fetch.zip_members import TAIL, Coalescing, fetch_members, wanted_members
 from vlmdata.manifest import ArtifactRecord, PartialRead
-from vlmdata.replicas.http_server import FakeHttpServer, ignore_range
+from vlmdata.replicas.http_server import FakeHttpServer, Fault, ignore_range, status
 from vlmdata.storage import LocalStorage
 from tests.unit.archive_helpers import WriteSpy, files_under
 from tests.unit.test_extract import EXPECTED_REASON, GOOD_FIRST, HOSTILE, _zip_with
@@ -172,6 +172,24 @@ def test_a_server_that_ignores_range_raises_range_not_supported(server, tmp_path
     with pytest.raises(RangeNotSupported, match="does not answer Range requests; download the whole file instead"):
         _fetch(server, list(IMAGES)[:5], storage)
     assert server.count("GET", "/zips/train2017.zip") == 1 and files_under(tmp_path) == []
+
+
+def test_a_member_request_that_fails_for_a_while_is_retried(server, tmp_path):
+    # The size and the end answer; then one member request gets a 503 (whichever of the 8 comes first).
+    server.script("/zips/train2017.zip", Fault(), Fault(), status(503, retry_after=0))
+    wanted = list(IMAGES)[::10]
+    result = _fetch(server, wanted, LocalStorage(tmp_path / "root"))
+    assert result.fetched == len(wanted) and server.count("GET", "/zips/train2017.zip") == 2 + len(wanted) + 1
+    assert all(LocalStorage(tmp_path / "root").read_bytes(f"{FOLDER}/{n}") == IMAGES[n] for n in wanted)
+
+
+def test_an_archive_that_changes_while_it_is_read_fails_the_read(server, tmp_path):
+    # A member request answered 200: with If-Range, what a server sends when the validator no longer matches.
+    server.script("/zips/train2017.zip", Fault(), Fault(), ignore_range())
+    with pytest.raises(FetchError, match="changed while it was being read") as raised:
+        _fetch(server, list(IMAGES)[::10], LocalStorage(tmp_path / "root"), coalescing=Coalescing(workers=1))
+    assert not isinstance(raised.value, RangeNotSupported)
+    assert files_under(tmp_path) == []  # the first member's request failed: nothing written
 
 
 def test_a_member_larger_than_a_range_streams_in_chunks(tmp_path):

@@ -23,7 +23,9 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -61,14 +63,17 @@ class Coalescing:
     more than ``max_requests``, the smallest gaps are merged too, as long as the bytes read
     for nobody stay within ``max_over_read`` times the wanted members' bytes; if that is not
     enough, :class:`TooScattered`. A request holds at most ``max_range`` bytes in memory; a
-    member longer than that streams in ``stream_chunk`` requests of its own.
+    member longer than that streams in ``stream_chunk`` requests of its own. ``workers``
+    requests run at once, fetching ahead of the writes (a request mostly waits for its round
+    trip: bench ``partial_zip``), so at most ``workers + 1`` ranges are held at a time.
     """
 
     max_gap: int = 64 * 1024
     max_requests: int = 10_000
     max_over_read: float = 0.5
-    max_range: int = 64 << 20
+    max_range: int = 16 << 20
     stream_chunk: int = 8 << 20
+    workers: int = 8
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,62 @@ class _ArchiveReader(RangeReader):
             size = remaining
         return super().read(size)
 
+    def hold(self, start: int, data: bytes) -> None:
+        """Serve the reads within ``start`` to ``start + len(data) - 1`` from ``data`` (fetched
+        by :class:`_RangesAhead`)."""
+        self._buffer, self._buffer_start = data, start
+
+
+class _RangesAhead:
+    """Fetches the ranges, in order, ``workers`` requests at a time, ahead of the reader that
+    zipfile reads: :meth:`load` hands a range's bytes to it when the writes reach it.
+
+    Each request is a :class:`RangeReader` of its own carrying the archive's validator as
+    If-Range, so a file that changes meanwhile fails the read as it does in one reader.
+    """
+
+    def __init__(self, reader: _ArchiveReader, ranges: list[Range], rules: Coalescing, session: requests.Session, policy: RetryPolicy):
+        self.reader, self.session, self.policy = reader, session, policy
+        self.waiting = deque(r for r in ranges if r.end - r.start <= rules.max_range)  # longer ones stream through the reader
+        self.pending: deque[tuple[Range, Future]] = deque()
+        self.pool = ThreadPoolExecutor(max(1, rules.workers), thread_name_prefix="zip-ranges")
+        self.workers, self.max_range = max(1, rules.workers), rules.max_range
+        self.requests = self.received = 0
+        self.held: Range | None = None
+
+    def __enter__(self) -> _RangesAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for _range, future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def load(self, r: Range) -> None:
+        if r is self.held or r.end - r.start > self.max_range:  # held already, or streams through the reader
+            return
+        self._submit()
+        head, future = self.pending.popleft()
+        assert head is r, "ranges are loaded in the order they were planned"
+        data, requests_made, received = future.result()
+        self.requests += requests_made
+        self.received += received
+        self.reader.hold(r.start, data)
+        self.held = r
+        self._submit()
+
+    def _submit(self) -> None:
+        while self.waiting and len(self.pending) < self.workers:
+            r = self.waiting.popleft()
+            self.pending.append((r, self.pool.submit(self._fetch, r)))
+
+    def _fetch(self, r: Range) -> tuple[bytes, int, int]:
+        part = RangeReader(self.reader.url, session=self.session, policy=self.policy)
+        part.size, part.validator = self.reader.size, self.reader.validator
+        part.seek(r.start)
+        data = part.read(r.end - r.start)
+        return data, part.requests, part.received
+
 
 @dataclass
 class PartialZip:
@@ -170,6 +231,7 @@ def fetch_members(url: str, wanted: Iterable[str], storage: Storage, folder: str
     member (a bad CRC-32 or size names the member; no file reaches its final path).
     """
     name = name or urlsplit(url).path.rsplit("/", 1)[-1] or "archive.zip"
+    session = session or requests.Session()
     reader = _ArchiveReader(url, session=session, policy=policy)
     reader.seek(0, io.SEEK_END)  # one byte asked: the answer says the size
     reader.prefetch(max(0, reader.size - TAIL), min(TAIL, reader.size))
@@ -184,19 +246,18 @@ def fetch_members(url: str, wanted: Iterable[str], storage: Storage, folder: str
                  len(ranges), sum(r.end - r.start for r in ranges))
         range_of = {span.member.info: r for r in ranges for span in r.spans}
         reader.readahead = coalescing.stream_chunk  # a member larger than max_range streams in chunks
+        with _RangesAhead(reader, ranges, coalescing, session, policy) as ahead:
 
-        def open_member(info: zipfile.ZipInfo):
-            held = range_of[info]
-            if held.end - held.start <= coalescing.max_range:
-                reader.prefetch(held.start, held.end - held.start)
-            return archive.open(info)
+            def open_member(info: zipfile.ZipInfo):
+                ahead.load(range_of[info])
+                return archive.open(info)
 
-        order = [span.member for r in ranges for span in r.spans]
-        fetched = write_zip_members(name, archive, order, storage, folder, skip_present=False, guard=guard, open_member=open_member)
+            order = [span.member for r in ranges for span in r.spans]
+            fetched = write_zip_members(name, archive, order, storage, folder, skip_present=False, guard=guard, open_member=open_member)
     on_storage = {key for key, _size, _crc in fetched} | {f"{folder}/{m.path}" for m in members if present.get(f"{folder}/{m.path}") == m.size}
     index = [[f"{folder}/{m.path}", m.size, m.info.CRC] for m in members if f"{folder}/{m.path}" in on_storage]
     result = PartialZip(redact(url), reader.size, reader.validator, len(members), len(wanted), sorted(wanted - by_path.keys()), len(fetched),
-                        reader.requests, reader.received, index)
+                        reader.requests + ahead.requests, reader.received + ahead.received, index)
     log.info("%s: fetched %d members (%d bytes in %d requests); %d of %d members on the storage", name, result.fetched, result.bytes_moved,
              result.requests, len(index), len(members))
     return result

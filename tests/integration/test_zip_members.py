@@ -128,6 +128,9 @@ def test_zip64_archive(tmp_path, monkeypatch):
                     member.write(data)
         archive = buf.getvalue()
     assert b"PK\x06\x06" in archive[-200:] and b"PK\x06\x07" in archive[-200:]  # zip64 end record and locator
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:  # local extra fields shorter than the central directory's
+        info = zf.getinfo(f"train2017/{list(IMAGES)[3]}")
+        assert int.from_bytes(archive[info.header_offset + 28 : info.header_offset + 30], "little") < len(info.extra)
     storage = LocalStorage(tmp_path / "root")
     wanted = list(IMAGES)[:30:3]
     with FakeHttpServer() as srv:
@@ -152,6 +155,19 @@ def test_a_corrupt_member_raises_naming_it_and_never_reaches_its_final_path(stor
     assert storage.read_bytes(f"{FOLDER}/{names[0]}") == IMAGES[names[0]]  # written before, whole
     if isinstance(storage, LocalStorage):
         assert files_under(storage.root) == [f"{FOLDER}/{names[0]}"]  # no temporary file left
+
+
+def test_a_local_header_that_disagrees_with_the_central_directory_is_refused(tmp_path):
+    names = list(IMAGES)[:3]
+    archive = bytearray(_coco_zip({n: IMAGES[n] for n in names}))
+    with zipfile.ZipFile(io.BytesIO(bytes(archive))) as zf:
+        info = zf.getinfo(f"train2017/{names[1]}")
+    archive[info.header_offset + 30 + len("train2017/")] ^= 0x01  # the local header names another file
+    with FakeHttpServer() as srv:
+        srv.add("/zips/train2017.zip", bytes(archive))
+        with pytest.raises(zipfile.BadZipFile, match=f"{names[1]}.*differ"):
+            _fetch(srv, names[1:2], LocalStorage(tmp_path / "root"))
+    assert files_under(tmp_path) == []
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -250,3 +266,34 @@ def test_not_a_zip_raises_bad_zip_naming_the_archive(tmp_path):
         srv.add("/zips/train2017.zip", b"<html>Sign in to continue</html>" * 100)
         with pytest.raises(zipfile.BadZipFile, match="train2017.zip: not a readable zip archive"):
             _fetch(srv, ["000000000003.jpg"], LocalStorage(tmp_path / "root"))
+
+
+def test_the_images_an_annotation_file_references_from_the_slice_replica(tmp_path):
+    """The catalog's COCO and LLaVA-Instruct entries, the slice replica's zip and annotation files:
+    detail_23k's images first, then the mix665k recipe's, which adds one more COCO image."""
+    from vlmdata.annotations import Records
+    from vlmdata.catalog import load_catalog
+    from vlmdata.replicas.slice import SliceReplica
+
+    catalog, replica = load_catalog(), SliceReplica()
+    coco = catalog["coco_train2017"].artifacts[0]
+    llava = {a.name: a for a in catalog["llava_instruct_150k"].artifacts}
+    storage, folder = LocalStorage(tmp_path / "root"), f"data/{coco.extract.into}"
+
+    def wanted(name: str) -> list[str]:
+        records = Records.read(io.BytesIO(replica.llava_files[name]), name)
+        return wanted_members(records, llava[name].annotation.image_folder, coco.extract.into)
+
+    bare = [m.split("/", 1)[1] for m in replica.coco_members]
+    assert wanted("detail_23k.json") == [f"train2017/{n}" for n in bare[:3]]
+    assert wanted("llava_v1_5_mix665k.json") == [f"train2017/{n}" for n in bare[:4]]  # gqa's image and the text record left out
+    with FakeHttpServer() as srv:
+        srv.add("/coco/zips/train2017.zip", replica.coco_zip)
+        url = f"{srv.url}/coco/zips/train2017.zip"
+        first = fetch_members(url, wanted("detail_23k.json"), storage, folder, coco.extract, policy=POLICY)
+        second = fetch_members(url, wanted("llava_v1_5_mix665k.json"), storage, folder, coco.extract, policy=POLICY)
+    assert (first.fetched, second.fetched) == (3, 1)
+    (tmp_path / "train2017.zip").write_bytes(replica.coco_zip)
+    full = extract_zip(tmp_path / "train2017.zip", LocalStorage(tmp_path / "full"), folder, coco.extract)
+    assert second.index == [entry for entry in full if entry[0].rsplit("/", 1)[1] in bare[:4]]
+    assert files_under(tmp_path / "root") == [f"{folder}/train2017/{n}" for n in bare[:4]]

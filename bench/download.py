@@ -87,8 +87,9 @@ class Server:
 
 
 @contextmanager
-def serve(kind: str, root: Path, file: Path | None = None):
-    """Start a server process of ``kind`` (sendfile, http.server, fake); yield a :class:`Server`."""
+def serve(kind: str, root: Path, file: Path | None = None, delay: float = 0.0):
+    """Start a server process of ``kind`` (sendfile, http.server, fake); yield a :class:`Server`.
+    ``delay``: seconds the sendfile server waits before each answer (a link's round trip)."""
     if kind == "http.server":
         port = _free_port()
         proc = subprocess.Popen([python(), "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,7 +99,7 @@ def serve(kind: str, root: Path, file: Path | None = None):
             _stop(proc)
             raise
     else:
-        args = [python(), "-m", "bench.httpd", str(root)] if kind == "sendfile" else [python(), "-m", "bench.httpd", "--fake", str(file)]
+        args = [python(), "-m", "bench.httpd", str(root), "--delay", str(delay)] if kind == "sendfile" else [python(), "-m", "bench.httpd", "--fake", str(file)]
         proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             ready, _, _ = select.select([proc.stdout], [], [], 120)

@@ -6,6 +6,8 @@ the server costs the client (sharing 2 cores with it) as little CPU as possible.
 GET and HEAD, a single byte range with If-Range, a strong ETag, and the headers a Hugging
 Face Hub ``/resolve/`` answer carries (so ``hf_hub_download`` can be pointed at it).
 
+``--delay SECONDS`` waits that long before answering each request, as a link's round trip would.
+
 ``python -m bench.httpd --fake FILE`` serves FILE from the tests' FakeHttpServer (in memory),
 only so that the comparison can say how fast that one is.
 
@@ -19,6 +21,7 @@ import email.utils
 import os
 import re
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -51,6 +54,8 @@ class _Handler(BaseHTTPRequestHandler):
         return path if os.path.isfile(path) else None
 
     def _serve(self, body: bool) -> None:
+        if self.server.delay:
+            time.sleep(self.server.delay)  # --delay: a round trip of a real link, per request
         path = self._file()
         if path is None:
             self.send_error(404)
@@ -107,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.httpd")
     parser.add_argument("root", nargs="?", help="folder whose files are served (sendfile server)")
     parser.add_argument("--fake", help="serve this one file from the tests' FakeHttpServer instead")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering each request (sendfile server): a link's round trip")
     args = parser.parse_args(argv)
     if args.fake:
         from vlmdata.replicas.http_server import FakeHttpServer
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.root = os.path.abspath(args.root)
+    httpd.delay = args.delay
     print(httpd.server_address[1], flush=True)
     httpd.serve_forever()
 

@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 import msgspec
@@ -236,6 +236,18 @@ def image_path(folder: str, image: str) -> str:
     if image and image[0] not in "/." and image[-1] != "/" and "//" not in image and "/." not in image and _plain_folder(folder):
         return image if folder in ("", ".") else f"{folder}/{image}"
     return posixpath.normpath(posixpath.join(folder, image))
+
+
+def image_paths(records: Iterable[Mapping], image_folder: str = "") -> list[str]:
+    """The distinct image paths (relative to the data tree, in first-seen order) the records
+    reference; a record's ``image`` may be one path or a list of them."""
+    seen: dict[str, None] = {}
+    for record in records:
+        images = record.get("image") if type(record) is dict or isinstance(record, Mapping) else None
+        for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
+            if isinstance(image, str) and image:
+                seen[image_path(image_folder, image)] = None
+    return list(seen)
 
 
 @functools.lru_cache(maxsize=64)

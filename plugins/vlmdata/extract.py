@@ -331,14 +331,34 @@ def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract
     ``zipfile.BadZipFile`` naming the member; what was written before stays valid and is
     skipped on the next run (``skip_present``; off when a new upstream version replaces an old one).
     """
-    try:
-        archive = zipfile.ZipFile(archive_path)
-    except zipfile.BadZipFile as exc:
-        raise zipfile.BadZipFile(f"{archive_path.name}: not a readable zip archive ({exc})") from exc
-    with archive:
+    with open_zip(archive_path, archive_path.name) as archive:
         members = plan(archive, spec, limits)
-        data_errors = (zipfile.BadZipFile, zlib.error, EOFError)  # bad CRC, corrupt deflate stream, cut data
-        return _write_members(archive_path.name, members, archive.open, lambda m: m.info.CRC, storage, folder, skip_present, progress_every, data_errors, zipfile.BadZipFile, guard)
+        return write_zip_members(archive_path.name, archive, members, storage, folder, skip_present=skip_present, progress_every=progress_every, guard=guard)
+
+
+def open_zip(file, name: str) -> zipfile.ZipFile:
+    """``zipfile.ZipFile(file)`` (a path or a seekable file, a remote one included), or
+    ``zipfile.BadZipFile`` naming the archive."""
+    try:
+        return zipfile.ZipFile(file)
+    except zipfile.BadZipFile as exc:
+        raise zipfile.BadZipFile(f"{name}: not a readable zip archive ({exc})") from exc
+
+
+_ZIP_DATA_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError)  # bad CRC, corrupt deflate stream, cut data
+
+
+def write_zip_members(archive_name: str, archive: zipfile.ZipFile, members: list[Member], storage: Storage, folder: str, *, skip_present: bool = True,
+                      progress_every: float = 10.0, guard: Callable[[], None] = lambda: None, open_member: Callable | None = None) -> list[list]:
+    """Write vetted zip members (:func:`plan`) into ``folder``; return the index ``[[path, size, crc32], ...]``.
+
+    The one writer of a whole zip (:func:`extract_zip`) and of members read remotely
+    (``fetch/zip_members.py``, whose ``open_member`` fetches a member's bytes before opening
+    it). zipfile checks each member's CRC-32 and size as it is read: a bad one raises
+    ``zipfile.BadZipFile`` naming the member before its file reaches its final path.
+    """
+    return _write_members(archive_name, members, open_member or archive.open, lambda m: m.info.CRC, storage, folder, skip_present, progress_every,
+                          _ZIP_DATA_ERRORS, zipfile.BadZipFile, guard)
 
 
 _TAR_DATA_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)

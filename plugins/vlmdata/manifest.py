@@ -48,6 +48,24 @@ class Placement(_Record):
     bytes: int = 0
 
 
+class PartialRead(_Record):
+    """An archive read in part over HTTP Range requests (``fetch/zip_members.py``): only some
+    members were fetched, so the archive's own sha256 could not be checked. What was checked
+    instead: every fetched member's CRC-32 and size against the central directory, its local
+    header against its central directory entry, and the central directory itself (zipfile
+    reads it whole and refuses one that does not add up); every member name was vetted as a
+    full extraction vets it."""
+
+    archive_size: int
+    validator: str | None = None  # the ETag or Last-Modified every range request carried as If-Range
+    members_in_archive: int = 0
+    members_present: int = 0  # archive members now on the storage (the index lists them)
+    members_fetched: int = 0  # by the last read
+    bytes_moved: int = 0  # response bytes of the last read (central directory included)
+    requests: int = 0  # range requests of the last read
+    checked: str = "crc32 and size of every member against the central directory"
+
+
 class ArtifactRecord(_Record):
     name: str
     url: str
@@ -59,6 +77,7 @@ class ArtifactRecord(_Record):
     fetched_at: str
     placement: Placement = Field(default_factory=Placement)
     complete: bool = False  # False while an archive is being extracted
+    partial: PartialRead | None = None  # None: downloaded whole, its sha256 checked
 
 
 class Acknowledgement(_Record):

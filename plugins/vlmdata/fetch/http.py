@@ -57,6 +57,11 @@ class FetchError(RuntimeError):
         super().__init__(redact_text(str(message)), *args)
 
 
+class RangeNotSupported(FetchError):
+    """The server answered a ``Range`` request with the whole file (200): reading part of it
+    (:class:`RangeReader`) is not possible there; the caller downloads the whole file instead."""
+
+
 class PermanentFetchError(FetchError):
     """Retrying cannot help (a 4xx answer, a host name that does not resolve, upstream moved):
     fails at once, without the in-task retries nor Airflow's task retries."""
@@ -431,6 +436,7 @@ class RangeReader(io.RawIOBase):
         self.size: int | None = None
         self.validator: str | None = None
         self.requests = 0  # how many ranges were fetched: the cost of what was read
+        self.received = 0  # body bytes those requests brought
         self._pos = 0
         self._buffer, self._buffer_start = b"", 0
 
@@ -461,6 +467,10 @@ class RangeReader(io.RawIOBase):
         if self.size is not None and self._pos >= self.size or size == 0:
             return b""
         offset = self._pos - self._buffer_start
+        if 0 <= offset < len(self._buffer) < offset + size:  # the start is held: fetch only the rest
+            head = self._buffer[offset:]
+            self._pos += len(head)
+            return head + self.read(size - len(head))
         if offset < 0 or offset + size > len(self._buffer):
             self._fill(self._pos, max(size, self.readahead))
             offset = 0
@@ -472,6 +482,13 @@ class RangeReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def prefetch(self, start: int, length: int) -> None:
+        """Fetch bytes ``start`` to ``start + length - 1`` in one request (unless already held)
+        and keep them: the reads that follow within them cost no request."""
+        held = self._buffer_start <= start and start + length <= self._buffer_start + len(self._buffer)
+        if not held:
+            self._fill(start, length)
 
     def _fill(self, start: int, length: int) -> None:
         if self.size is not None:
@@ -492,8 +509,10 @@ class RangeReader(io.RawIOBase):
                     self.size = _content_range_total(response.headers.get("Content-Range")) or start
                     return b""
                 if status == 200:
-                    what = "changed while it was being read" if self.validator else "does not answer Range requests"
-                    raise FetchError(f"{redact(self.url)}: the server sent the whole file instead of bytes {start}-{start + length - 1}: the file {what}")
+                    whole = f"{redact(self.url)}: the server sent the whole file instead of bytes {start}-{start + length - 1}"
+                    if not self.validator:
+                        raise RangeNotSupported(f"{whole}: it does not answer Range requests; download the whole file instead")
+                    raise FetchError(f"{whole}: the file changed while it was being read")
                 if status != 206:
                     raise PermanentFetchError(self.refused(status, response) if self.refused and 400 <= status < 500 else _explain_status(self.url, status, response))
                 if _content_range_start(response.headers.get("Content-Range")) != start:
@@ -507,6 +526,7 @@ class RangeReader(io.RawIOBase):
                     if received >= length:
                         break
                 data = b"".join(chunks)[:length]
+                self.received += len(data)
                 if len(data) < min(length, (self.size or start + length) - start):
                     raise Transient(f"connection closed after {len(data)} of {length} bytes")
                 return data

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..annotations import Records, fast_or_json, image_path
+from ..annotations import Records, fast_or_json, image_paths
 from ..catalog import Artifact, Extract, Source
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
@@ -297,16 +297,7 @@ def sa1b_remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> lis
 
 def sam_images(records: Iterable[Mapping], image_folder: str = "") -> list[str]:
     """The distinct ``sam/images/...`` paths (relative to the data tree) the records reference."""
-    seen: dict[str, None] = {}
-    for record in records:
-        images = record.get("image") if type(record) is dict or isinstance(record, Mapping) else None
-        for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
-            if not isinstance(image, str) or not image:
-                continue
-            path = image_path(image_folder, image)
-            if path.startswith(IMAGES_FOLDER + "/"):
-                seen[path] = None
-    return list(seen)
+    return [path for path in image_paths(records, image_folder) if path.startswith(IMAGES_FOLDER + "/")]
 
 
 def _by_image(index: Mapping[str, Iterable[str]] | None) -> dict[str, str]:

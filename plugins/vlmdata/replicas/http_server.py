@@ -312,6 +312,7 @@ class FakeHttpServer:
         self._faults: dict[str, deque[Fault]] = {}
         self._routes: list[tuple[frozenset[str] | None, re.Pattern[str], Handler]] = []
         self._requests: list[Request] = []
+        self._sent: dict[str, int] = {}  # path -> body bytes sent
         self._clock = 0
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -441,6 +442,12 @@ class FakeHttpServer:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._sent.clear()
+
+    def bytes_sent(self, path: str) -> int:
+        """Response body bytes sent for this path (since the start or `clear_requests`)."""
+        with self._lock:
+            return self._sent.get(path, 0)
 
     # serving ---------------------------------------------------------------------------------
 
@@ -517,7 +524,10 @@ class FakeHttpServer:
         if req.method == "HEAD":
             body = b""
         cuts = [n for n in (fault.drop_after, fault.reset_after) if n is not None]
-        self._write_body(h, body[: min(cuts)] if cuts else body, fault.bytes_per_second)
+        body = body[: min(cuts)] if cuts else body
+        with self._lock:
+            self._sent[req.path] = self._sent.get(req.path, 0) + len(body)
+        self._write_body(h, body, fault.bytes_per_second)
         if fault.reset_after is not None:
             self._reset(h)
         elif fault.drop_after is not None:

@@ -38,7 +38,7 @@ def load(storage: Storage, key: str, model: type[Report]) -> Report | None:
     try:
         return msgspec.json.decode(storage.read_bytes(key), type=model)
     except msgspec.DecodeError as exc:
-        raise type(exc)(f"{key} on {storage.url} is not a {model.__name__}: {exc}") from exc
+        raise type(exc)(f"{key} on {storage.url}: not a valid {model.__name__} ({exc})") from exc
 
 
 def save(storage: Storage, key: str, report: msgspec.Struct) -> None:

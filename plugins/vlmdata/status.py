@@ -28,7 +28,7 @@ from .manifest import Manifest, SourceRecord
 from .mix import Recipe, lock_key, lock_summary, summary_key
 from .pages import human_bytes
 from .reports import IntegrityReport, load
-from .storage import STATE_PREFIX, Storage, StorageError
+from .storage import STATE_PREFIX, Storage
 from .verify import report_key
 
 log = logging.getLogger("vlmdata.status")
@@ -199,8 +199,8 @@ def _or_problem(read, blank, what: str):
     problem, for the page to show beside the rows it could read)."""
     try:
         return read()
-    except (ValueError, OSError, StorageError) as exc:  # a corrupt JSON file, a permission denied
-        log.warning("%s: %s", what, exc)
+    except Exception as exc:  # a corrupt or malformed file, a permission denied, a request that failed
+        log.warning("%s: cannot read its files", what, exc_info=True)
         blank.problem = f"{type(exc).__name__}: {exc}"
         return blank
 
@@ -215,8 +215,9 @@ def gather(
     """Everything the page shows; ``runs`` maps a DAG id to its :class:`Run`. Sources and
     mixtures are read in parallel: on S3 each is a few requests, whose round trips overlap.
     Raises :class:`Unreadable` when the storage cannot be read at all."""
-    try:
-        index = INDEX_KEY if storage.exists(INDEX_KEY) else None  # one request first: is the storage there?
+    try:  # is the storage there? A listing fails on a missing bucket, where a HEAD only says "absent"
+        next(iter(storage.list(f"{STATE_PREFIX}/reports")), None)
+        index = INDEX_KEY if storage.exists(INDEX_KEY) else None
     except Exception as exc:  # botocore's connection and client errors, OSError, StorageError
         raise Unreadable(f"cannot read the storage {storage.url}: {type(exc).__name__}: {exc}") from exc
     runs = runs or {}

@@ -126,9 +126,9 @@ def test_the_page_reads_summaries_never_the_whole_reports(storage):
     that it is not JSON: the page and the summary come from the summaries alone."""
     from vlmdata.replicas import large
 
-    records = 100_000
+    records = 50_000
     large.fill(storage, load_catalog(), load_recipes(), records, corrupt=True)
-    assert storage.size("mixtures/llava_v1_5_mix665k/lock.json") > 5_000_000  # what the page must not read
+    assert storage.size("mixtures/llava_v1_5_mix665k/lock.json") > 2_000_000  # what the page must not read (cut short)
     summary = gather(storage)
     assert len(summary.sources) == 15 and len(summary.mixtures) == 9
     assert all(s.problem is None and s.integrity == "warn" and s.broken == records for s in summary.sources)

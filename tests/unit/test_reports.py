@@ -135,6 +135,7 @@ def test_the_index_gives_every_warn_or_fail_its_reason_and_links_each_page():
     ok = IntegrityReport("gqa", "2026-12-01T10:00:00+00:00")
     ok.settle()
     page = pages.render("index.html", reports=[_report(), ok])
+    assert 'href="../../../"' in page  # served by the plugin under vlmdata/files/_vlmdata/reports/: the vlmdata page
     rows = page.split("<tr>")[2:]
     assert 'href="coco_train2017/integrity.html"' in rows[0] and "train2017.zip: 2 extracted files missing" in rows[0]
     assert f'href="coco_train2017/broken.json">{len(BROKEN)}</a>' in rows[0]

@@ -45,10 +45,6 @@ def save(storage: Storage, key: str, report: msgspec.Struct) -> None:
     storage.write_json(key, msgspec.to_builtins(report))
 
 
-class Struct(msgspec.Struct):
-    pass
-
-
 class Sparse(msgspec.Struct, omit_defaults=True):
     """Fields left at their default are not written: the JSON of a dict that lacked them."""
 
@@ -74,15 +70,12 @@ class Finding(Sparse):
         """Files the report does not name (they are in :attr:`every`)."""
         return self.count - len(self.files)
 
-    def __str__(self) -> str:
-        return self.text
-
 
 def _findings(entries: list[Finding | str]) -> list[Finding]:
     return [Finding(e) if isinstance(e, str) else e for e in entries]
 
 
-class Tally(Struct):
+class Tally(msgspec.Struct):
     """Records or references sharing a reason: how many, and a few of them."""
 
     count: int = 0
@@ -99,7 +92,7 @@ class ArtifactCheck(Sparse):
     wrong_size: int | None = None
 
 
-class AnnotationCheck(Struct):
+class AnnotationCheck(msgspec.Struct):
     """:func:`vlmdata.annotations.check_records` of one annotation file."""
 
     records: int = 0
@@ -110,7 +103,7 @@ class AnnotationCheck(Struct):
     duplicate_ids: int = 0
 
 
-class References(Struct):
+class References(msgspec.Struct):
     """The images an annotation file references: resolve (present and decoding) or not, why."""
 
     resolved: int = 0
@@ -118,7 +111,7 @@ class References(Struct):
     reasons: dict[str, Tally] = {}
 
 
-class ImageCheck(Struct):
+class ImageCheck(msgspec.Struct):
     checked: int = 0
     ok: int = 0
     broken: dict[str, str] = {}  # storage key -> why, the first MAX_EXAMPLES (every one in broken.json)
@@ -128,7 +121,7 @@ class ImageCheck(Struct):
     formats: dict[str, int] = {}
 
 
-class CrawlCounts(Struct):
+class CrawlCounts(msgspec.Struct):
     listed: int | None = None
     stored: int = 0
     fetched_this_run: int = 0
@@ -141,7 +134,7 @@ class CrawlCounts(Struct):
     unfinished_shards: int = 0
 
 
-class CrawlNote(Struct):
+class CrawlNote(msgspec.Struct):
     """A crawl as its source's integrity report carries it: counts, and the first
     MAX_EXAMPLES images of each outcome (every one in crawl.json)."""
 
@@ -155,7 +148,7 @@ class CrawlNote(Struct):
 Status = Literal["ok", "warn", "fail"]
 
 
-class IntegrityReport(Struct):
+class IntegrityReport(msgspec.Struct):
     source: str
     checked_at: str
     artifacts: dict[str, ArtifactCheck] = {}
@@ -199,7 +192,7 @@ class IntegrityReport(Struct):
 # -------------------------------------------------------------------------------- crawl
 
 
-class FilledImage(Struct):
+class FilledImage(msgspec.Struct):
     archive: str | None = None
     member: str | None = None
     conversion: str | None = None
@@ -217,7 +210,7 @@ class MirrorOutcome(Sparse):
     not_in_archive: int | None = None
 
 
-class CrawlReport(Struct):
+class CrawlReport(msgspec.Struct):
     source: str
     into: str
     finished_at: str
@@ -237,7 +230,7 @@ class CrawlReport(Struct):
         return CrawlNote(self.finished_at, self.counts, **{what: dict(list(getattr(self, what).items())[:MAX_EXAMPLES]) for what in ("dead", "broken", "converted")})
 
 
-class MissingIds(Struct):
+class MissingIds(msgspec.Struct):
     """The part of a crawl report a mirror fill reads (msgspec skips the rest while decoding)."""
 
     missing: list[str] = []
@@ -246,7 +239,7 @@ class MissingIds(Struct):
 # ---------------------------------------------------------------------------- SA-1B tars
 
 
-class NeededTars(Struct):
+class NeededTars(msgspec.Struct):
     """Which SA-1B tars the SAM images of some annotation files need."""
 
     referenced: int

@@ -36,7 +36,6 @@ from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 log = logging.getLogger("vlmdata.verify")
 
 
-
 class IntegrityFailure(RuntimeError):
     pass
 

@@ -27,7 +27,7 @@ from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
 from .mix import build, load_recipes, rebuild
 from .pools import pools
-from .verify import summary, verify_source
+from .verify import verify_source
 
 
 def _size(source) -> str:
@@ -60,8 +60,8 @@ def cmd_pools(args, catalog) -> int:
 
 def cmd_verify(args, catalog) -> int:
     report = verify_source(_lookup(catalog, args.source), settings.from_env(args.root).storage(), catalog, workers=args.workers)
-    print(summary(report))
-    return 1 if report["status"] == "fail" else 0
+    print(report.summary())
+    return 1 if report.status == "fail" else 0
 
 
 def cmd_layout(args, catalog) -> int:

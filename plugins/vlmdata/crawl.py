@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+import msgspec
 import requests
 from PIL import Image
 
@@ -62,6 +63,7 @@ from .lease import current_guard, exclusive
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from .mirrors import Mirrors
 from .redaction import redact_text
+from .reports import CrawlCounts, CrawlReport, FilledImage, MirrorOutcome, MissingIds, load, save
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
 log = logging.getLogger("vlmdata.crawl")
@@ -557,32 +559,30 @@ def finish(storage: Storage, source_id: str, into: str) -> dict:
     )
     manifest.save_artifact(record)  # after the index it points to
 
-    counts = {
-        "listed": plan.get("listed"), "stored": len(present), "fetched_this_run": fetched_ok,
-        "converted": len(converted), "dead": len({i for i in dead if i not in present}),
-        "broken": len({i for i in broken if i not in present}), "filled_from_mirror": len(filled),
-        "invalid": len(plan.get("invalid", {})), "missing": len(missing), "unfinished_shards": len(unfinished),
-    }
-    report = {
-        "source": source_id, "into": into, "list_key": list_key, "finished_at": now(), "counts": counts,
-        "converted": dict(sorted(converted.items())),
-        "dead": {i: r for i, r in sorted(dead.items()) if i not in present},
-        "broken": {i: r for i, r in sorted(broken.items()) if i not in present},
-        "filled_from_mirror": dict(sorted(filled.items())),
-        "invalid": plan.get("invalid", {}),
-        "unfinished_shards": unfinished,
-        "missing": missing,
-        "mirrors": storage.read_json(mirrors_key(source_id), default={}).get("mirrors", []),
-    }
-    storage.write_json(report_key(source_id), report)
+    still_dead = {i: r for i, r in sorted(dead.items()) if i not in present}
+    still_broken = {i: r for i, r in sorted(broken.items()) if i not in present}
+    counts = CrawlCounts(
+        listed=plan.get("listed"), stored=len(present), fetched_this_run=fetched_ok, converted=len(converted),
+        dead=len(still_dead), broken=len(still_broken), filled_from_mirror=len(filled),
+        invalid=len(plan.get("invalid", {})), missing=len(missing), unfinished_shards=len(unfinished),
+    )
+    report = CrawlReport(
+        source=source_id, into=into, list_key=list_key, finished_at=now(), counts=counts,
+        converted=dict(sorted(converted.items())), dead=still_dead, broken=still_broken,
+        filled_from_mirror={i: msgspec.convert(f, FilledImage) for i, f in sorted(filled.items())},
+        invalid=plan.get("invalid", {}), unfinished_shards=unfinished, missing=missing,
+        mirrors=msgspec.convert(storage.read_json(mirrors_key(source_id), default={}).get("mirrors", []), list[MirrorOutcome]),
+    )
+    save(storage, report_key(source_id), report)
     log.info("%s: %d images stored in %s (%d fetched this run, %d converted, %d filled from a mirror); %d missing (%d dead, %d broken, %d in unfinished shards)",
-             source_id, len(present), into, fetched_ok, len(converted), len(filled), len(missing), counts["dead"], counts["broken"], len(unfinished))
-    return {"source": source_id, "report": report_key(source_id), "index": index_key(source_id, ARTIFACT), **counts}
+             source_id, len(present), into, fetched_ok, len(converted), len(filled), len(missing), counts.dead, counts.broken, len(unfinished))
+    return {"source": source_id, "report": report_key(source_id), "index": index_key(source_id, ARTIFACT), **msgspec.to_builtins(counts)}
 
 
 def missing_ids(storage: Storage, source_id: str) -> list[str]:
     """The ids the last :func:`finish` found missing (what a mirror archive should fill)."""
-    return list(storage.read_json(report_key(source_id), default={}).get("missing", []))
+    report = load(storage, report_key(source_id), MissingIds)
+    return report.missing if report else []
 
 
 # ------------------------------------------------------------------------- mirror archives

@@ -32,11 +32,14 @@ from pathlib import Path
 
 from .airflow_client import AirflowClient
 from .catalog import load_catalog
+from .crawl import report_key as crawl_report_key
 from .layout import load_profiles
 from .localairflow import LocalAirflow, _port_in_use, free_port
 from .mix import load_recipes
 from .replicas.sources import Replicas
+from .reports import CrawlReport, IntegrityReport, load
 from .storage import LocalStorage
+from .verify import report_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / ".demo"
@@ -255,25 +258,24 @@ def summary(outcome: Outcome, demo_dir: Path) -> str:
             lines.append(f"  {dag_id:<40} {len(runs):>3} runs  {runs[-1]['state']}{f'  ({failed} failed)' if failed else ''}")
     lines += ["", "Integrity (status, images decoding, references resolving):"]
     for source in sorted(load_catalog()):
-        report = storage.read_json(f"_vlmdata/reports/{source}/integrity.json", default=None)
+        report = load(storage, report_key(source), IntegrityReport)
         if report is None:
             lines.append(f"  {source:<26} no report")
             continue
-        images = report.get("images", {})
-        refs = report.get("references", {})
-        resolved = sum(r["resolved"] for r in refs.values())
-        unresolved = sum(r["unresolved"] for r in refs.values())
-        text = f"  {source:<26} {report['status']:<5} images {images.get('ok', 0)}/{images.get('checked', 0)}"
+        images, refs = report.images, report.references
+        resolved = sum(r.resolved for r in refs.values())
+        unresolved = sum(r.unresolved for r in refs.values())
+        text = f"  {source:<26} {report.status:<5} images {images.ok}/{images.checked}"
         if refs:
             text += f", references {resolved}/{resolved + unresolved}"
-        if images.get("broken"):
-            text += f"; broken (quarantined): {', '.join(sorted(images['broken']))}"
+        if images.broken:
+            text += f"; broken (quarantined): {', '.join(sorted(images.broken))}"
         lines.append(text)
-    crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json", default=None)
+    crawl = load(storage, crawl_report_key("ocr_vqa"), CrawlReport)
     if crawl:
-        counts = crawl["counts"]
-        lines.append(f"  ocr_vqa crawl: {counts['stored']} stored ({counts['converted']} converted to JPEG, {counts['filled_from_mirror']} filled from mirrors), "
-                     f"{counts['dead']} dead, {counts['broken']} broken: missing {', '.join(crawl['missing']) or 'nothing'}")
+        counts = crawl.counts
+        lines.append(f"  ocr_vqa crawl: {counts.stored} stored ({counts.converted} converted to JPEG, {counts.filled_from_mirror} filled from mirrors), "
+                     f"{counts.dead} dead, {counts.broken} broken: missing {', '.join(crawl.missing) or 'nothing'}")
     lines += ["", "Layouts (paths missing):"]
     for profile in sorted(load_profiles()):
         layout = storage.read_json(f"_vlmdata/layouts/{profile}.json", default=None)

@@ -9,6 +9,8 @@ from datetime import datetime
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from .reports import IntegrityReport
+
 
 def human_bytes(count: int | None) -> str:
     """1536 -> '1.5 KiB'."""
@@ -29,9 +31,9 @@ def when(iso: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment.utcoffset() is not None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def reason(report: dict) -> str:
+def reason(report: IntegrityReport) -> str:
     """Why a report is not ok, in one line: its first failure, else its first warning."""
-    return next(iter(report["failures"] + report["warnings"]), "")
+    return next(iter(report.reasons), "")
 
 
 _templates = Environment(loader=PackageLoader("vlmdata", "templates"), autoescape=select_autoescape(["html"]))

@@ -2,9 +2,14 @@
 the UI's vlmdata page shows (:mod:`vlmdata.ui`), gathered from the files the tasks write.
 
 It reads summaries only, never a whole report: ``source.json``, the integrity report (whose
-lists are bounded), the layout reports and each mixture's ``summary.json`` (the lock without its
-list of dropped records). A source's bytes come from its integrity report when that is newer
-than the acquisition, from its artifact records otherwise.
+lists are bounded; never ``broken.json`` or ``crawl.json``), the layout reports and each
+mixture's ``summary.json`` (the lock without its list of dropped records). A source's bytes come
+from its integrity report when that is newer than the acquisition, from its artifact records
+otherwise.
+
+A file of one source or mixture that cannot be read (corrupt, not readable by this process) is
+that row's :attr:`problem`, and the page shows the others; a storage that cannot be reached at
+all raises :class:`Unreadable`.
 
 Airflow's part (the last run of each DAG, the next refresh) is not read here: the page passes
 it in as :class:`Run` values, so this module runs without Airflow.
@@ -22,6 +27,7 @@ from .layout import Profile
 from .manifest import Manifest, SourceRecord
 from .mix import Recipe, lock_key, lock_summary, summary_key
 from .pages import human_bytes
+from .reports import IntegrityReport, load
 from .storage import STATE_PREFIX, Storage
 from .verify import report_key
 
@@ -63,6 +69,7 @@ class SourceStatus:
     references_resolved: int = 0  # images its annotation files reference that are present and decode
     references_unresolved: int = 0
     reasons: list[str] = field(default_factory=list)  # the report's failures, then its warnings
+    problem: str | None = None  # why its files could not be read
     report: str | None = None  # storage key of the integrity page
     report_json: str | None = None
     manifest: str | None = None  # storage key of source.json
@@ -109,6 +116,7 @@ class MixtureStatus:
     lock: str | None = None
     composition: str | None = None
     run: Run | None = None
+    problem: str | None = None  # why its files could not be read
 
     @property
     def dropped_total(self) -> int:
@@ -133,21 +141,19 @@ def source_status(storage: Storage, source: Source, runs: Mapping[str, Run] | No
         status.acquired = bool(record.published_at)
         status.revision, status.published_at, status.not_acquired = record.revision, record.published_at, list(record.not_acquired)
         status.manifest = f"{manifest.prefix}/source.json"
-    report = storage.read_json(report_key(source.id), default=None)
+    report = load(storage, report_key(source.id), IntegrityReport)
     if report is not None:
-        images = report.get("images", {})
-        status.integrity, status.checked_at = report["status"], report["checked_at"]
-        status.ok, status.broken = images.get("ok", 0), images.get("broken_count", 0)
-        status.missing = sum(a.get("missing", 0) for a in report["artifacts"].values())
-        status.quarantined = report.get("quarantined", 0)
-        status.references_resolved = sum(r["resolved"] for r in report["references"].values())
-        status.references_unresolved = sum(r["unresolved"] for r in report["references"].values())
-        status.reasons = [*report["failures"], *report["warnings"]]
+        status.integrity, status.checked_at = report.status, report.checked_at
+        status.ok, status.broken, status.missing = report.images.ok, report.images.broken_count, report.missing
+        status.quarantined = report.quarantined
+        status.references_resolved = sum(r.resolved for r in report.references.values())
+        status.references_unresolved = sum(r.unresolved for r in report.references.values())
+        status.reasons = report.reasons
         status.report_json = report_key(source.id)
         if storage.exists(report_key(source.id, "integrity.html")):
             status.report = report_key(source.id, "integrity.html")
     if report is not None and not status.stale:
-        sizes = [a.get("size", 0) for a in report["artifacts"].values()]
+        sizes = [a.size or 0 for a in report.artifacts.values()]
     elif record is not None:
         sizes = [a.size for a in manifest.artifacts().values() if a.complete]
     else:
@@ -184,6 +190,21 @@ def mixture_status(storage: Storage, recipe: Recipe, runs: Mapping[str, Run] | N
     return status
 
 
+class Unreadable(RuntimeError):
+    """The storage cannot be read at all (down, refused, no such bucket): no page to show."""
+
+
+def _or_problem(read, blank, what: str):
+    """``read()``, or ``blank`` with the reason a file of it could not be read (the row's
+    problem, for the page to show beside the rows it could read)."""
+    try:
+        return read()
+    except Exception as exc:  # a corrupt or malformed file, a permission denied, a request that failed
+        log.warning("%s: cannot read its files", what, exc_info=True)
+        blank.problem = f"{type(exc).__name__}: {exc}"
+        return blank
+
+
 def gather(
     storage: Storage,
     catalog: Mapping[str, Source],
@@ -192,16 +213,23 @@ def gather(
     runs: Mapping[str, Run] | None = None,
 ) -> Status:
     """Everything the page shows; ``runs`` maps a DAG id to its :class:`Run`. Sources and
-    mixtures are read in parallel: on S3 each is a few requests, whose round trips overlap."""
+    mixtures are read in parallel: on S3 each is a few requests, whose round trips overlap.
+    Raises :class:`Unreadable` when the storage cannot be read at all."""
+    try:  # is the storage there? A listing fails on a missing bucket, where a HEAD only says "absent"
+        next(iter(storage.list(f"{STATE_PREFIX}/reports")), None)
+        index = INDEX_KEY if storage.exists(INDEX_KEY) else None
+    except Exception as exc:  # botocore's connection and client errors, OSError, StorageError
+        raise Unreadable(f"cannot read the storage {storage.url}: {type(exc).__name__}: {exc}") from exc
+    runs = runs or {}
     with ThreadPoolExecutor(READERS) as pool:
-        sources = pool.map(lambda i: source_status(storage, catalog[i], runs), sorted(catalog))
-        mixtures = pool.map(lambda i: mixture_status(storage, recipes[i], runs), sorted(recipes))
+        sources = pool.map(lambda i: _or_problem(lambda: source_status(storage, catalog[i], runs), SourceStatus(id=i, title=catalog[i].title, kind=catalog[i].kind), i), sorted(catalog))
+        mixtures = pool.map(lambda i: _or_problem(lambda: mixture_status(storage, recipes[i], runs), MixtureStatus(id=i, title=recipes[i].title, stage=recipes[i].stage), i), sorted(recipes))
         return Status(
             root=storage.url,
             sources=list(sources),
             layouts=[layout_status(storage, profiles[i], runs) for i in sorted(profiles)],
             mixtures=list(mixtures),
-            index=INDEX_KEY if storage.exists(INDEX_KEY) else None,
+            index=index,
         )
 
 
@@ -237,13 +265,16 @@ def as_text(summary: Status) -> str:
     lines += table(("source", "revision", "acquired", "bytes", "integrity", "ok/broken/missing/quarantined"), rows)
     for s in summary.sources:
         lines += [f"  {s.id}: {reason}" for reason in s.reasons if s.integrity in ("warn", "fail")]
+        lines += [f"  {s.id}: cannot read its files: {s.problem}"] if s.problem else []
     lines.append("")
     rows = [(l.id, l.root, l.built_at[:16] if l.built_at else "not built", "complete" if l.complete else ("missing: " + ", ".join(l.missing) if l.built_at else "")) for l in summary.layouts]
     lines += table(("layout", "view under", "built", "state"), rows)
     lines.append("")
     rows = []
     for m in summary.mixtures:
-        if m.built_at is None:
+        if m.problem:
+            rows.append((m.id, "cannot read its files", "", "", m.problem))
+        elif m.built_at is None:
             rows.append((m.id, "not built", "", "", ""))
             continue
         dropped = ", ".join(f"{reason}: {count}" for reason, count in sorted(m.dropped.items())) or "none"

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import msgspec
+
 from . import pages
 from .annotations import AnnotationError, Records, check_records, fast_or_json, image_path, record_problem
 from .catalog import Annotation, Source
@@ -28,11 +30,10 @@ from .fetch.digest import sha256_of
 from .images import check_images, is_image_name
 from .lease import current_guard, exclusive
 from .manifest import Manifest, now
+from .reports import MAX_EXAMPLES, AnnotationCheck, ArtifactCheck, CrawlReport, ImageCheck, IntegrityReport, References, Tally, load, save
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
 log = logging.getLogger("vlmdata.verify")
-
-MAX_EXAMPLES = 50
 
 
 class IntegrityFailure(RuntimeError):
@@ -99,15 +100,15 @@ class ImageIndex:
         return "image missing"
 
 
-def _tally(bucket: dict, reason: str, example) -> None:
-    entry = bucket.setdefault(reason, {"count": 0, "examples": []})
-    entry["count"] += 1
-    if len(entry["examples"]) < MAX_EXAMPLES:
-        entry["examples"].append(example)
+def _tally(bucket: dict[str, Tally], reason: str, example) -> None:
+    entry = bucket.setdefault(reason, Tally())
+    entry.count += 1
+    if len(entry.examples) < MAX_EXAMPLES:
+        entry.examples.append(example)
 
 
-def check_references(records: Sequence, annotation: Annotation, images: ImageIndex) -> dict:
-    unresolved: dict[str, dict] = {}
+def check_references(records: Sequence, annotation: Annotation, images: ImageIndex) -> References:
+    unresolved: dict[str, Tally] = {}
     resolved = 0
     for record in records:
         if record_problem(record) or "image" not in record:
@@ -118,7 +119,7 @@ def check_references(records: Sequence, annotation: Annotation, images: ImageInd
             resolved += 1
         else:
             _tally(unresolved, reason, record["image"])
-    return {"resolved": resolved, "unresolved": sum(u["count"] for u in unresolved.values()), "reasons": unresolved}
+    return References(resolved, sum(u.count for u in unresolved.values()), unresolved)
 
 
 # A chunk of images is one mapped task: about ten minutes of decoding on a 2-core worker, few
@@ -128,7 +129,7 @@ CHUNK_BYTES = 8 * 1024**3
 ABANDONED_AFTER = timedelta(days=7)  # a verification's chunks not reported by then are dropped
 
 
-def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> dict:
+def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> IntegrityReport:
     """The three steps of the ``verify_<source>`` DAG in a row: plan, every chunk, report."""
     plan_id = new_plan_id()
     for chunk in plan_verify(source, storage, plan_id, max_images=max_images, max_bytes=max_bytes):
@@ -184,35 +185,35 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
     drop_abandoned_plans(storage, source.id)
     manifest = Manifest(storage, source.id)
     records = manifest.artifacts()
-    report: dict = {"source": source.id, "checked_at": now(), "artifacts": {}, "annotations": {}, "references": {}, "failures": [], "warnings": []}
+    report = IntegrityReport(source.id, now())
     images: list[tuple[str, int]] = []
     for artifact in source.artifacts:
         if not artifact.optional and (artifact.name not in records or not records[artifact.name].complete):
-            report["failures"].append(f"{artifact.name}: not acquired")
+            report.fail(f"{artifact.name}: not acquired")
     # What was placed is in the manifest, discovered artifacts (Drive folders, shards) included.
     for name, record in sorted(records.items()):
         if not record.complete:
             continue
-        entry = report["artifacts"][name] = {"sha256": record.sha256, "size": record.size, "revision": record.revision}
+        entry = report.artifacts[name] = ArtifactCheck(record.sha256, record.size, record.revision)
         if record.placement.target:
             if storage.size(record.placement.target) is None:
-                report["failures"].append(f"{name}: missing at {record.placement.target}")
+                report.fail(f"{name}: missing at {record.placement.target}", [record.placement.target])
                 continue
             with storage.open_read(record.placement.target) as handle:
                 digest, size = sha256_of(handle)
-            entry["checksum"] = "ok" if (digest, size) == (record.sha256, record.size) else "mismatch"
-            if entry["checksum"] != "ok":
-                report["failures"].append(f"{name}: sha256 {digest} differs from the manifest's {record.sha256} (changed on disk)")
+            entry.checksum = "ok" if (digest, size) == (record.sha256, record.size) else "mismatch"
+            if entry.checksum != "ok":
+                report.fail(f"{name}: sha256 {digest} differs from the manifest's {record.sha256} (changed on disk)", [record.placement.target])
         else:
             index = manifest.index(name)
             present = dict(storage.list(record.placement.folder))
             quarantined = manifest.quarantined()
             missing = [path for path, size, _ in index if path not in present and path not in quarantined]
             wrong_size = [path for path, size, _ in index if path in present and present[path] != size]
-            entry.update(members=len(index), missing=len(missing), wrong_size=len(wrong_size))
+            entry.members, entry.missing, entry.wrong_size = len(index), len(missing), len(wrong_size)
             for what, paths in (("missing", missing), ("size differs from the archive", wrong_size)):
                 if paths:
-                    report["failures"].append(f"{name}: {len(paths)} extracted files {what}, e.g. {paths[:5]}")
+                    report.fail(f"{name}: {len(paths)} extracted files {what}", paths)
             if record.placement.images:
                 images += [(path, present[path]) for path, _, _ in index if path in present and is_image_name(path)]
     chunks = []
@@ -227,7 +228,7 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
         storage.write_json(chunk["keys"], [key for key, _ in part])
         chunks.append(chunk)
         first = last + 1
-    storage.write_json(f"{prefix}/plan.json", {"report": report, "chunks": chunks})
+    storage.write_json(f"{prefix}/plan.json", {"report": msgspec.to_builtins(report), "chunks": chunks})
     log.info("%s: %d images to decode in %d chunks of up to %d images and %.1f GiB", source.id, len(images), len(chunks), max_images, max_bytes / 1024**3)
     return chunks
 
@@ -266,7 +267,7 @@ class IncompleteVerification(RuntimeError):
 
 
 @exclusive(lambda source, storage, *args, **kwargs: (storage, f"verify/{source.id}"))
-def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], plan_id: str) -> dict:
+def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], plan_id: str) -> IntegrityReport:
     """Step 3: gather the chunks' results, quarantine what does not decode, check annotations and
     references, apply the thresholds, write the reports and the index; then drop the chunks.
     One report of a source at a time (the source's verification lease)."""
@@ -274,84 +275,86 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     plan = storage.read_json(f"{prefix}/plan.json", default=None)
     if plan is None:
         raise IncompleteVerification(f"{source.id}: no verification plan at {prefix}/plan.json (plan_verify did not run for {plan_id})")
-    report = plan["report"]
+    report = msgspec.convert(plan["report"], IntegrityReport)
     results: dict[str, dict] = {}
     for chunk in plan["chunks"]:
         if not storage.exists(chunk["results"]):
             raise IncompleteVerification(f"{source.id}: {chunk['label']} has no results at {chunk['results']}: its check did not finish")
         results.update(storage.read_json(chunk["results"]))
     manifest = Manifest(storage, source.id)
-    report["images"] = _summarise_images(storage, results, report, manifest)
+    report.images = _summarise_images(storage, results, report, manifest)
     _check_annotations(source, storage, catalog, manifest.artifacts(), report)
     _note_crawl(storage, report)
     _apply_thresholds(source, report)
-    report["status"] = "fail" if report["failures"] else "warn" if report["warnings"] else "ok"
+    report.settle()
     current_guard()()
-    storage.write_json(report_key(source.id), report)
+    save(storage, report_key(source.id), report)
     storage.write_bytes(report_key(source.id, "integrity.html"), render_html(report).encode())
     write_index(storage)
     storage.delete(prefix)
-    log.info(summary(report))
+    log.info(report.summary())
     return report
 
 
-def _apply_thresholds(source: Source, report: dict) -> None:
+def _apply_thresholds(source: Source, report: IntegrityReport) -> None:
     """Beyond the source's thresholds a warning becomes a failure."""
     limits = source.integrity
-    images = report["images"]
-    if images["checked"] and images["broken_count"] / images["checked"] > limits.max_broken_images:
-        report["failures"].append(f"{images['broken_count']} of {images['checked']} images do not decode, above the threshold of {limits.max_broken_images:.2%}")
-    for name, checked in report["annotations"].items():
-        if checked["records"] and checked["invalid"] / checked["records"] > limits.max_malformed_records:
-            report["failures"].append(f"{name}: {checked['invalid']} of {checked['records']} records malformed, above {limits.max_malformed_records:.2%}")
-    for name, refs in report["references"].items():
-        total = refs["resolved"] + refs["unresolved"]
-        if total and refs["unresolved"] / total > limits.max_unresolved_references:
-            report["failures"].append(f"{name}: {refs['unresolved']} of {total} referenced images unresolved, above {limits.max_unresolved_references:.2%}")
+    images = report.images
+    if images.checked and images.broken_count / images.checked > limits.max_broken_images:
+        report.fail(f"{images.broken_count} of {images.checked} images do not decode, above the threshold of {limits.max_broken_images:.2%}", sorted(images.broken), every="broken.json" if images.broken_count > len(images.broken) else None)
+    for name, checked in report.annotations.items():
+        if checked.records and checked.invalid / checked.records > limits.max_malformed_records:
+            report.fail(f"{name}: {checked.invalid} of {checked.records} records malformed, above {limits.max_malformed_records:.2%}", [name])
+    for name, refs in report.references.items():
+        total = refs.resolved + refs.unresolved
+        if total and refs.unresolved / total > limits.max_unresolved_references:
+            report.fail(f"{name}: {refs.unresolved} of {total} referenced images unresolved, above {limits.max_unresolved_references:.2%}", [name])
 
 
 def quarantine_key(source_id: str, key: str) -> str:
     return f"{STATE_PREFIX}/quarantine/{source_id}/{key}"
 
 
-def _summarise_images(storage, results: dict[str, dict], report, manifest: Manifest) -> dict:
+def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport, manifest: Manifest) -> ImageCheck:
     broken = {key: r["error"] for key, r in results.items() if not r["ok"]}
     # Out of the training tree, never deleted: a loader must not trip on them. A report that
     # waited for another one of the same source finds some already moved.
     guard = current_guard()
     for key in broken:
         guard()
-        if storage.exists(key) or not storage.exists(quarantine_key(report["source"], key)):
-            storage.move(key, quarantine_key(report["source"], key))
+        if storage.exists(key) or not storage.exists(quarantine_key(report.source, key)):
+            storage.move(key, quarantine_key(report.source, key))
     quarantined = {**manifest.quarantined(), **broken}
     manifest.save_quarantined(quarantined)
-    report["quarantined"] = len(quarantined)
+    report.quarantined = len(quarantined)
     broken = quarantined
     mislabelled = {key: r["mislabelled"] for key, r in results.items() if r.get("mislabelled")}
     formats: dict[str, int] = {}
     for r in results.values():
         if r["ok"]:
             formats[r["format"]] = formats.get(r["format"], 0) + 1
-    storage.write_json(report_key(report["source"], "broken.json"), broken)
+    storage.write_json(report_key(report.source, "broken.json"), broken)
     if broken:
-        report["warnings"].append(f"{len(broken)} images do not decode: moved to {STATE_PREFIX}/quarantine/{report['source']}/ (see broken.json); mixtures drop their records")
+        report.warn(f"{len(broken)} images do not decode: moved to {STATE_PREFIX}/quarantine/{report.source}/; mixtures drop their records", sorted(broken), every="broken.json")
     if mislabelled:
-        report["warnings"].append(f"{len(mislabelled)} images are named with the wrong format, e.g. {', '.join(sorted(mislabelled)[:3])} (all in the report)")
+        report.warn(f"{len(mislabelled)} images are named with the wrong format (they decode; a loader that trusts the extension may not)", sorted(mislabelled))
     checked = len(set(results) | set(broken))
-    return {"checked": checked, "ok": checked - len(broken), "broken": dict(list(broken.items())[:MAX_EXAMPLES]), "broken_count": len(broken), "mislabelled": dict(list(mislabelled.items())[:MAX_EXAMPLES]), "formats": formats}
+    return ImageCheck(
+        checked=checked, ok=checked - len(broken), broken=dict(list(broken.items())[:MAX_EXAMPLES]), broken_count=len(broken),
+        mislabelled=dict(sorted(mislabelled.items())[:MAX_EXAMPLES]), mislabelled_count=len(mislabelled), formats=formats,
+    )
 
 
-def _note_crawl(storage: Storage, report: dict) -> None:
+def _note_crawl(storage: Storage, report: IntegrityReport) -> None:
     """A crawled source (OCR-VQA): its crawl's counts and, bounded, the images it could not store
     (dead URLs, broken upstream) and the ones it converted; a warning when images are missing."""
-    crawl = storage.read_json(crawl_report_key(report["source"]), default=None)
+    crawl = load(storage, crawl_report_key(report.source), CrawlReport)
     if crawl is None:
         return
-    counts = crawl["counts"]
-    report["crawl"] = {"finished_at": crawl["finished_at"], "counts": counts, **{what: dict(list(crawl.get(what, {}).items())[:MAX_EXAMPLES]) for what in ("dead", "broken", "converted")}}
-    if counts.get("missing"):
-        examples = ", ".join(list(crawl.get("missing", []))[:3])
-        report["warnings"].append(f"{counts['missing']} images of the list are not stored ({counts.get('dead', 0)} dead URLs, {counts.get('broken', 0)} broken upstream), e.g. ids {examples} (all in crawl.json)")
+    report.crawl = crawl.note()
+    counts = crawl.counts
+    if counts.missing:
+        report.warn(f"{counts.missing} images of the list are not stored ({counts.dead} dead URLs, {counts.broken} broken upstream)", crawl.missing, every="crawl.json")
 
 
 def _check_annotations(source, storage, catalog, records, report) -> None:
@@ -362,35 +365,24 @@ def _check_annotations(source, storage, catalog, records, report) -> None:
     for artifact in annotated:
         placement = records[artifact.name].placement
 
-        def checks(fast: bool, placement=placement, artifact=artifact) -> tuple[dict, dict]:  # a record at a time (Records)
+        def checks(fast: bool, placement=placement, artifact=artifact) -> tuple[AnnotationCheck, References]:  # a record at a time (Records)
             with storage.open_read(placement.target) as handle:
                 rows = Records.read(handle, artifact.name, size=placement.bytes or None, fast=fast)
-            return check_records(rows), check_references(rows, artifact.annotation, images)
+            return msgspec.convert(check_records(rows), AnnotationCheck), check_references(rows, artifact.annotation, images)
 
         try:
             checked, refs = fast_or_json(checks, artifact.name)
         except AnnotationError as exc:
-            report["failures"].append(str(exc))
+            report.fail(str(exc), [artifact.name])
             continue
-        report["annotations"][artifact.name], report["references"][artifact.name] = checked, refs
-        if checked["invalid"]:
-            report["warnings"].append(f"{artifact.name}: {checked['invalid']} of {checked['records']} records are malformed")
-        if refs["unresolved"]:
-            report["warnings"].append(f"{artifact.name}: {refs['unresolved']} of {refs['resolved'] + refs['unresolved']} referenced images are missing or broken")
+        report.annotations[artifact.name], report.references[artifact.name] = checked, refs
+        if checked.invalid:
+            report.warn(f"{artifact.name}: {checked.invalid} of {checked.records} records are malformed", [artifact.name])
+        if refs.unresolved:
+            report.warn(f"{artifact.name}: {refs.unresolved} of {refs.resolved + refs.unresolved} referenced images are missing or broken", [artifact.name])
 
 
-def summary(report: dict) -> str:
-    images = report.get("images", {})
-    parts = [f"{report['source']}: {report['status'].upper()}", f"{len(report['artifacts'])} artifacts", f"{images.get('ok', 0)}/{images.get('checked', 0)} images decode"]
-    for name, refs in report["references"].items():
-        parts.append(f"{name}: {refs['resolved']} references resolve, {refs['unresolved']} do not")
-    text = "; ".join(parts)
-    for line in report["failures"] + report["warnings"]:
-        text += f"\n  - {line}"
-    return text
-
-
-def render_html(report: dict) -> str:
+def render_html(report: IntegrityReport) -> str:
     """The report as a page a person reads: status and why, counts, every finding with its files."""
     return pages.render("integrity.html", report=report)
 
@@ -400,6 +392,6 @@ def write_index(storage: Storage) -> None:
     reports = []
     for key, _size in storage.list(f"{STATE_PREFIX}/reports"):
         if key.endswith("/integrity.json"):
-            reports.append(storage.read_json(key))
-    page = pages.render("index.html", reports=sorted(reports, key=lambda r: r["source"]))
+            reports.append(load(storage, key, IntegrityReport))
+    page = pages.render("index.html", reports=sorted(reports, key=lambda r: r.source))
     storage.write_bytes(f"{STATE_PREFIX}/reports/index.html", page.encode())

@@ -16,14 +16,18 @@ import pytest
 
 from vlmdata.airflow_client import AirflowClient
 from vlmdata.catalog import load_catalog
+from vlmdata.crawl import report_key as crawl_report_key
 from vlmdata.demo import demo_airflow, run_everything
+from vlmdata.fetch.sa1b import needed_report_key
 from vlmdata.layout import load_profiles
 from vlmdata.localairflow import free_port
 from vlmdata.manifest import Manifest
 from vlmdata.mix import load_recipes
 from vlmdata.operators.acquire import fetch_operator_for
 from vlmdata.replicas.sources import SA1B_SHARDS, Replicas
+from vlmdata.reports import CrawlReport, IntegrityReport, NeededTars, load
 from vlmdata.storage import LocalStorage
+from vlmdata.verify import report_key
 
 pytestmark = pytest.mark.e2e
 
@@ -118,13 +122,13 @@ def test_views_resolve_through_their_links(everything):
 @pytest.mark.parametrize("source_id", SOURCES)
 def test_integrity_report_names_exactly_the_planted_faults(everything, source_id):
     _client, replicas, _outcome, storage = everything
-    report = storage.read_json(f"_vlmdata/reports/{source_id}/integrity.json")
-    assert report["status"] in ("ok", "warn"), report["failures"]
-    assert set(storage.read_json(f"_vlmdata/reports/{source_id}/broken.json")) == replicas.expected_broken.get(source_id, set())
-    assert set(report["images"]["mislabelled"]) == replicas.expected_mislabelled.get(source_id, set())
+    report = load(storage, report_key(source_id), IntegrityReport)
+    assert report.status in ("ok", "warn"), report.failures
+    assert set(storage.read_json(report_key(source_id, "broken.json"))) == replicas.expected_broken.get(source_id, set())
+    assert set(report.images.mislabelled) == replicas.expected_mislabelled.get(source_id, set())
     assert replicas.unresolved_in(report) == replicas.expected_missing_refs.get(source_id, {})
-    for artifact, checked in report["annotations"].items():
-        assert checked["invalid"] == replicas.malformed[(source_id, artifact)], artifact
+    for artifact, checked in report.annotations.items():
+        assert checked.invalid == replicas.malformed[(source_id, artifact)], artifact
 
 
 @pytest.mark.parametrize("source_id", SOURCES)
@@ -133,8 +137,8 @@ def test_verification_decoded_its_images_in_named_chunks(everything, source_id):
     dag_id = f"verify_{source_id}"
     run = next(r for r in reversed(outcome.runs[dag_id]) if r["state"] == "success")
     chunks = sorted((ti for ti in client.task_instances(dag_id, run["dag_run_id"]) if ti["task_id"] == "check_images" and ti["map_index"] >= 0), key=lambda ti: ti["map_index"])
-    report = storage.read_json(f"_vlmdata/reports/{source_id}/integrity.json")
-    assert bool(chunks) == bool(report["images"]["checked"])
+    report = load(storage, report_key(source_id), IntegrityReport)
+    assert bool(chunks) == bool(report.images.checked)
     first = 0
     for ti in chunks:  # "images 0-19999", "images 20000-...": every image in one chunk
         assert ti["state"] == "success" and ti["rendered_map_index"].startswith(f"images {first}-"), ti
@@ -152,14 +156,14 @@ def test_crawl_shards_are_named_after_their_shard(everything):
 
 def test_crawl_report_names_the_dead_and_broken_covers_and_what_the_mirrors_filled(everything):
     _client, replicas, _outcome, storage = everything
-    crawl = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
+    crawl = load(storage, crawl_report_key("ocr_vqa"), CrawlReport)
     expected = replicas.expected_crawl
-    assert set(crawl["dead"]) == expected["dead"] - expected["filled"]
-    assert set(crawl["broken"]) == expected["broken"] - expected["filled"]
-    assert set(crawl["converted"]) == expected["converted"]
-    assert {i: entry["archive"] for i, entry in crawl["filled_from_mirror"].items()} == {i: replicas.crawl[i]["filled_from"] for i in expected["filled"]}
-    assert set(crawl["missing"]) == expected["missing"]
-    assert [m["outcome"] for m in crawl["mirrors"]] == ["filled"] * len(replicas.mirror_archives)
+    assert set(crawl.dead) == expected["dead"] - expected["filled"]
+    assert set(crawl.broken) == expected["broken"] - expected["filled"]
+    assert set(crawl.converted) == expected["converted"]
+    assert {i: entry.archive for i, entry in crawl.filled_from_mirror.items()} == {i: replicas.crawl[i]["filled_from"] for i in expected["filled"]}
+    assert set(crawl.missing) == expected["missing"]
+    assert [m.outcome for m in crawl.mirrors] == ["filled"] * len(replicas.mirror_archives)
     stored = {key.rsplit("/", 1)[1][:-4] for key, _ in storage.list("data/ocr_vqa/images")}
     assert stored == expected["stored"]
     for isbn in expected["converted"] | expected["filled"]:  # GIF and PNG covers stored as real JPEGs under <id>.jpg
@@ -208,8 +212,8 @@ def test_a_refresh_that_changes_nothing_fetches_no_mirror_and_sends_no_event(eve
     assert states["publish"] == "skipped" and states["fill_from_mirrors"] == "success"  # the list is unchanged
     assert {path: replicas.hub.server.count("GET", path) for path in archives} == downloads  # nothing downloaded
     assert {path: replicas.hub.server.count("HEAD", path) for path in archives} == {path: n + 1 for path, n in probes.items()}  # only probed
-    mirrors = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")["mirrors"]
-    assert [m["outcome"] for m in mirrors] == ["skipped"] * len(archives), mirrors
+    mirrors = load(storage, crawl_report_key("ocr_vqa"), CrawlReport).mirrors
+    assert [m.outcome for m in mirrors] == ["skipped"] * len(archives), mirrors
     assert client.asset_events(source_dag_id=dag_id) == events  # no event: verify_ocr_vqa is not triggered again
 
 
@@ -226,8 +230,8 @@ def test_sa1b_fetches_the_tars_a_sharegpt4v_file_needs(everything):
     assert client.wait_for_run("acquire_sa1b", run_id, timeout=300) == "success", failure_logs(client, [("acquire_sa1b", run_id)])
     fetched = [ti for ti in client.task_instances("acquire_sa1b", run_id) if ti["task_id"] == "fetch" and ti["state"] == "success"]
     assert len(fetched) == len(missing_tars)  # only the tars outside the range that hold referenced images
-    report = storage.read_json("_vlmdata/reports/sa1b/needed_tars.json")
-    assert set(report["tars"]) == missing_tars and report["unaccounted"] == 0
+    report = load(storage, needed_report_key("sa1b"), NeededTars)
+    assert set(report.tars) == missing_tars and report.unaccounted == 0
     assert all(storage.exists(f"data/{path}") for path in sam)
 
 

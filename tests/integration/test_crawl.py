@@ -572,7 +572,8 @@ def test_the_integrity_report_names_the_crawls_dead_and_converted_images(storage
             crawl_shard(storage, shard["key"], INTO, mirrors=mirrors, policy=FAST, workers=8, per_host=4)
         finish(storage, "ocr_vqa", INTO)
     report = verify_source(load_catalog()["ocr_vqa"], storage, load_catalog(), workers=1)
-    assert report["crawl"]["counts"]["missing"] == 7 and set(report["crawl"]["dead"]) == site.ids("404", "503", "no_url")
-    assert any(w.startswith("7 images of the list are not stored (5 dead URLs, 2 broken upstream)") for w in report["warnings"])
+    assert report.crawl.counts.missing == 7 and set(report.crawl.dead) == site.ids("404", "503", "no_url")
+    (not_stored,) = [w for w in report.warnings if w.text.startswith("7 images of the list are not stored (5 dead URLs, 2 broken upstream)")]
+    assert set(not_stored.files) == site.ids("404", "503", "no_url", "html", "truncated")  # the finding names every missing id
     page = storage.read_bytes("_vlmdata/reports/ocr_vqa/integrity.html").decode()
     assert all(image_id in page for image_id in site.ids("404", "gif")) and "GIF-&gt;JPEG" in page and "crawl.json" in page

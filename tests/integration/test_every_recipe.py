@@ -12,12 +12,14 @@ import pytest
 from PIL import Image
 
 from tests.integration.test_consumer_contract import load_like_llava
+from vlmdata import crawl
 from vlmdata.acquire import Context, acquire
 from vlmdata.catalog import load_catalog
 from vlmdata.layout import load_profiles, materialise
 from vlmdata.mirrors import Mirrors
 from vlmdata.mix import build, load_recipes, output_key, rebuild
 from vlmdata.replicas.sources import Replicas
+from vlmdata.reports import CrawlReport, load
 from vlmdata.storage import LocalStorage
 from vlmdata.verify import verify_source
 
@@ -44,7 +46,7 @@ def everything(tmp_path_factory):
 
 def test_every_source_verifies_and_names_exactly_the_planted_broken_images(everything):
     replicas, storage, catalog, reports, _, _ = everything
-    assert {sid: r["status"] for sid, r in reports.items() if r["status"] == "fail"} == {}
+    assert {sid: r.reasons for sid, r in reports.items() if r.status == "fail"} == {}
     for source_id, broken in replicas.expected_broken.items():
         named = set(storage.read_json(f"_vlmdata/reports/{source_id}/broken.json"))
         assert named == broken, source_id
@@ -79,14 +81,14 @@ def test_llava_1_5_recipes_resolve_in_the_playground_view(everything):
 
 def test_the_cli_acquisition_fills_the_crawl_gaps_from_the_mirror_replicas(everything):
     replicas, storage, _, _, _, _ = everything
-    report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
+    report = load(storage, crawl.report_key("ocr_vqa"), CrawlReport)
     expected = replicas.expected_crawl
-    assert set(report["filled_from_mirror"]) == expected["filled"] and set(report["missing"]) == expected["missing"]
+    assert set(report.filled_from_mirror) == expected["filled"] and set(report.missing) == expected["missing"]
     assert {key.rsplit("/", 1)[1][:-4] for key, _ in storage.list("data/ocr_vqa/images")} == expected["stored"]
     for isbn in expected["converted"] | expected["filled"]:  # GIFs and PNGs, crawled or from a mirror (under .jpg names there too)
         with Image.open(io.BytesIO(storage.read_bytes(f"data/ocr_vqa/images/{isbn}.jpg"))) as image:
             assert image.format == "JPEG", isbn
-    assert {isbn: entry["conversion"] for isbn, entry in report["filled_from_mirror"].items()} == {"0005678901": "GIF->JPEG", "1437717772": "PNG->JPEG"}
+    assert {isbn: entry.conversion for isbn, entry in report.filled_from_mirror.items()} == {"0005678901": "GIF->JPEG", "1437717772": "PNG->JPEG"}
 
 
 @pytest.mark.parametrize("source_id", sorted(load_catalog()))
@@ -96,8 +98,8 @@ def test_integrity_report_names_exactly_the_planted_faults(everything, source_id
     nothing but the planted faults named."""
     replicas, storage, _, reports, _, _ = everything
     report = reports[source_id]
-    assert report["status"] in ("ok", "warn"), report["failures"]
-    assert set(report["images"]["mislabelled"]) == replicas.expected_mislabelled.get(source_id, set())
+    assert report.status in ("ok", "warn"), report.failures
+    assert set(report.images.mislabelled) == replicas.expected_mislabelled.get(source_id, set())
     assert replicas.unresolved_in(report) == replicas.expected_missing_refs.get(source_id, {})
 
 

@@ -378,7 +378,7 @@ def test_acquire_a_drive_folder(make_drive, storage, gdrive_registered):
     assert storage.read_bytes("data/webdata/extra/notes.json") == SMALL
     assert [r.headers.get("Range") is not None for r in drive.byte_requests(wikiart)] == [False, True]  # resumed
     report = verify_source(source, storage, {source.id: source})  # discovered artifacts are verified from the manifest
-    assert report["failures"] == [] and report["images"]["ok"] == 8 + 1 + 1
+    assert report.failures == [] and report.images.ok == 8 + 1 + 1
 
     # Nothing changed upstream: no byte moves (HEADs and pages only).
     before = len(drive.byte_requests())

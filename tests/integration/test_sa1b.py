@@ -26,12 +26,14 @@ from vlmdata.fetch.sa1b import (
     UNKNOWN,
     LinksFileError,
     load_tar_index,
+    needed_report_key,
     parse_links,
     report_needed_shards,
     sa1b_discover,
     shards_for_annotation,
 )
 from vlmdata.manifest import Manifest
+from vlmdata.reports import NeededTars, load
 from vlmdata.storage import LocalStorage
 
 FAST = RetryPolicy(attempts=3, backoff=0.01)
@@ -327,7 +329,8 @@ def test_report_needed_shards_grows_with_what_was_fetched(cdn, tmp_path, monkeyp
     known = report_needed_shards(storage, records, index=load_tar_index(index_file))
     assert known.tars == {"sa_000002.tar": ["sam/images/sa_40.jpg"]}
     assert known.unknown == ["sam/images/sa_5.jpg", "sam/images/sa_545504.jpg"]
-    assert known.to_dict()["tars"] == {"sa_000002.tar": 1} and known.to_dict()["unaccounted"] == 2
+    account = known.account()
+    assert account.tars == {"sa_000002.tar": 1} and account.unaccounted == 2
 
     # Fetching what the report names resolves those images; a deleted image is traced to its tar
     # through the manifest's index of the tar that placed it.
@@ -443,9 +446,9 @@ def test_needed_by_fetches_only_the_tars_holding_missing_images(cdn, storage, tm
     dry = acquire(source, _ctx(storage), needed_by=[PT_FILE], dry_run=True)
     assert [item["name"] for item in dry["fetch"]] == ["sa_000001.tar", "sa_000002.tar"]  # sa_5 and sa_40
     assert cdn.gets("sa_000001.tar") == _ranged_gets(cdn, "sa_000001.tar")[1]  # the dry run only read headers
-    report = storage.read_json("_vlmdata/reports/sa1b/needed_tars.json")
-    assert (report["present"], report["tars"], report["unaccounted"], report["tars_searched"]) == (2, {"sa_000001.tar": 1, "sa_000002.tar": 1}, 1, 3)
-    assert report["unaccounted_examples"] == ["sam/images/sa_545504.jpg"] and "in none of the 3 tars" in report["summary"]
+    report = load(storage, needed_report_key("sa1b"), NeededTars)
+    assert (report.present, report.tars, report.unaccounted, report.tars_searched) == (2, {"sa_000001.tar": 1, "sa_000002.tar": 1}, 1, 3)
+    assert report.unaccounted_examples == ["sam/images/sa_545504.jpg"] and "in none of the 3 tars" in report.summary and report.needed_by == [PT_FILE]
 
     def ranged() -> int:
         return sum(_ranged_gets(cdn, name)[1] for name in cdn.tars)

@@ -51,21 +51,21 @@ def test_slice_end_to_end(storage, upstream):
     # Integrity names exactly the planted faults.
     coco_report = verify_source(catalog["coco_train2017"], storage, catalog, workers=2)
     assert set(json.loads(storage.read_bytes("_vlmdata/reports/coco_train2017/broken.json"))) == replica.broken_keys
-    assert coco_report["images"]["ok"] == len(replica.coco_members) - 2
+    assert coco_report.images.ok == len(replica.coco_members) - 2
     # Broken files leave the training tree for the quarantine; nothing is deleted.
     assert len(list(storage.list("data/coco/train2017"))) == len(replica.good_bare_names)
     assert {k.removeprefix("_vlmdata/quarantine/coco_train2017/") for k, _ in storage.list("_vlmdata/quarantine")} == replica.broken_keys
     llava_report = verify_source(catalog["llava_instruct_150k"], storage, catalog)
-    assert llava_report["annotations"]["llava_instruct_150k.json"]["invalid"] == 1
-    refs = llava_report["references"]["llava_instruct_150k.json"]
-    assert refs["resolved"] == len(replica.good_bare_names)
-    assert {r: v["count"] for r, v in refs["reasons"].items()} == {
+    assert llava_report.annotations["llava_instruct_150k.json"].invalid == 1
+    refs = llava_report.references["llava_instruct_150k.json"]
+    assert refs.resolved == len(replica.good_bare_names)
+    assert {r: v.count for r, v in refs.reasons.items()} == {
         "image missing": 2,
         "image broken: empty file": 1,
-        **{r: 1 for r in refs["reasons"] if r.startswith("image broken: does not decode")},
+        **{r: 1 for r in refs.reasons if r.startswith("image broken: does not decode")},
     }
-    mix_refs = llava_report["references"]["llava_v1_5_mix665k.json"]
-    assert mix_refs["reasons"]["image missing: source gqa not acquired"]["count"] == 1
+    mix_refs = llava_report.references["llava_v1_5_mix665k.json"]
+    assert mix_refs.reasons["image missing: source gqa not acquired"].count == 1
 
     # The mixture keeps exactly the records whose images decode.
     lock = build(load_recipes()["llava_instruct_150k"], storage, catalog)
@@ -210,10 +210,12 @@ def test_thresholds_turn_warnings_into_failures_and_the_report_reads_as_html(sto
     catalog = load_catalog()
     acquire(catalog["coco_train2017"], context(storage))
     report = verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
-    assert report["status"] == "warn"  # 2 of 12 broken, under the replica's threshold of 50%
+    assert report.status == "warn"  # 2 of 12 broken, under the replica's threshold of 50%
     strict = catalog["coco_train2017"].model_copy(update={"integrity": catalog["coco_train2017"].integrity.model_copy(update={"max_broken_images": 0.1})})
     report = verify_source(strict, storage, catalog, workers=1)
-    assert report["status"] == "fail" and any("above the threshold of 10.00%" in f for f in report["failures"])
+    assert report.status == "fail" and any("above the threshold of 10.00%" in f.text for f in report.failures)
+    (threshold,) = report.failures
+    assert set(threshold.files) == replica.broken_keys and threshold.count == 2  # the finding names its files
     page = storage.read_bytes("_vlmdata/reports/coco_train2017/integrity.html").decode()
     assert "FAIL" in page and all(key in page for key in replica.broken_keys)
     index = storage.read_bytes("_vlmdata/reports/index.html").decode()
@@ -228,7 +230,7 @@ def test_quarantined_files_are_not_fetched_again_until_asked(storage, upstream):
     verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
     assert acquire(catalog["coco_train2017"], context(storage))["changed"] == []  # a refresh does not re-download 19 GB
     again = verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
-    assert again["status"] == "warn" and again["images"]["broken_count"] == 2 and not any("missing" in f for f in again["failures"])
+    assert again.status == "warn" and again.images.broken_count == 2 and not any("missing" in f.text for f in again.failures)
     quarantined = Manifest(storage, "coco_train2017").quarantined()
     dry = acquire(catalog["coco_train2017"], context(storage), refetch_quarantined=True, dry_run=True)
     assert dry["fetch"] == [] and Manifest(storage, "coco_train2017").quarantined() == quarantined != {}  # a dry run changes nothing
@@ -245,7 +247,7 @@ def test_the_annotation_source_verifies_within_its_thresholds(storage, upstream)
         acquire(catalog[source_id], context(storage))
     verify_source(catalog["coco_train2017"], storage, catalog, workers=1)
     report = verify_source(catalog["llava_instruct_150k"], storage, catalog, workers=1)
-    assert report["status"] == "warn", report["failures"]  # what the Airflow task would fail on
+    assert report.status == "warn", report.failures  # what the Airflow task would fail on
 
 
 @pytest.mark.parametrize("hostile, why", [
@@ -264,8 +266,8 @@ def test_an_unreadable_annotation_file_is_a_recorded_failure_in_a_fresh_report(s
     before = verify_source(catalog["llava_instruct_150k"], storage, catalog)
     storage.write_bytes("data/llava/llava_instruct_150k.json", hostile)
     after = verify_source(catalog["llava_instruct_150k"], storage, catalog)
-    assert after["checked_at"] != before["checked_at"] and after["status"] == "fail"
-    assert any("llava_instruct_150k.json" in f and why in f for f in after["failures"]), after["failures"]
-    assert storage.read_json("_vlmdata/reports/llava_instruct_150k/integrity.json")["checked_at"] == after["checked_at"]
+    assert after.checked_at != before.checked_at and after.status == "fail"
+    assert any("llava_instruct_150k.json" in f.text and why in f.text for f in after.failures), after.failures
+    assert storage.read_json("_vlmdata/reports/llava_instruct_150k/integrity.json")["checked_at"] == after.checked_at
     with pytest.raises((AnnotationError, MixError), match=why):
         build(load_recipes()["llava_instruct_150k"], storage, catalog)

@@ -108,3 +108,55 @@ def test_vlmdata_status_prints_what_the_page_shows(tmp_path, upstream, capsys):
     assert "gqa/images" in line("llava15")
     mixture = line("llava_instruct_150k", last=True)
     assert f" {good} " in mixture and "--image_folder <root>/data" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture
+
+
+def _page_app(storage):
+    """The plugin's real FastAPI app on ``storage``, without Airflow's login and run history
+    (tests/unit/test_ui.py checks the login; the browser test the rest)."""
+    from fastapi.testclient import TestClient
+
+    from vlmdata.ui.app import create_app
+
+    return TestClient(create_app(storage=lambda: storage, runs=lambda dag_ids: {}, dependencies=[]))
+
+
+def test_the_page_reads_summaries_never_the_whole_reports(storage):
+    """Beside every summary lies the whole report it summarises (every broken image of each
+    source, every dead URL of the crawl, every dropped record of each mixture), cut short so
+    that it is not JSON: the page and the summary come from the summaries alone."""
+    from vlmdata.replicas import large
+
+    records = 50_000
+    large.fill(storage, load_catalog(), load_recipes(), records, corrupt=True)
+    assert storage.size("mixtures/llava_v1_5_mix665k/lock.json") > 2_000_000  # what the page must not read (cut short)
+    summary = gather(storage)
+    assert len(summary.sources) == 15 and len(summary.mixtures) == 9
+    assert all(s.problem is None and s.integrity == "warn" and s.broken == records for s in summary.sources)
+    assert all(m.problem is None and m.records == records and m.dropped == {"image missing": records} for m in summary.mixtures)
+
+    page = _page_app(storage).get("/", headers={"accept": "text/html"})
+    assert page.status_code == 200 and "unreadable" not in page.text
+    assert all(f'id="source-{source_id}"' in page.text for source_id in load_catalog())
+    assert all(f'id="mixture-{recipe_id}"' in page.text for recipe_id in load_recipes())
+
+
+def test_a_corrupt_summary_marks_its_row_and_the_page_shows_the_rest(storage):
+    from vlmdata.replicas import large
+
+    large.fill(storage, load_catalog(), load_recipes(), 10)
+    storage.write_bytes("_vlmdata/reports/gqa/integrity.json", b'{"source": "gqa", "checked_at": ')
+    storage.write_bytes("mixtures/llava_v1_5_mix665k/summary.json", b'{"output": "not an object"}')
+    summary = gather(storage)
+    sources, mixtures = {s.id: s for s in summary.sources}, {m.id: m for m in summary.mixtures}
+    assert "_vlmdata/reports/gqa/integrity.json" in sources["gqa"].problem and sources["gqa"].integrity is None
+    assert mixtures["llava_v1_5_mix665k"].problem and mixtures["llava_v1_5_mix665k"].built_at is None
+    assert [s.id for s in summary.sources if s.problem] == ["gqa"] and [m.id for m in summary.mixtures if m.problem] == ["llava_v1_5_mix665k"]
+
+    client = _page_app(storage)
+    page = client.get("/", headers={"accept": "text/html"})
+    assert page.status_code == 200
+    row = page.text.split('id="source-gqa"')[1].split("</tr>")[0]
+    assert "unreadable" in row and "integrity.json" in row and "not a valid IntegrityReport" in row
+    assert page.text.count('class="badge warn">warn') == 14  # the other sources, as they are
+    data = client.get("/status.json").json()
+    assert {s["id"]: s["problem"] for s in data["sources"] if s["problem"]}.keys() == {"gqa"}

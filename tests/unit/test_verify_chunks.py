@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 
 from vlmdata.catalog import load_catalog
 from vlmdata.manifest import ArtifactRecord, Manifest, Placement, SourceRecord, index_key
 from vlmdata.replicas.data import jpeg_bytes, png_bytes, truncated_jpeg_bytes
+from vlmdata.reports import IntegrityReport, load
 from vlmdata.verify import (
     IncompleteVerification,
     check_chunk,
     chunk_images,
     chunks_prefix,
     plan_verify,
+    report_key,
     report_verify,
     verify_source,
 )
@@ -104,9 +107,9 @@ def test_chunked_verification_reports_exactly_what_one_chunk_does(storage):
     _acquired(storage)
     chunked = verify_source(catalog[SOURCE], storage, catalog, workers=1, max_images=4, max_bytes=10**9)
     assert _stored(storage) == as_one
-    assert {k: v for k, v in chunked.items() if k != "checked_at"} == {k: v for k, v in whole.items() if k != "checked_at"}
-    assert chunked["images"]["checked"] == 23 and chunked["images"]["broken_count"] == 2
-    assert set(chunked["images"]["mislabelled"]) == {f"{FOLDER}/000000000102.jpg"}
+    assert msgspec.structs.replace(chunked, checked_at="") == msgspec.structs.replace(whole, checked_at="")
+    assert chunked.images.checked == 23 and chunked.images.broken_count == 2
+    assert set(chunked.images.mislabelled) == {f"{FOLDER}/000000000102.jpg"}
     assert not list(storage.list(f"_vlmdata/reports/{SOURCE}/chunks"))  # the chunks go once the report is written
 
 
@@ -130,9 +133,9 @@ def test_chunk_results_travel_through_the_storage_and_the_steps_run_anywhere(sto
     assert check_chunk(storage, chunks[0])["broken"] == 0
 
     report = report_verify(catalog[SOURCE], storage, catalog, "run-1")
-    assert report["images"]["broken_count"] == 2
-    assert report["status"] == "fail" and report["failures"] == ["2 of 23 images do not decode, above the threshold of 1.00%"]  # the catalog's threshold, applied to every chunk's results
-    assert storage.read_json(f"_vlmdata/reports/{SOURCE}/integrity.json")["images"] == report["images"]
+    assert report.images.broken_count == 2
+    assert report.status == "fail" and [f.text for f in report.failures] == ["2 of 23 images do not decode, above the threshold of 1.00%"]  # the catalog's threshold, applied to every chunk's results
+    assert load(storage, report_key(SOURCE), IntegrityReport).images == report.images
     with pytest.raises(IncompleteVerification, match="no verification plan"):
         report_verify(catalog[SOURCE], storage, catalog, "run-1")  # the plan is gone with its chunks
 
@@ -142,7 +145,7 @@ def test_a_source_without_images_has_no_chunk(storage):
     Manifest(storage, "llava_instruct_150k").save_source(SourceRecord(source="llava_instruct_150k", kind="hf", published_at="2026-01-01T00:00:00+00:00"))
     assert plan_verify(catalog["llava_instruct_150k"], storage, "run-2") == []
     report = report_verify(catalog["llava_instruct_150k"], storage, catalog, "run-2")
-    assert report["images"]["checked"] == 0 and report["status"] == "fail"  # nothing acquired: every artifact is missing
+    assert report.images.checked == 0 and report.status == "fail"  # nothing acquired: every artifact is missing
 
 
 def test_chunks_of_a_verification_never_reported_are_dropped_after_a_week(storage):
@@ -186,7 +189,7 @@ def test_two_verifications_of_one_source_at_once_report_one_after_the_other(stor
     assert set(reports) == {"run_a", "run_b"}
     broken = {f"{FOLDER}/000000000100.jpg", f"{FOLDER}/000000000101.jpg"}
     for report in reports.values():
-        assert report["quarantined"] == 2 and report["images"]["broken_count"] == 2
+        assert report.quarantined == 2 and report.images.broken_count == 2
     assert {k.rsplit(f"{SOURCE}/", 1)[1] for k, _ in storage.list(f"_vlmdata/quarantine/{SOURCE}")} == broken
     assert not any(storage.exists(key) for key in broken)
     assert storage.read_json(f"_vlmdata/reports/{SOURCE}/integrity.json")["images"]["broken_count"] == 2

@@ -58,6 +58,7 @@ from ..catalog import Artifact, Extract, Source
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
 from ..redaction import mask_secrets
+from ..reports import NeededTars, save
 from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
 from .digest import Expected
 from .http import FetchError, PermanentFetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
@@ -413,16 +414,20 @@ class NeededShards:
             )
         return "; ".join(parts)
 
-    def to_dict(self, examples: int = 10) -> dict:
-        return {
-            "referenced": self.referenced,
-            "present": len(self.present),
-            "tars": {tar: len(images) for tar, images in sorted(self.tars.items())},
-            "unaccounted": len(self.unknown),
-            "unaccounted_examples": self.unknown[:examples],
-            "tars_searched": self.searched,
-            "summary": self.summary(),
-        }
+    def account(self, needed_by: list[str] | None = None, examples: int = 10) -> NeededTars:
+        """The account kept on the storage (:func:`needed_report_key`): counts, a few examples."""
+        return NeededTars(
+            referenced=self.referenced,
+            present=len(self.present),
+            tars={tar: len(images) for tar, images in sorted(self.tars.items())},
+            unaccounted=len(self.unknown),
+            summary=self.summary(),
+            unaccounted_examples=self.unknown[:examples],
+            tars_searched=self.searched,
+            needed_by=list(needed_by or []),
+            at=now(),
+            examples_by_tar={tar: images[:examples] for tar, images in sorted(self.tars.items())},
+        )
 
 
 def _stored_images(storage: Storage) -> set[str]:
@@ -516,7 +521,7 @@ def sa1b_needed_by(source: Source, ctx: Context, paths: list[str]) -> list[str]:
     """The tars holding the SAM images that the annotation files ``paths`` reference and the
     storage lacks; the full account goes to :func:`needed_report_key`."""
     needed = locate_tars(source, ctx, needed_images(ctx.storage, ctx.catalog, paths))
-    ctx.storage.write_json(needed_report_key(source.id), {"needed_by": paths, "at": now(), **needed.to_dict(), "examples_by_tar": {t: v[:10] for t, v in sorted(needed.tars.items())}})
+    save(ctx.storage, needed_report_key(source.id), needed.account(paths))
     log.info("%s: %s", source.id, needed.summary())
     return sorted(needed.tars, key=shard_number)
 

@@ -11,7 +11,7 @@ from .. import settings
 from ..layout import load_profiles, materialise
 from ..manifest import Manifest
 from ..mix import build, load_recipes
-from ..verify import check_chunk, chunk_limits, plan_verify, report_verify, summary
+from ..verify import check_chunk, chunk_limits, plan_verify, report_verify
 from .events import emit
 from .links import CompositionLink, IntegrityReportLink, LockLink
 
@@ -84,10 +84,10 @@ class ReportVerifyOperator(BaseOperator):
     def execute(self, context) -> dict:
         catalog = settings.catalog()
         report = report_verify(catalog[self.source_id], settings.from_airflow().storage(), catalog, plan_id_of(context))
-        self.log.info(summary(report))
-        if report["status"] == "fail":
-            raise AirflowFailException(summary(report))
-        brief = {"source": self.source_id, "status": report["status"], "images_ok": report["images"]["ok"], "images_broken": report["images"]["broken_count"]}
+        self.log.info(report.summary())
+        if report.status == "fail":
+            raise AirflowFailException(report.summary())
+        brief = {"source": self.source_id, "status": report.status, "images_ok": report.images.ok, "images_broken": report.images.broken_count}
         emit(context, self.outlets, brief)
         return brief
 

@@ -54,6 +54,7 @@ from pathlib import Path
 import yaml
 
 from ..catalog import DEFAULT_CATALOG
+from ..reports import IntegrityReport
 from .data import gif_bytes, jpeg_bytes, llava_record, make_zip, png_bytes, truncated_jpeg_bytes
 from .gdrive import FakeDrive
 from .github import FakeGitHub
@@ -437,13 +438,13 @@ class Replicas:
         return found
 
     @staticmethod
-    def unresolved_in(report: dict) -> dict[str, dict[str, str]]:
+    def unresolved_in(report: IntegrityReport) -> dict[str, dict[str, str]]:
         """What an integrity report names unresolved, in the shape of :attr:`expected_missing_refs`."""
         found = {}
-        for artifact, refs in report["references"].items():
-            named = {image: "broken" if reason.startswith("image broken") else "missing" for reason, entry in refs["reasons"].items() for image in entry["examples"]}
-            if len(named) != refs["unresolved"]:
-                raise AssertionError(f"{artifact}: {refs['unresolved']} unresolved, {len(named)} named")
+        for artifact, refs in report.references.items():
+            named = {image: "broken" if reason.startswith("image broken") else "missing" for reason, entry in refs.reasons.items() for image in entry.examples}
+            if len(named) != refs.unresolved:
+                raise AssertionError(f"{artifact}: {refs.unresolved} unresolved, {len(named)} named")
             if named:
                 found[artifact] = named
         return found

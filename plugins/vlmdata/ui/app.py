@@ -15,25 +15,53 @@ Routes (relative to the mount):
 * ``/status.json``: the same summary as JSON;
 * ``/files/<storage key>``: a report, manifest, layout report, lock or chart from the storage
   (:func:`vlmdata.status.servable` says which keys; never the data tree).
+
+When the storage cannot be read (an S3 endpoint down, a permission denied, a corrupt file) the
+answer names the problem: a page for a browser, JSON otherwise, status 503 (502 for a file the
+storage holds but cannot hand out), never a bare 500. A corrupt report of one source or mixture
+only marks that row (:func:`vlmdata.status.gather`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import mimetypes
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from airflow.api_fastapi.core_api.security import requires_access_dag
 
 from .. import pages, settings, status
 from ..layout import load_profiles
 from ..mix import load_recipes
+from ..storage import Storage
+
+log = logging.getLogger("vlmdata.ui")
 
 CHUNK = 1024 * 1024
+
+
+class StorageProblem(Exception):
+    """The storage could not answer: shown to the user as a page (or JSON) that names why."""
+
+    def __init__(self, status_code: int, title: str, detail: str):
+        super().__init__(detail)
+        self.status_code, self.title, self.detail = status_code, title, detail
+
+
+def problem_response(request: Request, problem: StorageProblem) -> HTMLResponse | JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, problem.detail)
+    if request.url.path.endswith(".json") or "text/html" not in request.headers.get("accept", ""):
+        return JSONResponse({"error": problem.title, "detail": problem.detail}, status_code=problem.status_code)
+    home = str(request.scope.get("root_path", "")).rstrip("/") + "/"
+    hint = "The page reads the storage the tasks write (the vlmdata_root Variable, the aws_default connection); it shows again once that storage answers."
+    page = pages.render("error.html", title=problem.title, detail=problem.detail, status_code=problem.status_code, home=home, hint=hint)
+    return HTMLResponse(page, status_code=problem.status_code)
 
 
 def file_url(key: str) -> str:
@@ -74,20 +102,33 @@ def dag_runs(dag_ids: list[str]) -> dict[str, status.Run]:
         return runs
 
 
-def gather() -> status.Status:
-    catalog, profiles, recipes = settings.catalog(), load_profiles(), load_recipes()
-    dag_ids = [f"{stage}_{s}" for s in catalog for stage in ("acquire", "verify")]
-    dag_ids += [f"layout_{p}" for p in profiles] + [f"mix_{r}" for r in recipes]
-    storage = settings.from_airflow_server().storage()
-    return status.gather(storage, catalog, profiles, recipes, dag_runs(dag_ids))
+def airflow_storage() -> Storage:
+    return settings.from_airflow_server().storage()
 
 
-def create_app() -> FastAPI:
+def create_app(
+    *,
+    storage: Callable[[], Storage] = airflow_storage,
+    runs: Callable[[list[str]], dict[str, status.Run]] = dag_runs,
+    dependencies: list | None = None,
+) -> FastAPI:
+    """The app; ``storage`` and ``runs`` default to what the API server's metadata database says,
+    ``dependencies`` to Airflow's authentication (a test of the pages alone passes others)."""
     app = FastAPI(
         title="vlmdata",
         description="What vlmdata holds on its storage: sources, layouts, mixtures, and their reports.",
-        dependencies=[Depends(requires_access_dag("GET"))],
+        dependencies=[Depends(requires_access_dag("GET"))] if dependencies is None else dependencies,
     )
+    app.add_exception_handler(StorageProblem, problem_response)
+
+    def gather() -> status.Status:
+        catalog, profiles, recipes = settings.catalog(), load_profiles(), load_recipes()
+        dag_ids = [f"{stage}_{s}" for s in catalog for stage in ("acquire", "verify")]
+        dag_ids += [f"layout_{p}" for p in profiles] + [f"mix_{r}" for r in recipes]
+        try:
+            return status.gather(storage(), catalog, profiles, recipes, runs(dag_ids))
+        except status.Unreadable as exc:
+            raise StorageProblem(503, "The storage cannot be read", str(exc)) from exc
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -101,11 +142,13 @@ def create_app() -> FastAPI:
     def file(key: str) -> StreamingResponse:
         if not status.servable(key):
             raise HTTPException(404, f"{key} is not a report, manifest, lock or chart")
-        storage = settings.from_airflow_server().storage()
+        where = storage()
         try:
-            handle = storage.open_read(key)
+            handle = where.open_read(key)
         except (FileNotFoundError, IsADirectoryError):
-            raise HTTPException(404, f"{key} is not on {storage.url}") from None
+            raise HTTPException(404, f"{key} is not on {where.url}") from None
+        except Exception as exc:  # a permission denied, an endpoint down: botocore's errors, OSError, StorageError
+            raise StorageProblem(502, f"{key} cannot be read", f"{key} on {where.url}: {type(exc).__name__}: {exc}") from exc
 
         def chunks():
             with handle:

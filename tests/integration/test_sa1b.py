@@ -21,7 +21,6 @@ from vlmdata.extract import UnsafeArchive
 from vlmdata.fetch import sa1b
 from vlmdata.fetch.http import FetchError, PermanentFetchError, RetryPolicy
 from vlmdata.fetch.sa1b import (
-    SA1B,
     UNKNOWN,
     LinksFileError,
     load_tar_index,
@@ -57,7 +56,6 @@ def _tar(numbers: list[int], prefix: str = "./") -> bytes:
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
-    monkeypatch.setitem(acq.TRANSPORTS, "sa1b", SA1B)  # the lead registers it in acquire.TRANSPORTS
     monkeypatch.delenv(sa1b.LINKS_ENV, raising=False)
     monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: None)  # no Airflow task here
 

@@ -55,7 +55,7 @@ def _tar(numbers: list[int], prefix: str = "./") -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def registered(monkeypatch):
+def no_links_from_outside_the_test(monkeypatch):
     monkeypatch.delenv(sa1b.LINKS_ENV, raising=False)
     monkeypatch.setattr(sa1b, "_airflow_variable", lambda name: None)  # no Airflow task here
 

@@ -24,18 +24,13 @@ What is measured, from the REST API and the task logs once everything has settle
   and the "Post Execute" group -> ``end_date`` (XCom, state, asset events); against the
   operator's own ``execute`` (between the two groups).
 
-And directly, in fresh processes against ``python -c pass``: ``import vlmdata.operators``, and
-each DAG file parsed the way a task runner parses it (``BundleDagBag``, after importing the task
-SDK, which the worker process that forks a task has loaded already).
+The CPU a task process pays at start (its DAG file's parse and its imports) is ``bench.startup``'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -44,13 +39,12 @@ from datetime import datetime
 from pathlib import Path
 
 from . import REPO_ROOT
-from .common import Contender, Context, Row, fmt_time, python, race, ratio, verdict
+from .common import Context, Row, ratio, verdict
 
 NAME = "executors"
 # The slice (--quick): two sources and what their verification triggers.
 QUICK_ACQUISITIONS = ("acquire_coco_train2017", "acquire_llava_instruct_150k")
 QUICK_DAGS = (*QUICK_ACQUISITIONS, "verify_coco_train2017", "verify_llava_instruct_150k", "layout_llava15", "layout_sharegpt4v", "mix_llava_instruct_150k")
-DAG_FILES = ("acquire.py", "verify.py", "layout.py", "mix.py")
 LOCAL_SLOTS = 2  # LocalAirflow's LocalExecutor: one slot per core, at least 2 (2 on the 2-core bench machine)
 
 
@@ -290,69 +284,6 @@ def run_setup(setup: Setup, replicas, work: Path, quick: bool, log) -> dict:
         }
 
 
-# ------------------------------------------------------------------------------ start-up
-
-
-def _child_parse(dag_file: str) -> None:
-    """Print the seconds to import the task SDK and to parse ``dag_file`` as a task runner does."""
-    t0 = time.perf_counter()
-    import airflow.sdk.execution_time.task_runner  # noqa: F401  (what the forking worker has loaded)
-    from airflow.dag_processing.dagbag import BundleDagBag
-
-    t1 = time.perf_counter()
-    dags = REPO_ROOT / "dags"
-    bag = BundleDagBag(dag_folder=str(dags / dag_file), safe_mode=False, load_op_links=False, bundle_path=dags, bundle_name="dags-folder")
-    t2 = time.perf_counter()
-    if bag.import_errors:
-        raise SystemExit(f"{dag_file}: {bag.import_errors}")
-    print(json.dumps({"sdk_s": t1 - t0, "parse_s": t2 - t1, "dags": len(bag.dags)}))
-
-
-def _startup_rows(ctx: Context) -> list[Row]:
-    """Fresh processes: ``import vlmdata.operators`` and each DAG file's parse, against ``python -c pass``."""
-    parsed: dict[str, list[dict]] = {f: [] for f in DAG_FILES}
-
-    def parse(dag_file: str):
-        def go():
-            out = subprocess.run([python(), "-m", "bench.executors", "--parse", dag_file], cwd=REPO_ROOT, capture_output=True, text=True)
-            if out.returncode:
-                raise RuntimeError(f"parsing {dag_file} failed: {out.stderr.strip()[-600:]}")
-            parsed[dag_file].append(json.loads(out.stdout.strip().splitlines()[-1]))
-
-        return go
-
-    def bare(code: str):
-        return lambda: subprocess.run([python(), "-c", code], cwd=REPO_ROOT, check=True, capture_output=True)
-
-    peer = Contender("python -c pass", bare("pass"))
-    imports = Contender("import vlmdata.operators", bare("import vlmdata.operators"))
-    parses = {f: Contender(f"parse dags/{f}", parse(f)) for f in DAG_FILES}
-    race([peer, imports, *parses.values()], ctx.rounds, ctx.log)
-
-    def cell(c: Contender) -> str:
-        return f"{fmt_time(c.time)} (+{c.time - peer.time:.2f} s)"
-
-    rows = [Row(
-        "task start-up: import vlmdata.operators, fresh process", cell(imports), f"python -c pass: {fmt_time(peer.time)}",
-        ratio(imports.time, peer.time),
-        f"{imports.time - peer.time:.2f} s over a bare interpreter (best of {ctx.rounds}): what a fresh process pays, Airflow's task SDK "
-        "included (its share is in the parse rows); a task process is forked from a worker that has the SDK loaded, so a task "
-        "pays only the parse below (our modules' import included)",
-        {"ours_s": imports.times, "peer_s": peer.times},
-    )]
-    for dag_file, c in parses.items():
-        runs = parsed[dag_file]
-        best = min(runs, key=lambda r: r["parse_s"])
-        rows.append(Row(
-            f"task start-up: parse dags/{dag_file} ({best['dags']} DAGs), fresh process", cell(c), f"python -c pass: {fmt_time(peer.time)}",
-            ratio(c.time, peer.time),
-            f"the parse alone {best['parse_s']:.2f} s (BundleDagBag as the task runner calls it; what every task of these DAGs pays), "
-            f"after importing the task SDK {best['sdk_s']:.2f} s (loaded once per worker process, not per task)",
-            {"ours_s": c.times, "peer_s": peer.times, "children": runs},
-        ))
-    return rows
-
-
 # ------------------------------------------------------------------------------- the rows
 
 
@@ -435,7 +366,7 @@ def run(ctx: Context) -> list[Row]:
     from vlmdata.replicas.sources import Replicas
 
     work = "slice (coco_train2017 + llava_instruct_150k)" if ctx.quick else "replica set (every source)"
-    rows = _startup_rows(ctx)
+    rows: list[Row] = []
     results: dict[str, dict] = {}
     with Replicas(ctx.tmp / "replicas") as replicas:
         for setup in SETUPS:
@@ -456,8 +387,3 @@ def run(ctx: Context) -> list[Row]:
             ctx.log(f"  {setup.label}: {_rate(r)}; {_busy(r)}")
     return _throughput_rows(results, work) + _cost_rows(results, work) + rows
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.executors")
-    parser.add_argument("--parse", required=True, metavar="DAG_FILE")
-    _child_parse(parser.parse_args(sys.argv[1:]).parse)

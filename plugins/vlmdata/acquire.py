@@ -24,13 +24,10 @@ from pathlib import Path
 
 from .catalog import Artifact, Source
 from .extract import extract_archive
+from .kinds import kind_named
 from .fetch.digest import IntegrityError, sha256_of
-from .fetch.gdrive import GDRIVE
-from .fetch.github import GITHUB
-from .fetch.hf import HF
-from .fetch.sa1b import SA1B
+from .fetch.policy import DRY_RUN_POLICY
 from .fetch.http import FetchError, RetryPolicy, Unreachable, download, isolate_partial, redact, same_fingerprint
-from .fetch.plain import HTTP
 from .fetch.remote import Context, Pin, Remote, Transport, UpstreamMoved, pinned_session
 from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
 from .lease import Lease, hold
@@ -39,19 +36,14 @@ from .storage import DATA_PREFIX, DiskFullError, Storage
 
 log = logging.getLogger("vlmdata.acquire")
 
-# OCR-VQA (urllist) takes its list file from a Drive folder; its crawl is crawl.py's.
-TRANSPORTS: dict[str, Transport] = {"hf": HF, "http": HTTP, "github": GITHUB, "sa1b": SA1B, "gdrive": GDRIVE, "urllist": GDRIVE}
-
 
 class LicenceNotAcknowledged(PermissionError):
     pass
 
 
 def transport_for(source: Source) -> Transport:
-    try:
-        return TRANSPORTS[source.kind]
-    except KeyError:
-        raise NotImplementedError(f"{source.id}: no transport for kind {source.kind!r} yet") from None
+    """The source's transport (vlmdata.kinds names it; its module is imported on first use)."""
+    return kind_named(source.kind).load_transport()
 
 
 def artifacts_of(source: Source, ctx: Context) -> list[Artifact]:
@@ -187,12 +179,6 @@ def _gib(size: int | None, size_is: str | None = None) -> str:
     return f"{qualifier}{size / 1024**3:.2f} GiB"
 
 
-# A dry run is a question someone waits for (at a terminal, in the Trigger dialog) and costs
-# nothing when upstream does not answer: it answers from the catalog. So it retries briefly (3
-# attempts, waiting at most 5 s, 10 s to connect, 30 s for an answer) instead of an acquisition's
-# 8 attempts and minutes of backoff (RetryPolicy's defaults): a silent host costs it about 100 s
-# at worst, a refused or unresolvable one seconds.
-DRY_RUN_POLICY = RetryPolicy(attempts=3, max_wait=5.0, connect_timeout=10.0, read_timeout=30.0)
 
 
 def dry_run_policy(policy: RetryPolicy) -> RetryPolicy:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .catalog import load_catalog
-from .crawl import CRAWL_POLICY
-from .fetch.http import RetryPolicy
+from .fetch.policy import CRAWL_POLICY, RetryPolicy
 
 # Airflow's retries of a failed task (every task of every generated DAG).
 TASK_RETRIES = 2

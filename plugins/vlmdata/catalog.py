@@ -17,12 +17,13 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
+from .kinds import KINDS
+
 # include/ (catalog, layouts, recipes) is package data (``vlmdata/include``: in a checkout a link
 # to the repository's include/, in a wheel or an image a copy); VLMDATA_INCLUDE points elsewhere.
 INCLUDE_DIR = Path(os.environ.get("VLMDATA_INCLUDE") or str(resources.files("vlmdata") / "include"))
 DEFAULT_CATALOG = INCLUDE_DIR / "catalog"
 
-Kind = Literal["hf", "http", "gdrive", "sa1b", "urllist", "github"]
 
 
 class CatalogError(ValueError):
@@ -42,6 +43,15 @@ def _relative_tree_path(value: str) -> str:
 
 
 TreePath = Annotated[str, AfterValidator(_relative_tree_path)]
+
+
+def _known_kind(value: str) -> str:
+    if value not in KINDS:
+        raise ValueError(f"unknown kind {value!r}; known: {', '.join(KINDS)} (vlmdata.kinds)")
+    return value
+
+
+Kind = Annotated[str, AfterValidator(_known_kind)]  # a name of vlmdata.kinds.KINDS
 
 
 class Extract(_Model):
@@ -157,13 +167,13 @@ class Source(_Model):
 
     @model_validator(mode="after")
     def _upstream_matches_kind(self) -> Source:
-        section = {"hf": "hf", "github": "github", "gdrive": "gdrive", "sa1b": "sa1b", "urllist": "crawl"}.get(self.kind)
+        kind = KINDS[self.kind]
+        section, locator = kind.section, kind.locator
         if section and getattr(self, section) is None:
             raise ValueError(f"kind {self.kind!r} needs a `{section}:` section")
         names = [a.name for a in self.artifacts]
         if len(names) != len(set(names)):
             raise ValueError(f"artifact names must be unique, got {names}")
-        locator = {"hf": "path", "github": "path", "http": "url", "gdrive": "drive_id"}.get(self.kind)
         for artifact in self.artifacts:
             if locator and getattr(artifact, locator) is None:
                 raise ValueError(f"artifact {artifact.name!r}: kind {self.kind!r} needs `{locator}`")
@@ -203,9 +213,14 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+# libyaml's safe loader where PyYAML was built with it: the DAG files load the catalog at every
+# parse, and the pure-Python loader was most of a parse's CPU (bench/ row `startup`).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_model(path: Path, model: type[BaseModel]):
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

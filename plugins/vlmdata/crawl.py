@@ -57,6 +57,7 @@ from PIL import Image
 from . import extract
 from .catalog import Extract
 from .fetch.digest import Expected
+from .fetch.policy import CRAWL_POLICY
 from .fetch.http import RETRY_STATUS, TRANSIENT_ERRORS, FetchError, RetryPolicy, download, name_unresolved, parse_retry_after, probe, redact, same_fingerprint
 from .images import check_image
 from .lease import current_guard, exclusive
@@ -74,8 +75,6 @@ JPEG_QUALITY = 95
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # a book cover is tens of KB; anything this big is not one
 MAX_RESPONSE_SECONDS = 120.0  # a server trickling bytes must not pin a worker thread
 USER_AGENT = "vlmdata-crawl/0.1 (LLaVA training data; +https://github.com/)"
-# Fewer, shorter retries than a multi-GB download: a dead cover should not hold a shard for minutes.
-CRAWL_POLICY = RetryPolicy(attempts=4, backoff=1.0, max_wait=60.0)
 JPEG_FORMATS = {"JPEG", "MPO"}  # MPO is a JPEG with extra pictures appended: every decoder reads it as JPEG
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")

@@ -12,9 +12,10 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule
 
-from .acquire import DRY_RUN_POLICY, TRANSPORTS
 from .budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS, MAX_RETRY_DELAY, RETRY_BACKOFF, RETRY_DELAY, TASK_RETRIES, timeout_of
 from .catalog import Source, load_catalog
+from .fetch.policy import DRY_RUN_POLICY
+from .kinds import kind_named
 from .layout import Profile, load_profiles
 from .manifest import source_prefix
 from .mix import Recipe, load_recipes, mixture_prefix
@@ -146,9 +147,10 @@ def acquisition_dag(source: Source) -> DAG:
         "include_optional": optional(False, "boolean", "Include optional artifacts", "Also fetch artifacts marked optional in the catalog."),
         "refetch_quarantined": optional(False, "boolean", "Refetch quarantined files", "Fetch again the files verify moved to the quarantine (their copies stay there)."),
     }
-    if source.kind == "hf":
-        params["revision"] = optional(source.hf.revision, "string", "Revision", "Branch, tag or 40-hex commit of the Hub repository (empty: the catalog's pin).")
-    if TRANSPORTS[source.kind].needed_by:
+    kind = kind_named(source.kind)
+    if kind.revision:
+        params["revision"] = optional(getattr(getattr(source, kind.section), kind.revision), "string", "Revision", "Branch, tag or 40-hex commit of the Hub repository (empty: the catalog's pin).")
+    if kind.needed_by:
         params["needed_by"] = optional(
             [], "array", "Tars needed by annotation files", items={"type": "string"},
             description="Instead of the catalog's range: the tars holding the SAM images that these annotation files reference and the storage lacks "
@@ -194,7 +196,7 @@ def acquisition_dag(source: Source) -> DAG:
         fetch = fetch_operator_for(source.kind).partial(
             task_id="fetch", source_id=source.id, pool=fetch_pool(source), max_active_tis_per_dagrun=4, map_index_template="{{ task.pin['name'] }}",
         ).expand(pin=plan.output)
-        if source.kind != "urllist":
+        if not kind.crawl:
             PublishSourceOperator(task_id="publish", source_id=source.id, fetched=fetch.output, outlets=[acquired(source.id)], **selection)
         else:
             # The list file first; the crawl plans even when the list is unchanged, so a
@@ -217,7 +219,7 @@ def acquisition_dag(source: Source) -> DAG:
 
 def _after_fetch_doc(source: Source) -> str:
     """The doc of the tasks after `fetch`: publish, and for a crawl source the crawl and the mirrors."""
-    if source.kind != "urllist":
+    if not kind_named(source.kind).crawl:
         return f"`publish` records the acquisition and emits `{acquired(source.id).name}`."
     mirrors = ", ".join(f"`{url}`" for url in source.crawl.fallback_mirrors) or "none in the catalog"
     return f"""`publish` records the list's acquisition;
@@ -360,12 +362,12 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
 
 
 def acquisition_dags() -> dict[str, DAG]:
-    """One per source whose kind has a transport; the other kinds arrive with their transports."""
-    return {f"acquire_{s.id}": acquisition_dag(s) for s in load_catalog().values() if s.kind in TRANSPORTS}
+    """One per source of the catalog."""
+    return {f"acquire_{s.id}": acquisition_dag(s) for s in load_catalog().values()}
 
 
 def verify_dags() -> dict[str, DAG]:
-    return {f"verify_{s.id}": verify_dag(s) for s in load_catalog().values() if s.kind in TRANSPORTS}
+    return {f"verify_{s.id}": verify_dag(s) for s in load_catalog().values()}
 
 
 def layout_dags() -> dict[str, DAG]:

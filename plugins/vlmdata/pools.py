@@ -12,6 +12,7 @@ import re
 from urllib.parse import urlsplit
 
 from .catalog import Source
+from .kinds import kind_named
 
 # Slots: how many downloads may hit a host at once. The Hub and plain HTTP servers take
 # several connections well; Drive answers quota pages to eager clients.
@@ -27,14 +28,10 @@ DECODE_SLOTS = 2
 
 
 def _host(source: Source) -> str:
-    if source.kind == "hf":
-        return "huggingface.co"
-    if source.kind in ("gdrive", "urllist"):
-        return "drive.google.com"
-    if source.kind == "github":
-        return "github.com"
-    if source.kind == "sa1b":
-        return "sa1b-cdn"  # Meta's signed links; the host is in the user's links file
+    """The kind's host (vlmdata.kinds), else the host of the source's first artifact URL."""
+    host = kind_named(source.kind).pool_host
+    if host:
+        return host
     urls = [a.url for a in source.artifacts if a.url]
     return urlsplit(urls[0]).hostname if urls else source.id
 

@@ -17,13 +17,15 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import redaction
-from .fetch.remote import Context
 from .catalog import Source, load_catalog
 from .mirrors import Mirrors
 from .storage import S3Options, Storage, open_storage
+
+if TYPE_CHECKING:
+    from .fetch.remote import Context
 
 log = logging.getLogger("vlmdata.settings")
 
@@ -41,6 +43,8 @@ class Settings:
         return open_storage(self.root, self.s3 if self.root.startswith("s3://") else None)
 
     def context(self, **overrides) -> Context:
+        from .fetch.remote import Context  # requests: imported by the tasks that use it, not at DAG parse
+
         return Context(storage=self.storage(), mirrors=self.mirrors, token=self.hf_token, variable=self.variable, catalog=load_catalog(), **overrides)
 
 

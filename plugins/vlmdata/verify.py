@@ -25,9 +25,7 @@ import msgspec
 from . import pages
 from .annotations import AnnotationError, Records, check_records, fast_or_json, image_path, record_problem
 from .catalog import Annotation, Source
-from .crawl import report_key as crawl_report_key
 from .fetch.digest import sha256_of
-from .images import check_images, is_image_name
 from .lease import current_guard, exclusive
 from .manifest import Manifest, now
 from .reports import MAX_EXAMPLES, AnnotationCheck, ArtifactCheck, CrawlReport, ImageCheck, IntegrityReport, References, Tally, load, save
@@ -180,6 +178,8 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
     """Step 1: re-hash kept files, check every extracted member is present with its size, and
     split the images to decode into chunks. The partial report and each chunk's keys go to the
     storage under :func:`chunks_prefix`; the return value (what each mapped task receives) is small."""
+    from .images import is_image_name  # Pillow: not at DAG parse
+
     prefix = chunks_prefix(source.id, plan_id)
     storage.delete(prefix)  # a plan run again in the same run must not meet the old results
     drop_abandoned_plans(storage, source.id)
@@ -255,6 +255,8 @@ def check_chunk(storage: Storage, chunk: dict, workers: int | None = None) -> di
         pairs = storage.read_json(chunk["results"])
         log.info("%s: already checked (%s)", chunk["label"], chunk["results"])
     else:
+        from .images import check_images  # Pillow: imported where images are decoded, not at DAG parse
+
         results = check_images(storage, storage.read_json(chunk["keys"]), workers)
         pairs = [[key, result] for key, result in results.items()]
         storage.write_json(chunk["results"], pairs)
@@ -348,6 +350,8 @@ def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport
 def _note_crawl(storage: Storage, report: IntegrityReport) -> None:
     """A crawled source (OCR-VQA): its crawl's counts and, bounded, the images it could not store
     (dead URLs, broken upstream) and the ones it converted; a warning when images are missing."""
+    from .crawl import report_key as crawl_report_key  # requests, Pillow: not at DAG parse
+
     crawl = load(storage, crawl_report_key(report.source), CrawlReport)
     if crawl is None:
         return

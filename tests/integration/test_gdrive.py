@@ -79,11 +79,6 @@ def local(tmp_path) -> LocalStorage:
     return LocalStorage(tmp_path / "root")
 
 
-@pytest.fixture
-def gdrive_registered(monkeypatch):
-    monkeypatch.setitem(acq.TRANSPORTS, "gdrive", GDRIVE)
-
-
 def client_for(drive: FakeDrive) -> DriveClient:
     return DriveClient(Mirrors(drive.mirrors()), FAST)
 
@@ -134,7 +129,7 @@ def test_quota_page_is_retried_then_succeeds(make_drive, page_status):
     assert len(gets(drive, "/uc", fid)) == 2  # two quota pages read, then a HEAD found the file
 
 
-def test_persistent_quota_fails_the_plan_with_drives_reason(make_drive, local, gdrive_registered):
+def test_persistent_quota_fails_the_plan_with_drives_reason(make_drive, local):
     drive = make_drive()
     fid = drive.add_file("sam.zip", LARGE)
     drive.quota_exceeded(fid, times=100)
@@ -295,7 +290,7 @@ def test_webdata_archive_rules():
 # ------------------------------------------------------------------------- catalog entries
 
 
-def test_catalog_drive_entries_resolve_through_the_mirror_map(make_drive, local, gdrive_registered):
+def test_catalog_drive_entries_resolve_through_the_mirror_map(make_drive, local):
     """The real catalog's Drive sources, their real ids served by the fake behind real host names."""
     drive = make_drive(real_urls=True, uc_redirects=True)
     catalog = load_catalog()
@@ -346,7 +341,7 @@ def _images(folder: str, seeds, noisy: bool = False) -> dict[str, bytes]:
     return {f"data/{folder}/images/{n}.jpg": _noisy_jpeg(n) if noisy else jpeg_bytes(seed=n) for n in seeds}
 
 
-def test_acquire_a_drive_folder(make_drive, storage, gdrive_registered):
+def test_acquire_a_drive_folder(make_drive, storage):
     drive = make_drive(warn_above=8 * 1024)
     top = drive.add_folder("WebData")
     wikiart_members = _images("wikiart", range(8), noisy=True)
@@ -397,7 +392,7 @@ def test_acquire_a_drive_folder(make_drive, storage, gdrive_registered):
     assert sorted(k.rsplit("/", 1)[1] for k, _ in storage.list("data/wikiart/images")) == sorted(f"{n}.jpg" for n in [0, 1, 20, 21, 22, 23, 24, 25])
 
 
-def test_a_drive_folder_that_changed_since_the_plan_fails_those_fetches(make_drive, local, gdrive_registered):
+def test_a_drive_folder_that_changed_since_the_plan_fails_those_fetches(make_drive, local):
     drive = make_drive()
     top = drive.add_folder("WebData")
     replaced = drive.add_file("README.txt", b"v1\n", folder=top)
@@ -423,7 +418,7 @@ def test_a_drive_folder_that_changed_since_the_plan_fails_those_fetches(make_dri
     assert drive.byte_requests(new_id) == []
 
 
-def test_a_quota_page_during_a_pinned_download_is_waited_out_not_taken_for_a_new_version(make_drive, local, gdrive_registered, waits):
+def test_a_quota_page_during_a_pinned_download_is_waited_out_not_taken_for_a_new_version(make_drive, local, waits):
     drive = make_drive()
     fid = drive.add_file("big.zip", LARGE)
     source = Source.model_validate({"id": "demo", "title": "demo", "kind": "gdrive", "licence": {"name": "test"}, "gdrive": {}, "artifacts": [{"name": "big.zip", "drive_id": fid, "target": "demo/big.zip"}]})

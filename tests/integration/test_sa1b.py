@@ -22,7 +22,6 @@ from vlmdata.extract import UnsafeArchive
 from vlmdata.fetch import sa1b
 from vlmdata.fetch.http import FetchError, PermanentFetchError, RetryPolicy
 from vlmdata.fetch.sa1b import (
-    SA1B,
     UNKNOWN,
     LinksFileError,
     load_tar_index,
@@ -59,8 +58,7 @@ def _tar(numbers: list[int], prefix: str = "./") -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    monkeypatch.setitem(acq.TRANSPORTS, "sa1b", SA1B)  # the lead registers it in acquire.TRANSPORTS
+def no_links_from_outside_the_test(monkeypatch):
     monkeypatch.delenv(sa1b.LINKS_ENV, raising=False)
 
 

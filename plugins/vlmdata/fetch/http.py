@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import random
 import shutil
 import socket
 import time
@@ -33,6 +32,7 @@ import requests
 from ..redaction import redact_text
 from ..storage import raise_if_disk_full
 from .digest import Expected, IntegrityError, MultiHasher
+from .policy import RetryPolicy
 
 log = logging.getLogger("vlmdata.fetch")
 
@@ -114,20 +114,6 @@ def _resolver_error(exc: BaseException) -> socket.gaierror | None:
     while seen is not None and not isinstance(seen, socket.gaierror):
         seen = seen.__cause__ or seen.__context__
     return seen
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 8
-    backoff: float = 1.0  # first wait; doubles each time, with jitter
-    max_wait: float = 120.0  # also caps a server's Retry-After
-    connect_timeout: float = 30.0
-    read_timeout: float = 120.0
-
-    def wait(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_wait)
-        return min(self.backoff * 2 ** (attempt - 1), self.max_wait) * random.uniform(0.8, 1.2)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,16 @@
-"""Acquisition as three tasks: plan (probe upstream and pin it), fetch (mapped over the pins), publish."""
+"""Acquisition as three tasks: plan (probe upstream and pin it), fetch (mapped over the pins), publish.
+
+``vlmdata.acquire`` (and through it the transports: requests, huggingface_hub, httpx) is imported
+in ``execute``: the DAG files import this module at every parse, which needs none of it.
+"""
 
 from __future__ import annotations
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from .. import acquire, settings
-from ..fetch.http import PermanentFetchError
+from .. import settings
+from ..kinds import kind_named
 from .events import emit
 from .links import ManifestLink
 
@@ -42,6 +46,9 @@ class PlanAcquisitionOperator(BaseOperator):
         self.include_optional, self.refetch_quarantined, self.revision, self.needed_by = include_optional, refetch_quarantined, revision, needed_by
 
     def execute(self, context) -> list[dict]:
+        from .. import acquire
+        from ..fetch.http import PermanentFetchError
+
         ctx = settings.from_airflow().context(revision=self.revision or None)
         try:
             the_plan = acquire.plan(
@@ -76,6 +83,9 @@ class FetchArtifactOperator(BaseOperator):
         self.source_id, self.pin = source_id, pin
 
     def execute(self, context) -> dict:
+        from .. import acquire
+        from ..fetch.http import PermanentFetchError
+
         try:
             return acquire.fetch_artifact(_source(self.source_id), acquire.Pin.from_dict(self.pin), settings.from_airflow().context())
         except PermanentFetchError as exc:  # upstream moved, a 4xx, a name that does not resolve
@@ -100,11 +110,9 @@ class GithubFetchOperator(FetchArtifactOperator):
     ui_color = "#e1e4e8"
 
 
-_FETCH_OPERATORS = {"hf": HfFetchOperator, "http": HttpFetchOperator, "github": GithubFetchOperator}
-
-
 def fetch_operator_for(kind: str) -> type[FetchArtifactOperator]:
-    return _FETCH_OPERATORS.get(kind, FetchArtifactOperator)
+    """The operator class of a kind's ``fetch`` task, as vlmdata.kinds names it."""
+    return globals()[kind_named(kind).fetch_operator]
 
 
 class PublishSourceOperator(BaseOperator):
@@ -120,6 +128,8 @@ class PublishSourceOperator(BaseOperator):
     template_fields = ("fetched", "artifacts", "needed_by")
 
     def execute(self, context) -> dict:
+        from .. import acquire
+
         selection = acquire.selection_of(self.artifacts or None, self.needed_by or None)
         summary = acquire.publish(_source(self.source_id), settings.from_airflow().context(), list(self.fetched or []), selection)
         emit(context, self.outlets, summary)

@@ -1,15 +1,20 @@
-"""The URL-list crawl (OCR-VQA) as tasks: plan shards, crawl each (mapped), finish, fill from mirrors."""
+"""The URL-list crawl (OCR-VQA) as tasks: plan shards, crawl each (mapped), finish, fill from mirrors.
+
+``vlmdata.crawl`` (requests, Pillow) is imported when a task runs, not when a DAG file is parsed.
+"""
 
 from __future__ import annotations
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from .. import crawl, settings
+from .. import settings
 from .events import emit_through
 
 
 def _crawl_settings(source_id: str) -> tuple[str, str]:
+    from .. import crawl
+
     return crawl.locations(source_id, settings.catalog())
 
 
@@ -31,6 +36,8 @@ class PlanCrawlOperator(BaseOperator):
         self.source_id, self.shard_size, self.dry_run = source_id, shard_size, dry_run
 
     def execute(self, context) -> list[dict]:
+        from .. import crawl
+
         _skip_in_a_dry_run(self.dry_run)
         list_key, into = _crawl_settings(self.source_id)
         shards = crawl.plan_shards(settings.from_airflow().storage(), list_key, into, self.shard_size, source_id=self.source_id)
@@ -49,6 +56,8 @@ class CrawlShardOperator(BaseOperator):
         self.source_id, self.shard, self.workers, self.per_host = source_id, shard, workers, per_host
 
     def execute(self, context) -> dict:
+        from .. import crawl
+
         _list_key, into = _crawl_settings(self.source_id)
         config = settings.from_airflow()
         return crawl.crawl_shard(config.storage(), self.shard["key"], into, mirrors=config.mirrors, workers=self.workers, per_host=self.per_host)
@@ -66,6 +75,8 @@ class FinishCrawlOperator(BaseOperator):
         self.source_id, self.dry_run = source_id, dry_run
 
     def execute(self, context) -> dict:
+        from .. import crawl
+
         _skip_in_a_dry_run(self.dry_run)
         _list_key, into = _crawl_settings(self.source_id)
         summary = crawl.finish(settings.from_airflow().storage(), self.source_id, into)
@@ -86,6 +97,8 @@ class FillFromMirrorsOperator(BaseOperator):
         self.source_id, self.asset, self.published, self.dry_run = source_id, asset, published, dry_run
 
     def execute(self, context) -> dict:
+        from .. import crawl
+
         _skip_in_a_dry_run(self.dry_run)
         _list_key, into = _crawl_settings(self.source_id)
         config = settings.from_airflow()

@@ -69,12 +69,6 @@ def verified(source_id: str) -> Asset:
     return Asset(f"vlmdata.verified.{source_id}", group="vlmdata")
 
 
-def _size(source: Source) -> str:
-    if source.declared_size is not None:
-        return f"{source.declared_size / 1024**3:.1f} GiB"
-    return "unknown" if source.approx_size is None else f"about {source.approx_size / 1024**3:.1f} GiB"
-
-
 def acquisition_dag(source: Source) -> DAG:
     params = {
         "dry_run": Param(False, type="boolean", description="Only say what would be fetched and how big it is (in the plan task's log); never a download. "
@@ -100,7 +94,7 @@ def acquisition_dag(source: Source) -> DAG:
 
 {source.description}
 
-* kind: `{source.kind}`; declared size: {_size(source)}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
+* kind: `{source.kind}`; declared size: {source.size_text(about='about ', unknown='unknown')}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
 * artifacts: {', '.join(f'`{a.name}`' for a in source.artifacts)}
 * tasks: `plan` probes upstream, compares with the manifest (nothing changed: the rest skips and no asset event is sent)
   and pins what it resolved (commit, size, checksums, ETag...); `fetch` (one per changed artifact, named after it) downloads,

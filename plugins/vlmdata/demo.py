@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .airflow_client import AirflowClient
 from .catalog import load_catalog
+from .cli import PlainHelp
 from .layout import load_profiles
 from .localairflow import LocalAirflow, _port_in_use, free_port
 from .mix import load_recipes
@@ -295,7 +296,7 @@ def _interrupt(*_) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlmdata.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vlmdata.demo", description=__doc__.split("\n\n")[0], formatter_class=PlainHelp)
     parser.add_argument("--exit", action="store_true", help="stop Airflow once everything has settled (exit code 1 if a DAG failed)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything to settle")
     parser.add_argument("--sources", type=lambda text: [s for s in text.split(",") if s], help="comma-separated source ids: trigger only their acquisitions (default: every source)")

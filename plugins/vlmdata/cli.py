@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__, acquire, redaction, settings, status
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
-from .mix import build, load_recipes, rebuild
+from .mix import Lock, build, load_recipes, lock_of, parse_lock, read_lock, rebuild
 from .pools import pools
 from .verify import summary, verify_source
 
@@ -70,13 +70,24 @@ def cmd_layout(args, catalog) -> int:
 def cmd_mix(args, catalog) -> int:
     storage = settings.from_env(args.root).storage()
     if args.from_lock:
-        lock = rebuild(json.loads(open(args.from_lock).read()), storage, catalog)
+        lock = rebuild(_read_lock(args.from_lock, storage), storage, catalog)
     elif args.recipe:
         lock = build(_lookup(load_recipes(), args.recipe), storage, catalog, seed=args.seed, fmt=args.format)
     else:
         raise SystemExit("vlmdata mix: name a recipe or give --from-lock")
-    print(json.dumps({"output": lock["output"], "counts": lock["counts"]}, indent=1))
+    written = lock.to_json()
+    print(json.dumps({"output": written["output"], "lock": lock_of(lock.output.key), "image_folder": lock.image_folder, "counts": written["counts"]}, indent=1))
     return 0
+
+
+def _read_lock(where: str, storage) -> Lock:
+    """A lock from a local file, else from the storage (a key such as mixtures/<recipe>/lock.json)."""
+    if os.path.isfile(where):
+        with open(where, "rb") as handle:
+            return parse_lock(handle.read(), where)
+    if not storage.exists(where):
+        raise SystemExit(f"vlmdata mix: no lock {where!r}: neither a file nor a key on {storage.url}")
+    return read_lock(storage, where)
 
 
 def cmd_status(args, catalog) -> int:
@@ -143,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_layout)
     p = command("mix", "build a recipe's training file and lock")
     p.add_argument("recipe", nargs="?", help="a recipe id from include/recipes")
-    p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock file describes (its inputs must be unchanged)")
+    p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock describes (its inputs must be unchanged): a local file, or a key on the storage such as mixtures/<recipe>/<recipe>.json.lock.json")
     p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's); another seed writes <recipe>.seed<N>.<format> beside the default output")
     p.add_argument("--format", choices=["json", "jsonl"], help="the training file's format (default: the recipe's)")
     p.set_defaults(func=cmd_mix)

@@ -35,7 +35,7 @@ from .catalog import load_catalog
 from .cli import PlainHelp
 from .layout import load_profiles
 from .localairflow import LocalAirflow, _port_in_use, free_port
-from .mix import load_recipes
+from .mix import latest_lock_key, load_recipes
 from .replicas.sources import Replicas
 from .storage import LocalStorage
 
@@ -281,7 +281,7 @@ def summary(outcome: Outcome, demo_dir: Path) -> str:
         lines.append(f"  {profile:<26} " + ("not built" if layout is None else f"{len(layout['views'])} views, missing: {', '.join(layout['missing']) or 'nothing'}"))
     lines += ["", "Mixtures (records kept, dropped):"]
     for recipe in sorted(load_recipes()):
-        lock = storage.read_json(f"mixtures/{recipe}/lock.json", default=None)
+        lock = storage.read_json(latest_lock_key(recipe), default=None)
         lines.append(f"  {recipe:<26} " + ("not built" if lock is None else f"{lock['output']['records']:>3} records, {len(lock['dropped'])} dropped  ({lock['output']['key']})"))
     if outcome.failed_dags:
         lines += ["", f"FAILED: {', '.join(outcome.failed_dags)} (task logs under {_shown(demo_dir / 'airflow' / 'logs')}/dag_id=<dag>/)"]

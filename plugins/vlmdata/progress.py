@@ -29,7 +29,9 @@ def bars_wanted() -> bool:
         return False
 
 
-def human_bytes(n: float) -> str:
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB' (None: 0 B)."""
+    n = n or 0
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"

@@ -107,4 +107,9 @@ def test_vlmdata_status_prints_what_the_page_shows(tmp_path, upstream, capsys):
     assert "not acquired" in line("gqa") and "not verified" in line("gqa")
     assert "gqa/images" in line("llava15")
     mixture = line("llava_instruct_150k", last=True)
-    assert f" {good} " in mixture and "--image_folder <root>/data" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture
+    assert f" {good} " in mixture and "json, seed 0" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture
+    train = line("llava_instruct_150k:", last=True)  # what the page's card says below the counts
+    assert "--data_path <root>/mixtures/llava_instruct_150k/llava_instruct_150k.json --image_folder <root>/data" in train
+    assert "lock mixtures/llava_instruct_150k/lock.json" in train
+    assert line("coco_train2017:", last=True).strip() == "coco_train2017: report _vlmdata/reports/coco_train2017/integrity.html"
+    assert "sharegpt4v_pt" in line("sharegpt4v_pt") and "not built" in line("sharegpt4v_pt")

@@ -234,7 +234,7 @@ def mixture_dag(recipe: Recipe) -> DAG:
 {recipe.description}
 
 Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. Output: `mixtures/{recipe.id}/` on the storage
-(the training file and `lock.json`). Runs once {', '.join(sources)} {'is' if len(sources) == 1 else 'are'} verified, or from the UI with a seed and format.
+(the training file and its lock, `<output>.lock.json`, copied to `lock.json`). Runs once {', '.join(sources)} {'is' if len(sources) == 1 else 'are'} verified, or from the UI with a seed and format.
 """,
         schedule=AssetAll(*(verified(s) for s in sources)) if len(sources) > 1 else [verified(sources[0])],
         catchup=False,
@@ -257,7 +257,7 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
         dag_id="mix",
         description="Build any recipe with a chosen seed and format",
         doc_md="### Build a mixture\n\nTrigger with a recipe from `include/recipes/`, a seed (sampling of components that take a count or a fraction) and a format. "
-        "Output: `mixtures/<recipe>/` with the training file, `lock.json` and `composition.svg`. The per-recipe `mix_<recipe>` DAGs rebuild on their own when their sources are verified.",
+        "Output: `mixtures/<recipe>/` with the training file (`<recipe>.<format>`, `<recipe>.seed<N>.<format>` for a seed other than the recipe's), its lock `<output>.lock.json` (copied to `lock.json`) and `composition.svg`. The per-recipe `mix_<recipe>` DAGs rebuild on their own when their sources are verified.",
         schedule=None,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,

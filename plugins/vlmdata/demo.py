@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Starting Airflow (logs in {_shown(airflow.log_dir)}) ...", flush=True)
         airflow.start()
         airflow.wait_ready(timeout=600)
-        print(f"Airflow is up after {time.monotonic() - started:.0f} s: {airflow.url}", flush=True)
+        # The login first: a person watches the runs in the UI while the demo waits for them.
+        print(f"Airflow is up after {time.monotonic() - started:.0f} s: http://localhost:{port}  user: {airflow.user}  password: {airflow.admin_password}", flush=True)
         client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
         outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True), check=airflow.check_running, sources=args.sources)
         print(summary(outcome, demo_dir))

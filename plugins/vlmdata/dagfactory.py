@@ -259,6 +259,7 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
         doc_md="### Build a mixture\n\nTrigger with a recipe from `include/recipes/`, a seed (sampling of components that take a count or a fraction) and a format. "
         "Output: `mixtures/<recipe>/` with the training file (`<recipe>.<format>`, `<recipe>.seed<N>.<format>` for a seed other than the recipe's), its lock `<output>.lock.json` (copied to `lock.json`) and `composition.svg`. The per-recipe `mix_<recipe>` DAGs rebuild on their own when their sources are verified.",
         schedule=None,
+        is_paused_upon_creation=False,  # only triggered: paused, a user's trigger would wait unseen
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params={

@@ -91,7 +91,13 @@ def _read_lock(where: str, storage) -> Lock:
 
 
 def cmd_status(args, catalog) -> int:
-    summary = status.gather(settings.from_env(args.root).storage(), catalog, load_profiles(), load_recipes())
+    profiles, recipes = load_profiles(), load_recipes()
+    runs = None
+    if args.runs:  # Airflow's metadata database, as the page reads it
+        from .ui.app import dag_runs
+
+        runs = dag_runs(status.dag_ids(catalog, profiles, recipes))
+    summary = status.gather(settings.from_env(args.root).storage(), catalog, profiles, recipes, runs)
     print(json.dumps(dataclasses.asdict(summary), indent=1) if args.json else status.as_text(summary))
     return 0
 
@@ -160,6 +166,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mix)
     p = command("status", "what is on the storage: sources, layouts, mixtures (the UI's vlmdata page)")
     p.add_argument("--json", action="store_true", help="the summary as JSON (what the page's status.json serves)")
+    p.add_argument("--runs", action="store_true", help="also each DAG's last run and next refresh, from Airflow's metadata database (run it with Airflow's settings: AIRFLOW_HOME, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
     p.set_defaults(func=cmd_status)
     return top
 

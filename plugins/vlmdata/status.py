@@ -184,6 +184,12 @@ def mixture_status(storage: Storage, recipe: Recipe, runs: Mapping[str, Run] | N
     return status
 
 
+def dag_ids(catalog: Mapping[str, Source], profiles: Mapping[str, Profile], recipes: Mapping[str, Recipe]) -> list[str]:
+    """The DAGs whose last runs the page shows."""
+    ids = [f"{stage}_{s}" for s in catalog for stage in ("acquire", "verify")]
+    return ids + [f"layout_{p}" for p in profiles] + [f"mix_{r}" for r in recipes]
+
+
 def gather(
     storage: Storage,
     catalog: Mapping[str, Source],
@@ -221,19 +227,15 @@ def servable(key: str) -> bool:
     return len(parts) == 3 and parts[0] == "mixtures" and (parts[2] in _SERVED_MIXTURE_FILES or parts[2].endswith(".lock.json"))
 
 
-def _run_text(*runs: Run | None) -> str:
-    """The last runs' states ("success", "failed, next 2026-12-04 00:00"), blank without Airflow."""
-    texts = []
-    for run in runs:
-        if run is None:
-            continue
-        text = run.state or "never run"
-        if run.paused:
-            text += " (paused)"
-        elif run.next_run:
-            text += f", next {run.next_run[:16]}"
-        texts.append(text)
-    return "; ".join(texts)
+def _run_text(run: Run | None) -> str:
+    """The last run's state and the next one ("success, next 2026-12-06T03:00"; "never run
+    (paused)"), blank without Airflow."""
+    if run is None:
+        return ""
+    text = run.state or "never run"
+    if run.paused:
+        return text + " (paused)"
+    return text + (f", next {run.next_run[:16]}" if run.next_run else "")
 
 
 def as_text(summary: Status) -> str:
@@ -248,8 +250,8 @@ def as_text(summary: Status) -> str:
     for s in summary.sources:
         integrity = (s.integrity or "not verified") + (" (before the last acquisition)" if s.stale else "")
         counts = f"{s.ok}/{s.broken}/{s.missing}/{s.quarantined}" if s.integrity else ""
-        rows.append((s.id, (s.revision or "")[:12], s.published_at[:16] if s.acquired else "not acquired", human_bytes(s.bytes) if s.artifacts else "", integrity, counts, _run_text(s.acquire_run, s.verify_run)))
-    lines += table(("source", "revision", "acquired", "bytes", "integrity", "ok/broken/missing/quarantined", "last runs"), rows)
+        rows.append((s.id, (s.revision or "")[:12], s.published_at[:16] if s.acquired else "not acquired", human_bytes(s.bytes) if s.artifacts else "", integrity, counts, _run_text(s.acquire_run), _run_text(s.verify_run)))
+    lines += table(("source", "revision", "acquired", "bytes", "integrity", "ok/broken/missing/quarantined", "acquire run", "verify run"), rows)
     for s in summary.sources:
         if s.acquired and s.not_acquired:
             lines.append(f"  {s.id}: not acquired: {', '.join(s.not_acquired)}")
@@ -272,5 +274,5 @@ def as_text(summary: Status) -> str:
     lines += table(("mixture", "built", "records", "output", "dropped", "last run"), rows)
     lines += trains
     if not any(s.acquire_run for s in summary.sources):
-        lines += ["", "(no Airflow runs: read from the storage only)"]
+        lines += ["", "(the storage only: --runs adds the runs from Airflow's metadata database)"]
     return "\n".join(lines)

@@ -76,10 +76,8 @@ def dag_runs(dag_ids: list[str]) -> dict[str, status.Run]:
 
 def gather() -> status.Status:
     catalog, profiles, recipes = settings.catalog(), load_profiles(), load_recipes()
-    dag_ids = [f"{stage}_{s}" for s in catalog for stage in ("acquire", "verify")]
-    dag_ids += [f"layout_{p}" for p in profiles] + [f"mix_{r}" for r in recipes]
     storage = settings.from_airflow_server().storage()
-    return status.gather(storage, catalog, profiles, recipes, dag_runs(dag_ids))
+    return status.gather(storage, catalog, profiles, recipes, dag_runs(status.dag_ids(catalog, profiles, recipes)))
 
 
 def create_app() -> FastAPI:

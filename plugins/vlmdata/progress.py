@@ -48,14 +48,15 @@ class Progress:
     an earlier run did (a partial download), left out of the rate."""
 
     def __init__(self, name: str, total: int | None, every: float = 10.0, sink: Callable[[str], None] | None = None, *,
-                 unit: str = BYTES, detail: Callable[[], str] | None = None, resumed: bool = False, bar: bool | None = None):
+                 unit: str = BYTES, detail: Callable[[], str] | None = None, resumed: bool = False):
         self.name, self.total, self.every, self.unit, self.detail = name, total, every, unit, detail
         self.sink = sink or log.info
         self.start = self.last = time.monotonic()
         self.start_done: int | None = None if resumed else 0
         self._lock = threading.Lock()
         self._bar = None
-        if bars_wanted() if bar is None else bar:
+        self.drawn = bars_wanted()  # decided once: a closed bar is not followed by log lines
+        if self.drawn:
             from tqdm import tqdm  # only where a bar is drawn
 
             scaled = unit == BYTES
@@ -67,8 +68,9 @@ class Progress:
                 self.start_done = done
                 if self._bar is not None:  # the bar starts there too: its rate is this run's
                     self._bar.initial = self._bar.n = self._bar.last_print_n = done
-            if self._bar is not None:
-                self._draw(done, force)
+            if self.drawn:
+                if self._bar is not None:
+                    self._draw(done, force)
                 return
             now = time.monotonic()
             if not force and now - self.last < self.every:

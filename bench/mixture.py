@@ -144,7 +144,7 @@ def _child_ours(root: Path, fmt: str) -> dict:
     start = time.perf_counter()
     lock = build(recipe, storage, catalog, fmt=fmt)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "kept": lock["output"]["records"], "dropped": len(lock["dropped"])}
+    return {"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "kept": lock.output.records, "dropped": len(lock.dropped)}
 
 
 def _child_peer(root: Path, spec: dict, how: str) -> dict:

@@ -23,7 +23,7 @@ def run(ctx: Context) -> list[Row]:
     from vlmdata.catalog import load_catalog
     from vlmdata.crawl import report_key as crawl_report_key
     from vlmdata.layout import load_profiles
-    from vlmdata.mix import load_recipes, lock_key, lock_summary
+    from vlmdata.mix import latest_lock_key, load_recipes, lock_summary, parse_lock
     from vlmdata.replicas import large
     from vlmdata.storage import LocalStorage
     from vlmdata.verify import report_key
@@ -33,7 +33,7 @@ def run(ctx: Context) -> list[Row]:
     storage = LocalStorage(ctx.tmp / "root")
     ctx.log(f"  writing 15 sources and 9 mixtures whose whole reports list {records:,} entries each")
     large.fill(storage, catalog, recipes, records)
-    whole_keys = [report_key(s, "broken.json") for s in catalog] + [crawl_report_key(large.CRAWLED)] + [lock_key(r) for r in recipes]
+    whole_keys = [report_key(s, "broken.json") for s in catalog] + [crawl_report_key(large.CRAWLED)] + [latest_lock_key(r) for r in recipes]
     whole = sum(storage.size(key) for key in whole_keys)
 
     def page(summary: status.Status) -> None:
@@ -50,7 +50,7 @@ def run(ctx: Context) -> list[Row]:
             source.broken = len(json.loads(storage.read_bytes(report_key(source.id, "broken.json"))))
         json.loads(storage.read_bytes(crawl_report_key(large.CRAWLED)))
         for mixture in summary.mixtures:
-            mixture.dropped = lock_summary(json.loads(storage.read_bytes(lock_key(mixture.id))))["dropped"]
+            mixture.dropped = lock_summary(parse_lock(json.loads(storage.read_bytes(latest_lock_key(mixture.id)))))["dropped"]
         page(summary)
 
     ours_c = Contender("summaries only", ours)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
 from .kinds import KINDS
+from .progress import human_bytes
 
 # include/ (catalog, layouts, recipes) is package data (``vlmdata/include``: in a checkout a link
 # to the repository's include/, in a wheel or an image a copy); VLMDATA_INCLUDE points elsewhere.
@@ -163,6 +164,7 @@ class Source(_Model):
     sa1b: Sa1bUpstream | None = None
     crawl: CrawlUpstream | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
+    size_estimate: ByteSize | None = Field(None, description="about how big the whole source is, where its artifacts' sizes do not add up to it (files listed only upstream, a crawl, sizes nobody publishes); a comment says where the number comes from")
     integrity: Integrity = Field(default_factory=Integrity)
 
     @model_validator(mode="after")
@@ -199,10 +201,21 @@ class Source(_Model):
 
     @property
     def approx_size(self) -> int | None:
-        """About how big the required artifacts are (exact sizes, else ``approx_size``), when
-        the catalog gives one for every one."""
+        """About how big the required artifacts are: exact sizes, else their ``approx_size``
+        (SA-1B: its range of tars at ``approx_shard_size`` each), else the source's
+        ``size_estimate``."""
+        if self.sa1b is not None and self.sa1b.approx_shard_size is not None:
+            return (self.sa1b.last_shard - self.sa1b.first_shard + 1) * int(self.sa1b.approx_shard_size)
         sizes = [a.size if a.size is not None else a.approx_size for a in self.artifacts if not a.optional]
-        return None if not sizes or any(s is None for s in sizes) else sum(int(s) for s in sizes)
+        if sizes and all(s is not None for s in sizes):
+            return sum(int(s) for s in sizes)
+        return None if self.size_estimate is None else int(self.size_estimate)
+
+    def size_text(self, about: str = "~", unknown: str = "?") -> str:
+        """The exact size ("18.0 GiB"), else ``about`` and the approximate one, else ``unknown``."""
+        if self.declared_size is not None:
+            return human_bytes(self.declared_size)
+        return unknown if self.approx_size is None else f"{about}{human_bytes(self.approx_size)}"
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,5 +1,6 @@
 """``vlmdata``: the pipeline's steps without Airflow.
 
+examples:
     vlmdata sources
     vlmdata acquire coco_train2017 [--dry-run] [--acknowledge-licence] [--artifact NAME ...]
     vlmdata acquire sa1b --acknowledge-licence --needed-by sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json
@@ -20,25 +21,21 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__, acquire, redaction, settings, status
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
-from .mix import build, load_recipes, rebuild
+from .mix import Lock, build, load_recipes, lock_of, parse_lock, read_lock, rebuild
 from .pools import pools
 from .verify import verify_source
 
 
-def _size(source) -> str:
-    """The exact size, else "~" and the approximate one, else "?"."""
-    if source.declared_size is not None:
-        return f"{source.declared_size / 1024**3:.1f} GiB"
-    return "?" if source.approx_size is None else f"~{source.approx_size / 1024**3:.1f} GiB"
-
-
 def cmd_sources(args, catalog) -> int:
-    rows = [(s.id, s.kind, _size(s), s.licence.name + (" [ack]" if s.licence.acknowledge else "")) for s in catalog.values()]
+    rows = [(s.id, s.kind, s.size_text(), s.licence.name + (" [ack]" if s.licence.acknowledge else "")) for s in catalog.values()]
     width = [max(len(r[i]) for r in rows + [("id", "kind", "size", "licence")]) for i in range(3)]
     print(f"{'id':<{width[0]}}  {'kind':<{width[1]}}  {'size':>{width[2]}}  licence")
     for row in rows:
@@ -73,17 +70,34 @@ def cmd_layout(args, catalog) -> int:
 def cmd_mix(args, catalog) -> int:
     storage = settings.from_env(args.root).storage()
     if args.from_lock:
-        lock = rebuild(json.loads(open(args.from_lock).read()), storage, catalog)
+        lock = rebuild(_read_lock(args.from_lock, storage), storage, catalog)
     elif args.recipe:
         lock = build(_lookup(load_recipes(), args.recipe), storage, catalog, seed=args.seed, fmt=args.format)
     else:
         raise SystemExit("vlmdata mix: name a recipe or give --from-lock")
-    print(json.dumps({"output": lock["output"], "counts": lock["counts"]}, indent=1))
+    written = lock.to_json()
+    print(json.dumps({"output": written["output"], "lock": lock_of(lock.output.key), "image_folder": lock.image_folder, "counts": written["counts"]}, indent=1))
     return 0
 
 
+def _read_lock(where: str, storage) -> Lock:
+    """A lock from a local file, else from the storage (a key such as mixtures/<recipe>/lock.json)."""
+    if os.path.isfile(where):
+        with open(where, "rb") as handle:
+            return parse_lock(handle.read(), where)
+    if not storage.exists(where):
+        raise SystemExit(f"vlmdata mix: no lock {where!r}: neither a file nor a key on {storage.url}")
+    return read_lock(storage, where)
+
+
 def cmd_status(args, catalog) -> int:
-    summary = status.gather(settings.from_env(args.root).storage(), catalog, load_profiles(), load_recipes())
+    profiles, recipes = load_profiles(), load_recipes()
+    runs = None
+    if args.runs:  # Airflow's metadata database, as the page reads it
+        from .ui.app import dag_runs
+
+        runs = dag_runs(status.dag_ids(catalog, profiles, recipes))
+    summary = status.gather(settings.from_env(args.root).storage(), catalog, profiles, recipes, runs)
     print(json.dumps(dataclasses.asdict(summary), indent=1) if args.json else status.as_text(summary))
     return 0
 
@@ -94,42 +108,74 @@ def _lookup(table: dict, key: str):
     return table[key]
 
 
+# reStructuredText's inline markup (:role:`x`, ``x``, `x`, **x**), which docstrings use and a
+# terminal shows as noise: the text inside is kept.
+_MARKUP = re.compile(r"(?::[a-z]+:)?``?([^`]+)``?|\*\*([^*]+)\*\*")
+
+
+def plain(text: str) -> str:
+    return _MARKUP.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+class PlainHelp(argparse.RawDescriptionHelpFormatter):
+    """Help without reStructuredText markup; the description and epilog keep their lines."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+    def _expand_help(self, action) -> str:
+        return plain(super()._expand_help(action))
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="vlmdata", description=__doc__.split("\n\n")[0])
+    description, examples = __doc__.split("\n\n", 1)
+    top = argparse.ArgumentParser(prog="vlmdata", description=description, epilog=examples, formatter_class=PlainHelp)
     top.add_argument("--version", action="version", version=__version__)
     top.add_argument("--root", help="storage root: a folder or s3://bucket/prefix (default: $VLMDATA_ROOT or ./data)")
     top.add_argument("--catalog", help="extra catalog folder(s), ':'-separated (default: $VLMDATA_CATALOG)")
-    top.add_argument("-v", "--verbose", action="store_true")
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = top.add_subparsers(dest="command", required=True)
-    sub.add_parser("sources", help="list the sources: id, kind, size, licence").set_defaults(func=cmd_sources)
-    p = sub.add_parser("acquire", help="fetch, verify and place a source's artifacts")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=PlainHelp)
+
+    command("sources", "list the sources: id, kind, size, licence").set_defaults(func=cmd_sources)
+    p = command("acquire", "fetch, verify and place a source's artifacts")
     p.add_argument("source")
     p.add_argument("--dry-run", action="store_true", help="only say what would be fetched and how big it is; never a download (without upstream: from the catalog's declared sizes, and it says so)")
     p.add_argument("--acknowledge-licence", action="store_true", help="accept a licence that requires it")
     p.add_argument("--artifact", action="append", help="only this artifact (repeatable)")
-    p.add_argument("--include-optional", action="store_true")
+    p.add_argument("--include-optional", action="store_true", help="also the artifacts the catalog marks optional")
     p.add_argument("--revision", help="Hub branch, tag or commit (overrides the catalog)")
     p.add_argument("--refetch-quarantined", action="store_true", help="fetch again the files verify moved to the quarantine")
     p.add_argument("--needed-by", action="append", metavar="TREE_PATH", help="SA-1B: the tars holding the images this annotation file (a data-tree path) references and the storage lacks, instead of the range (repeatable)")
     p.set_defaults(func=cmd_acquire)
-    sub.add_parser("pools", help="the Airflow pools the DAGs use, for `airflow pools import`").set_defaults(func=cmd_pools)
-    p = sub.add_parser("verify", help="integrity report of an acquired source")
+    command("pools", "the Airflow pools the DAGs use, as JSON for 'airflow pools import'").set_defaults(func=cmd_pools)
+    p = command("verify", "integrity report of an acquired source")
     p.add_argument("source")
     p.add_argument("--workers", type=int, help="processes that decode images (default: one per core this process may use)")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("layout", help="materialise a layout profile")
+    p = command("layout", "materialise a layout profile")
     p.add_argument("profile")
     p.set_defaults(func=cmd_layout)
-    p = sub.add_parser("mix", help="build a recipe's training file and lock")
-    p.add_argument("recipe", nargs="?")
-    p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock file describes (its inputs must be unchanged)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--format", choices=["json", "jsonl"])
+    p = command("mix", "build a recipe's training file and lock")
+    p.add_argument("recipe", nargs="?", help="a recipe id from include/recipes")
+    p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock describes (its inputs must be unchanged): a local file, or a key on the storage such as mixtures/<recipe>/<recipe>.json.lock.json")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's); another seed writes <recipe>.seed<N>.<format> beside the default output")
+    p.add_argument("--format", choices=["json", "jsonl"], help="the training file's format (default: the recipe's)")
     p.set_defaults(func=cmd_mix)
-    p = sub.add_parser("status", help="what is on the storage: sources, layouts, mixtures (the UI's vlmdata page)")
+    p = command("status", "what is on the storage: sources, layouts, mixtures (the UI's vlmdata page)")
     p.add_argument("--json", action="store_true", help="the summary as JSON (what the page's status.json serves)")
+    p.add_argument("--runs", action="store_true", help="also each DAG's last run and next refresh, from Airflow's metadata database (run it with Airflow's settings: AIRFLOW_HOME, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)")
     p.set_defaults(func=cmd_status)
     return top
+
+
+def _run(args) -> int:
+    catalog = load_catalog(args.catalog)
+    if args.catalog:
+        os.environ["VLMDATA_CATALOG"] = args.catalog  # so every later catalog load sees it
+    return args.func(args, catalog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redaction.install()  # no query string (a signed URL's credentials) in any log line, at any level
     try:
-        catalog = load_catalog(args.catalog)
-        if args.catalog:
-            os.environ["VLMDATA_CATALOG"] = args.catalog  # so every later catalog load sees it
-        return args.func(args, catalog)
+        with logging_redirect_tqdm():  # log lines above a progress bar, not through it
+            return _run(args)
     except (CatalogError, acquire.LicenceNotAcknowledged) as exc:
         print(f"vlmdata: {exc}", file=sys.stderr)
         return 2

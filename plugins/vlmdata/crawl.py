@@ -63,6 +63,7 @@ from .images import check_image
 from .lease import current_guard, exclusive
 from .manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from .mirrors import Mirrors
+from .progress import Progress
 from .redaction import redact_text
 from .reports import CrawlCounts, CrawlReport, FilledImage, MirrorOutcome, MissingIds, load, save
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
@@ -356,13 +357,13 @@ def _short(exc: Exception, limit: int = 300) -> str:
 
 class _Tally:
     def __init__(self, name: str, total: int, every: float):
-        self.name, self.total, self.every = name, total, every
         self.ok = self.done = self.stored_bytes = 0
         self.converted: dict[str, str] = {}
         self.dead: dict[str, str] = {}
         self.broken: dict[str, str] = {}
-        self.start = self.last = time.monotonic()
+        self.start = time.monotonic()
         self._lock = threading.Lock()
+        self.progress = Progress(name, total, every, log.info, unit="images", detail=self.counts)
 
     def add(self, image_id: str, kind: str, detail: str | int | None) -> None:
         with self._lock:
@@ -374,21 +375,10 @@ class _Tally:
                 self.dead[image_id] = str(detail)
             else:
                 self.broken[image_id] = str(detail)
+            self.progress.update(self.done)
 
-    def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.start, 1e-6)
-
-    def log(self, force: bool = False) -> None:
-        now_ = time.monotonic()
-        if not force and now_ - self.last < self.every:
-            return
-        self.last = now_
-        rate = self.rate()
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        log.info("%s: %d of %d images (%.1f%%), %.1f/s, ETA %.0f s; %d stored (%d converted), %d dead, %d broken",
-                 self.name, self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta,
-                 self.ok, len(self.converted), len(self.dead), len(self.broken))
-
+    def counts(self) -> str:
+        return f"{self.ok} stored ({len(self.converted)} converted), {len(self.dead)} dead, {len(self.broken)} broken"
 
 @exclusive(lambda storage, shard_key, *args, **kwargs: (storage, f"crawl/{shard_key}"))
 def crawl_shard(
@@ -456,14 +446,13 @@ def crawl_shard(
             try:
                 for future in as_completed(futures):
                     future.result()  # a storage error is fatal: the task fails and Airflow retries it
-                    tally.log()
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
     finally:
         sessions.close()
-    tally.log(force=True)
+    tally.progress.update(tally.done, force=True)
     seconds = time.monotonic() - tally.start
     result = {
         "shard": shard.get("shard"), "source": shard.get("source"), "into": into,

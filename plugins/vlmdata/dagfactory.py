@@ -113,12 +113,6 @@ def from_param(params: dict[str, Param], name: str) -> str:
     return f"{{{{ params.{name} }}}}"
 
 
-def _size(source: Source) -> str:
-    if source.declared_size is not None:
-        return f"{source.declared_size / 1024**3:.1f} GiB"
-    return "unknown" if source.approx_size is None else f"about {source.approx_size / 1024**3:.1f} GiB"
-
-
 def artifacts_param(source: Source) -> Param:
     """A multi-select of the catalog's artifacts (the form lists ``examples``; ``items.enum``
     rejects any other name); a free list where upstream lists them at plan time (a folder, a
@@ -162,7 +156,7 @@ def acquisition_dag(source: Source) -> DAG:
 
 {source.description}
 
-* kind: `{source.kind}`; declared size: {_size(source)}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
+* kind: `{source.kind}`; declared size: {source.size_text(about='about ', unknown='unknown')}; licence: {source.licence.name}{' (acknowledgement required)' if source.licence.acknowledge else ''}
 * artifacts: {', '.join(f'`{a.name}`' for a in source.artifacts)}
 * tasks: `plan` probes upstream, compares with the manifest (nothing changed: the rest skips and no asset event is sent)
   and pins what it resolved (commit, size, checksums, ETag...); `fetch` (one per changed artifact, named after it) downloads,
@@ -323,7 +317,7 @@ def mixture_dag(recipe: Recipe) -> DAG:
 {recipe.description}
 
 Components: {', '.join(f'`{c.label}` ({c.take})' for c in recipe.components)}. Output: `mixtures/{recipe.id}/` on the storage
-(the training file and `lock.json`). Runs once {', '.join(sources)} {'is' if len(sources) == 1 else 'are'} verified, or from the UI with a seed and format.
+(the training file and its lock, `<output>.lock.json`, copied to `lock.json`). Runs once {', '.join(sources)} {'is' if len(sources) == 1 else 'are'} verified, or from the UI with a seed and format.
 """,
         schedule=AssetAll(*(verified(s) for s in sources)) if len(sources) > 1 else [verified(sources[0])],
         catchup=False,
@@ -349,8 +343,9 @@ def any_mixture_dag(recipes: dict[str, Recipe]) -> DAG:
         dag_id="mix",
         description="Build any recipe with a chosen seed and format",
         doc_md="### Build a mixture\n\nTrigger with a recipe from `include/recipes/`, a seed (sampling of components that take a count or a fraction) and a format. "
-        "Output: `mixtures/<recipe>/` with the training file, `lock.json` and `composition.svg`. The per-recipe `mix_<recipe>` DAGs rebuild on their own when their sources are verified.",
+        "Output: `mixtures/<recipe>/` with the training file (`<recipe>.<format>`, `<recipe>.seed<N>.<format>` for a seed other than the recipe's), its lock `<output>.lock.json` (copied to `lock.json`) and `composition.svg`. The per-recipe `mix_<recipe>` DAGs rebuild on their own when their sources are verified.",
         schedule=None,
+        is_paused_upon_creation=False,  # only triggered: paused, a user's trigger would wait unseen
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params=params,

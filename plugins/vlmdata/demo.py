@@ -33,9 +33,10 @@ from pathlib import Path
 from .airflow_client import AirflowClient
 from .catalog import load_catalog
 from .crawl import report_key as crawl_report_key
+from .cli import PlainHelp
 from .layout import load_profiles
 from .localairflow import LocalAirflow, _port_in_use, free_port
-from .mix import load_recipes
+from .mix import latest_lock_key, load_recipes
 from .replicas.sources import Replicas
 from .reports import CrawlReport, IntegrityReport, load
 from .storage import LocalStorage
@@ -282,7 +283,7 @@ def summary(outcome: Outcome, demo_dir: Path) -> str:
         lines.append(f"  {profile:<26} " + ("not built" if layout is None else f"{len(layout['views'])} views, missing: {', '.join(layout['missing']) or 'nothing'}"))
     lines += ["", "Mixtures (records kept, dropped):"]
     for recipe in sorted(load_recipes()):
-        lock = storage.read_json(f"mixtures/{recipe}/lock.json", default=None)
+        lock = storage.read_json(latest_lock_key(recipe), default=None)
         lines.append(f"  {recipe:<26} " + ("not built" if lock is None else f"{lock['output']['records']:>3} records, {len(lock['dropped'])} dropped  ({lock['output']['key']})"))
     if outcome.failed_dags:
         lines += ["", f"FAILED: {', '.join(outcome.failed_dags)} (task logs under {_shown(demo_dir / 'airflow' / 'logs')}/dag_id=<dag>/)"]
@@ -297,7 +298,7 @@ def _interrupt(*_) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlmdata.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vlmdata.demo", description=__doc__.split("\n\n")[0], formatter_class=PlainHelp)
     parser.add_argument("--exit", action="store_true", help="stop Airflow once everything has settled (exit code 1 if a DAG failed)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything to settle")
     parser.add_argument("--sources", type=lambda text: [s for s in text.split(",") if s], help="comma-separated source ids: trigger only their acquisitions (default: every source)")
@@ -328,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Starting Airflow (logs in {_shown(airflow.log_dir)}) ...", flush=True)
         airflow.start()
         airflow.wait_ready(timeout=600)
-        print(f"Airflow is up after {time.monotonic() - started:.0f} s: {airflow.url}", flush=True)
+        # The login first: a person watches the runs in the UI while the demo waits for them.
+        print(f"Airflow is up after {time.monotonic() - started:.0f} s: http://localhost:{port}  user: {airflow.user}  password: {airflow.admin_password}", flush=True)
         client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
         outcome = run_everything(client, timeout=args.timeout, progress=lambda text: print(text, flush=True), check=airflow.check_running, sources=args.sources)
         print(summary(outcome, demo_dir))

@@ -30,7 +30,6 @@ import logging
 import lzma
 import stat
 import tarfile
-import time
 import zipfile
 import zlib
 from collections import deque
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .catalog import Extract
+from .progress import Progress
 from .storage import Storage
 
 log = logging.getLogger("vlmdata.extract")
@@ -301,8 +301,8 @@ def _write_members(archive_name: str, members: list[Member], open_member, checks
     becomes ``error_type`` naming the archive and the member."""
     present = dict(storage.list(folder)) if skip_present else {}  # what an interrupted run already wrote
     index, written, skipped = [], 0, 0
-    last_report = time.monotonic()
-    with _Writers(storage) as writers:
+    progress = Progress(archive_name, len(members), progress_every, log.info, unit="members", detail=lambda: f"{written} written, {skipped} already present")
+    with progress, _Writers(storage) as writers:
         for number, member in enumerate(members, 1):
             key = f"{folder}/{member.path}"
             if present.get(key) != member.size:
@@ -316,9 +316,7 @@ def _write_members(archive_name: str, members: list[Member], open_member, checks
             else:
                 skipped += 1
             index.append([key, member.size, checksum(member)])
-            if time.monotonic() - last_report >= progress_every:
-                last_report = time.monotonic()
-                log.info("%s: %d of %d members (%d written, %d already present)", archive_name, number, len(members), written, skipped)
+            progress.update(number)
     log.info("%s: extracted %d members into %s (%d written, %d already present)", archive_name, len(members), folder, written, skipped)
     return index
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import logging
 import os
-import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import PurePosixPath
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .progress import Progress
 
 log = logging.getLogger("vlmdata.images")
 
@@ -98,20 +99,16 @@ def check_images(storage, keys: list[str], workers: int | None = None, batch: in
     workers = workers or available_cores()
     batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
     results: dict[str, dict] = {}
-    start = last = time.monotonic()
-    if workers == 1 or len(batches) <= 1:
-        _init_worker(storage.spec)
-        mapped = map(_check_batch, batches)
-        return _collect(mapped, results, len(keys), start, last, progress_every)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(storage.spec,)) as pool:
-        return _collect(pool.map(_check_batch, batches), results, len(keys), start, last, progress_every)
+    with Progress("decoded", len(keys), progress_every, log.info, unit="images") as progress:
+        if workers == 1 or len(batches) <= 1:
+            _init_worker(storage.spec)
+            return _collect(map(_check_batch, batches), results, progress)
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(storage.spec,)) as pool:
+            return _collect(pool.map(_check_batch, batches), results, progress)
 
 
-def _collect(mapped, results, total, start, last, progress_every):
+def _collect(mapped, results, progress):
     for batch_results in mapped:
         results.update(batch_results)
-        now = time.monotonic()
-        if now - last >= progress_every:
-            last = now
-            log.info("decoded %d of %d images (%.0f/s)", len(results), total, len(results) / (now - start))
+        progress.update(len(results))
     return results

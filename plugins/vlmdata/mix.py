@@ -17,8 +17,9 @@ import posixpath
 import random
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
@@ -76,11 +77,24 @@ def load_recipes(folder: Path = RECIPES_DIR) -> dict[str, Recipe]:
     return load_models(folder, Recipe)
 
 
-def output_key(recipe_id: str, fmt: str) -> str:
-    return f"mixtures/{recipe_id}/{recipe_id}.{fmt}"
+def output_key(recipe_id: str, fmt: str, seed: int | None = None) -> str:
+    """The training file of a build: ``<recipe>.<fmt>`` with the recipe's own seed,
+    ``<recipe>.seed<N>.<fmt>`` with another (``seed``), so no build overwrites another's."""
+    return f"mixtures/{recipe_id}/{recipe_id}{'' if seed is None else f'.seed{seed}'}.{fmt}"
 
 
-def lock_key(recipe_id: str) -> str:
+def output_of(recipe: Recipe, seed: int, fmt: str) -> str:
+    return output_key(recipe.id, fmt, None if seed == recipe.seed else seed)
+
+
+def lock_of(output: str) -> str:
+    """The lock of a built output (``<output>.lock.json``): one per output, so a build with
+    another seed or format keeps the earlier output's lock."""
+    return f"{output}.lock.json"
+
+
+def latest_lock_key(recipe_id: str) -> str:
+    """A copy of the lock of the recipe's latest build, at a stable key (the UI's Lock link)."""
     return f"mixtures/{recipe_id}/lock.json"
 
 
@@ -88,13 +102,85 @@ def summary_key(recipe_id: str) -> str:
     return f"mixtures/{recipe_id}/summary.json"
 
 
-def lock_summary(lock: dict) -> dict:
+class LockInput(msgspec.Struct):
+    """An annotation file a build read, pinned: a rebuild refuses it changed."""
+    component: str
+    source: str
+    artifact: str
+    revision: str | None
+    sha256: str
+    size: int | None
+    url: str | None
+
+
+class ComponentCount(msgspec.Struct):
+    available: int
+    sampled: int
+    kept: int
+    dropped: dict[str, int]  # reason -> records
+
+
+class LockOutput(msgspec.Struct):
+    key: str
+    records: int
+    sha256: str
+    bytes: int
+
+
+class DroppedRecord(msgspec.Struct):
+    component: str
+    id: Any  # the record's id as it was (a string, a number, or absent in a malformed one)
+    image: Any
+    reason: str
+
+
+class Lock(msgspec.Struct, kw_only=True):
+    """What a build read and wrote (``<output>.lock.json``): every input's revision and
+    sha256, the recipe, seed and format, counts per component and every dropped record with
+    its reason. :func:`rebuild` builds the same bytes again from it."""
+    recipe: dict[str, Any]  # Recipe.model_dump()
+    seed: int
+    format: Literal["json", "jsonl"]
+    vlmdata: str
+    built_at: str
+    image_folder: str  # the data-tree folder the output's image paths are relative to: --image_folder
+    inputs: list[LockInput]
+    counts: dict[str, ComponentCount]
+    output: LockOutput
+    dropped: list[DroppedRecord]
+
+    @property
+    def recipe_id(self) -> str:
+        return self.recipe["id"]
+
+    def to_json(self) -> dict:
+        return msgspec.to_builtins(self)
+
+
+def parse_lock(data: bytes | dict, where: str = "the lock") -> Lock:
+    """A lock read back (a file's bytes, or its JSON); a clear error if it is none."""
+    try:
+        if isinstance(data, dict):
+            return msgspec.convert(data, Lock)
+        return msgspec.json.decode(data, type=Lock)
+    except msgspec.MsgspecError as exc:
+        raise MixError(f"{where} is not a mixture lock: {exc}") from exc
+
+
+def read_lock(storage: Storage, key: str) -> Lock:
+    return parse_lock(storage.read_bytes(key), key)
+
+
+def lock_summary(lock: Lock) -> dict:
     """The lock without its list of dropped records (millions in a large mixture), which it
     counts by reason instead: what the UI's status page reads."""
     dropped: dict[str, int] = {}
-    for entry in lock["dropped"]:
-        dropped[entry["reason"]] = dropped.get(entry["reason"], 0) + 1
-    return {**{k: v for k, v in lock.items() if k != "dropped"}, "dropped": dropped}
+    for entry in lock.dropped:
+        dropped[entry.reason] = dropped.get(entry.reason, 0) + 1
+    summary = lock.to_json()
+    summary["dropped"] = dropped
+    summary["lock"] = lock_of(lock.output.key)
+    return summary
 
 
 def _sample(rows: Records, take, rng: random.Random) -> Records:
@@ -106,7 +192,7 @@ def _sample(rows: Records, take, rng: random.Random) -> Records:
 
 
 @exclusive(lambda recipe, storage, *args, **kwargs: (storage, f"mixture/{recipe.id}"))
-def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None) -> dict:
+def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None) -> Lock:
     """Build the mixture on the storage; return its lock. One build of a recipe at a time (a
     second waits for the first, then builds the same bytes again).
 
@@ -118,7 +204,7 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
     return fast_or_json(lambda fast: _build(recipe, storage, catalog, seed, fmt, fast=fast), recipe.id)
 
 
-def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: int, fmt: str, *, fast: bool) -> dict:
+def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: int, fmt: str, *, fast: bool) -> Lock:
     sources = _component_sources(recipe, catalog)
     images = ImageIndex.load(storage, catalog, sorted({s for src in sources for s in (src.id, *src.references)} & set(catalog)))
     folder = posixpath.normpath(posixpath.join(DATA_PREFIX, recipe.image_folder))
@@ -135,7 +221,7 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
                     raise MixError(f"{recipe.id}: component {component.label} is not acquired yet: run acquire_{source.id}")
                 with storage.open_read(record.placement.target) as handle:
                     rows = Records.read(handle, artifact.name, size=record.placement.bytes or None, fast=fast)
-                inputs.append({"component": component.label, "source": source.id, "artifact": artifact.name, "revision": record.revision, "sha256": record.sha256, "size": record.size, "url": record.url})
+                inputs.append(LockInput(component=component.label, source=source.id, artifact=artifact.name, revision=record.revision, sha256=record.sha256, size=record.size, url=record.url))
                 rng = random.Random(f"{seed}:{component.label}")
                 chosen = _sample(rows, component.take, rng)
                 tally = counts[component.label] = {"available": len(rows), "sampled": len(chosen), "kept": 0, "dropped": {}}
@@ -155,29 +241,25 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
                         tally["kept"] += 1
                     else:
                         tally["dropped"][reason] = tally["dropped"].get(reason, 0) + 1
-                        dropped.append({"component": component.label, "id": row.get("id") if isinstance(row, dict) else None, "image": row.get("image") if isinstance(row, dict) else None, "reason": reason})
+                        dropped.append(DroppedRecord(component.label, row.get("id") if isinstance(row, dict) else None, row.get("image") if isinstance(row, dict) else None, reason))
                 del rows, chosen  # one component's file in memory at a time
         current_guard()()
-        storage.put_file(staged, output_key(recipe.id, fmt))
+        storage.put_file(staged, output_of(recipe, seed, fmt))
     finally:
         staged.unlink(missing_ok=True)
-    lock = {
-        "recipe": recipe.model_dump(),
-        "seed": seed,
-        "format": fmt,
-        "vlmdata": __version__,
-        "built_at": now(),
-        "image_folder": folder,
-        "inputs": inputs,
-        "counts": counts,
-        "output": {"key": output_key(recipe.id, fmt), "records": output.records, "sha256": output.sha256, "bytes": output.size},
-        "dropped": dropped,
-    }
+    lock = Lock(
+        recipe=recipe.model_dump(), seed=seed, format=fmt, vlmdata=__version__, built_at=now(), image_folder=folder, inputs=inputs,
+        counts={label: ComponentCount(**tally) for label, tally in counts.items()},
+        output=LockOutput(key=output_of(recipe, seed, fmt), records=output.records, sha256=output.sha256, bytes=output.size),
+        dropped=dropped,
+    )
     current_guard()()
-    storage.write_json(lock_key(recipe.id), lock)
+    written = lock.to_json()
+    storage.write_json(lock_of(lock.output.key), written)
+    storage.write_json(latest_lock_key(recipe.id), written)  # the latest build's, at a stable key
     storage.write_json(summary_key(recipe.id), lock_summary(lock))
     storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
-    log.info("%s: %d records kept, %d dropped; %s", recipe.id, output.records, len(dropped), ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
+    log.info("%s: %d records kept, %d dropped into %s; %s", recipe.id, output.records, len(dropped), lock.output.key, ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
     return lock
 
 
@@ -290,17 +372,17 @@ def write_records(path: Path, records: list, fmt: str) -> tuple[str, int]:
     return writer.sha256, writer.size
 
 
-def rebuild(lock: dict, storage: Storage, catalog: dict[str, Source]) -> dict:
+def rebuild(lock: Lock, storage: Storage, catalog: dict[str, Source]) -> Lock:
     """Build again from a lock; fails if an input changed since. Returns the new lock, whose
     output sha256 equals the old one's when nothing else changed."""
-    for item in lock["inputs"]:
-        record = Manifest(storage, item["source"]).artifact(item["artifact"])
-        if record is None or record.sha256 != item["sha256"]:
+    for item in lock.inputs:
+        record = Manifest(storage, item.source).artifact(item.artifact)
+        if record is None or record.sha256 != item.sha256:
             now_sha = record.sha256 if record else "absent"
-            raise MixError(f"{item['component']}: {item['artifact']} is {now_sha} now, the lock pins {item['sha256']} (revision {item['revision']}): re-acquire that revision first")
-    again = build(Recipe.model_validate(lock["recipe"]), storage, catalog, seed=lock["seed"], fmt=lock["format"])
-    if again["output"]["sha256"] != lock["output"]["sha256"]:
-        log.warning("%s: rebuilt with different bytes (images changed since: %d records dropped now, %d then)", lock["recipe"]["id"], len(again["dropped"]), len(lock["dropped"]))
+            raise MixError(f"{item.component}: {item.artifact} is {now_sha} now, the lock pins {item.sha256} (revision {item.revision}): re-acquire that revision first")
+    again = build(Recipe.model_validate(lock.recipe), storage, catalog, seed=lock.seed, fmt=lock.format)
+    if again.output.sha256 != lock.output.sha256:
+        log.warning("%s: rebuilt with different bytes (images changed since: %d records dropped now, %d then)", lock.recipe_id, len(again.dropped), len(lock.dropped))
     return again
 
 
@@ -327,7 +409,7 @@ def composition_svg(title: str, counts: dict[str, dict]) -> str:
     height = 70 + len(counts) * (bar_height + gap)
     legend = (
         '<rect x="6" y="30" width="12" height="12" fill="#4a7ebb"/><text x="22" y="40">kept</text>'
-        '<rect x="70" y="30" width="12" height="12" fill="#d9534f"/><text x="86" y="40">dropped (reasons in lock.json)</text>'
+        '<rect x="70" y="30" width="12" height="12" fill="#d9534f"/><text x="86" y="40">dropped (reasons in the lock)</text>'
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">'

@@ -9,17 +9,8 @@ from datetime import datetime
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from .progress import human_bytes
 from .reports import IntegrityReport
-
-
-def human_bytes(count: int | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    size = float(count or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def when(iso: str | None) -> str:

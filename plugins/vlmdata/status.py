@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .catalog import Source
 from .layout import Profile
 from .manifest import Manifest, SourceRecord
-from .mix import Recipe, lock_key, lock_summary, summary_key
+from .mix import Recipe, latest_lock_key, lock_summary, read_lock, summary_key
 from .pages import human_bytes
 from .reports import IntegrityReport, load
 from .storage import STATE_PREFIX, Storage
@@ -174,17 +174,17 @@ def layout_status(storage: Storage, profile: Profile, runs: Mapping[str, Run] | 
 def mixture_status(storage: Storage, recipe: Recipe, runs: Mapping[str, Run] | None = None) -> MixtureStatus:
     status = MixtureStatus(id=recipe.id, title=recipe.title, stage=recipe.stage, run=(runs or {}).get(f"mix_{recipe.id}"))
     summary = storage.read_json(summary_key(recipe.id), default=None)
-    if summary is None and storage.exists(lock_key(recipe.id)):
+    if summary is None and storage.exists(latest_lock_key(recipe.id)):
         # Built before summaries were written: the whole lock, once (the next build writes one).
         log.info("%s: no %s, reading the whole lock", recipe.id, summary_key(recipe.id))
-        summary = lock_summary(storage.read_json(lock_key(recipe.id)))
+        summary = lock_summary(read_lock(storage, latest_lock_key(recipe.id)))
     if summary is None:
         return status
     output = summary["output"]
     status.built_at, status.records, status.sha256, status.output, status.bytes = summary["built_at"], output["records"], output["sha256"], output["key"], output.get("bytes", 0)
     status.image_folder, status.seed, status.format = summary.get("image_folder"), summary.get("seed"), summary.get("format")
     status.dropped, status.components = summary["dropped"], summary["counts"]
-    status.lock = lock_key(recipe.id)
+    status.lock = latest_lock_key(recipe.id)
     composition = f"mixtures/{recipe.id}/composition.svg"
     status.composition = composition if storage.exists(composition) else None
     return status
@@ -203,6 +203,12 @@ def _or_problem(read, blank, what: str):
         log.warning("%s: cannot read its files", what, exc_info=True)
         blank.problem = f"{type(exc).__name__}: {exc}"
         return blank
+
+
+def dag_ids(catalog: Mapping[str, Source], profiles: Mapping[str, Profile], recipes: Mapping[str, Recipe]) -> list[str]:
+    """The DAGs whose last runs the page shows."""
+    ids = [f"{stage}_{s}" for s in catalog for stage in ("acquire", "verify")]
+    return ids + [f"layout_{p}" for p in profiles] + [f"mix_{r}" for r in recipes]
 
 
 def gather(
@@ -236,7 +242,7 @@ def gather(
 # Storage keys the UI may serve (reports, manifests, layout reports, locks and charts), never
 # the data tree: a training file or an archive member is not something to open in a browser.
 _SERVED_PREFIXES = (f"{STATE_PREFIX}/reports/", f"{STATE_PREFIX}/sources/", f"{STATE_PREFIX}/layouts/")
-_SERVED_MIXTURE_FILES = ("lock.json", "summary.json", "composition.svg")
+_SERVED_MIXTURE_FILES = ("lock.json", "summary.json", "composition.svg")  # and each output's <output>.lock.json
 
 
 def servable(key: str) -> bool:
@@ -246,7 +252,18 @@ def servable(key: str) -> bool:
         return False
     if key.startswith(_SERVED_PREFIXES):
         return True
-    return len(parts) == 3 and parts[0] == "mixtures" and parts[2] in _SERVED_MIXTURE_FILES
+    return len(parts) == 3 and parts[0] == "mixtures" and (parts[2] in _SERVED_MIXTURE_FILES or parts[2].endswith(".lock.json"))
+
+
+def _run_text(run: Run | None) -> str:
+    """The last run's state and the next one ("success, next 2026-12-06T03:00"; "never run
+    (paused)"), blank without Airflow."""
+    if run is None:
+        return ""
+    text = run.state or "never run"
+    if run.paused:
+        return text + " (paused)"
+    return text + (f", next {run.next_run[:16]}" if run.next_run else "")
 
 
 def as_text(summary: Status) -> str:
@@ -261,23 +278,32 @@ def as_text(summary: Status) -> str:
     for s in summary.sources:
         integrity = (s.integrity or "not verified") + (" (before the last acquisition)" if s.stale else "")
         counts = f"{s.ok}/{s.broken}/{s.missing}/{s.quarantined}" if s.integrity else ""
-        rows.append((s.id, (s.revision or "")[:12], s.published_at[:16] if s.acquired else "not acquired", human_bytes(s.bytes) if s.artifacts else "", integrity, counts))
-    lines += table(("source", "revision", "acquired", "bytes", "integrity", "ok/broken/missing/quarantined"), rows)
+        rows.append((s.id, (s.revision or "")[:12], s.published_at[:16] if s.acquired else "not acquired", human_bytes(s.bytes) if s.artifacts else "", integrity, counts, _run_text(s.acquire_run), _run_text(s.verify_run)))
+    lines += table(("source", "revision", "acquired", "bytes", "integrity", "ok/broken/missing/quarantined", "acquire run", "verify run"), rows)
     for s in summary.sources:
+        if s.acquired and s.not_acquired:
+            lines.append(f"  {s.id}: not acquired: {', '.join(s.not_acquired)}")
         lines += [f"  {s.id}: {reason}" for reason in s.reasons if s.integrity in ("warn", "fail")]
         lines += [f"  {s.id}: cannot read its files: {s.problem}"] if s.problem else []
+        if s.report:
+            lines.append(f"  {s.id}: report {s.report}")
     lines.append("")
-    rows = [(l.id, l.root, l.built_at[:16] if l.built_at else "not built", "complete" if l.complete else ("missing: " + ", ".join(l.missing) if l.built_at else "")) for l in summary.layouts]
-    lines += table(("layout", "view under", "built", "state"), rows)
+    rows = [(l.id, l.root, l.built_at[:16] if l.built_at else "not built", str(l.paths) if l.built_at else "",
+             "complete" if l.complete else ("missing: " + ", ".join(l.missing) if l.built_at else ""), _run_text(l.run)) for l in summary.layouts]
+    lines += table(("layout", "view under", "built", "paths", "state", "last run"), rows)
     lines.append("")
-    rows = []
+    rows, trains = [], []
     for m in summary.mixtures:
         if m.problem:
-            rows.append((m.id, "cannot read its files", "", "", m.problem))
+            rows.append((m.id, "cannot read its files", "", "", m.problem, _run_text(m.run)))
         elif m.built_at is None:
-            rows.append((m.id, "not built", "", "", ""))
+            rows.append((m.id, "not built", "", "", "", _run_text(m.run)))
             continue
         dropped = ", ".join(f"{reason}: {count}" for reason, count in sorted(m.dropped.items())) or "none"
-        rows.append((m.id, m.built_at[:16], str(m.records), f"--image_folder <root>/{m.image_folder}", f"dropped {dropped}"))
-    lines += table(("mixture", "built", "records", "train with", "dropped"), rows)
+        rows.append((m.id, m.built_at[:16], str(m.records), f"{m.format}, seed {m.seed}, {human_bytes(m.bytes)}", f"dropped {dropped}", _run_text(m.run)))
+        trains.append(f"  {m.id}: train with --data_path <root>/{m.output} --image_folder <root>/{m.image_folder}; sha256 {m.sha256}; lock {m.lock}")
+    lines += table(("mixture", "built", "records", "output", "dropped", "last run"), rows)
+    lines += trains
+    if not any(s.acquire_run for s in summary.sources):
+        lines += ["", "(the storage only: --runs adds the runs from Airflow's metadata database)"]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ COORDINATION = ("_vlmdata/leases/",)
 
 def recorded_when(key: str) -> bool:
     """Whether a file records when and by which run it was written (its timestamps are masked)."""
-    return key.startswith("_vlmdata/") or key.endswith(("/lock.json", "/summary.json"))
+    return key.startswith("_vlmdata/") or key.endswith(("lock.json", "/summary.json"))  # lock.json and <output>.lock.json
 
 
 def _is_timing(name: str) -> bool:

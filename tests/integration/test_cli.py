@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,22 @@ def test_sources_lists_every_catalog_entry():
     assert any(line.startswith("llava_instruct_150k") and "~1.5 GiB" in line for line in lines)  # from the approximate sizes
     assert any(line.startswith("sa1b") and "[ack]" in line for line in lines)
     assert len(lines) == 1 + 15
+    assert all(re.match(r"\S+ +\S+ +~?\d+\.\d [KMGT]iB ", line) for line in lines[1:])  # a size for every source, no "?"
+    assert any(line.startswith("sa1b") and "~498.7 GiB" in line for line in lines)  # 51 tars of ~10.5 GB
+
+
+def test_help_has_no_restructuredtext_markup():
+    """Docstring markup (``x``, `x`, :class:`x`, **x**) is noise in a terminal."""
+    from vlmdata.cli import parser
+
+    commands = parser()._subparsers._group_actions[0].choices
+    texts = [parser().format_help()] + [command.format_help() for command in commands.values()]
+    texts.append(subprocess.run([sys.executable, "-m", "vlmdata.demo", "--help"], capture_output=True, text=True, timeout=120, check=True).stdout)
+    for text in texts:
+        assert "`" not in text and "**" not in text and ":class:" not in text, text
+    assert texts[0].startswith("usage: vlmdata") and "vlmdata: the pipeline's steps without Airflow." in texts[0]
+    assert "vlmdata mix llava_instruct_150k" in texts[0]  # the examples, line by line
+    assert "as JSON for 'airflow pools import'" in commands["pools"].format_help()
 
 
 def test_private_catalog_adds_a_source_and_errors_name_the_file(tmp_path):

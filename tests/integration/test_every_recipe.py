@@ -62,11 +62,11 @@ def test_both_trees_have_what_the_replicas_provide(everything):
 def test_every_recipe_loads_like_training_and_rebuilds_from_its_lock(everything, recipe_id):
     _, storage, catalog, _, _, locks = everything
     lock = locks[recipe_id]
-    assert lock["output"]["records"] > 0
-    data_path = storage.local_path(output_key(recipe_id, lock["format"]))
-    assert load_like_llava(str(data_path), str(storage.local_path(lock["image_folder"]))) > 0
+    assert lock.output.records > 0
+    data_path = storage.local_path(output_key(recipe_id, lock.format))
+    assert load_like_llava(str(data_path), str(storage.local_path(lock.image_folder))) > 0
     before = data_path.read_bytes()
-    assert rebuild(lock, storage, catalog)["output"]["sha256"] == lock["output"]["sha256"]
+    assert rebuild(lock, storage, catalog).output.sha256 == lock.output.sha256
     assert data_path.read_bytes() == before
 
 
@@ -116,7 +116,7 @@ def test_every_mixture_keeps_exactly_what_the_replicas_hold(everything):
         lock = locks[recipe_id]
         for component in recipe.components:
             if component.take == "all":
-                assert lock["counts"][component.label]["kept"] == replicas.expected_kept(component.source, component.artifact), (recipe_id, component.label)
-        records = json.loads(storage.read_bytes(lock["output"]["key"]))
+                assert lock.counts[component.label].kept == replicas.expected_kept(component.source, component.artifact), (recipe_id, component.label)
+        records = json.loads(storage.read_bytes(lock.output.key))
         folder = storage.local_path(f"data/{recipe.image_folder}")
         assert all(os.path.isfile(folder / r["image"]) for r in records if "image" in r), recipe_id

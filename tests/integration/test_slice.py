@@ -18,7 +18,7 @@ from vlmdata.fetch.http import RetryPolicy
 from vlmdata.layout import load_profiles, materialise
 from vlmdata.manifest import Manifest
 from vlmdata.mirrors import Mirrors
-from vlmdata.mix import build, load_recipes, lock_key, output_key, rebuild
+from vlmdata.mix import build, latest_lock_key, load_recipes, lock_of, output_key, rebuild
 from vlmdata.storage import DiskFullError
 from vlmdata.verify import verify_source
 
@@ -71,12 +71,12 @@ def test_slice_end_to_end(storage, upstream):
     lock = build(load_recipes()["llava_instruct_150k"], storage, catalog)
     records = json.loads(storage.read_bytes(output_key("llava_instruct_150k", "json")))
     assert sorted(r["image"] for r in records) == sorted(f"coco/train2017/{n}" for n in replica.good_bare_names)
-    reasons = [d["reason"] for d in lock["dropped"]]
+    reasons = [d.reason for d in lock.dropped]
     assert reasons.count("image missing") == len(MISSING_FROM_COCO) and reasons.count("image broken") == 2
     assert sum(r.startswith("malformed") for r in reasons) == 1
-    assert lock["inputs"][0]["revision"] == replica.commit
-    assert lock["inputs"][0]["sha256"] == hashlib.sha256(replica.llava_files["llava_instruct_150k.json"]).hexdigest()
-    assert lock["output"]["sha256"] == hashlib.sha256(storage.read_bytes(output_key("llava_instruct_150k", "json"))).hexdigest()
+    assert lock.inputs[0].revision == replica.commit
+    assert lock.inputs[0].sha256 == hashlib.sha256(replica.llava_files["llava_instruct_150k.json"]).hexdigest()
+    assert lock.output.sha256 == hashlib.sha256(storage.read_bytes(output_key("llava_instruct_150k", "json"))).hexdigest()
     for r in records:  # paths resolve under one image folder: <root>/data
         assert storage.size(f"data/{r['image']}")
 
@@ -84,15 +84,15 @@ def test_slice_end_to_end(storage, upstream):
     first = storage.read_bytes(output_key("llava_instruct_150k", "json"))
     build(load_recipes()["llava_instruct_150k"], storage, catalog)
     assert storage.read_bytes(output_key("llava_instruct_150k", "json")) == first
-    assert storage.exists(lock_key("llava_instruct_150k"))
+    assert storage.exists(lock_of(output_key("llava_instruct_150k", "json"))) and storage.exists(latest_lock_key("llava_instruct_150k"))
 
     # A recipe without filters still drops the malformed record, with its reason in the lock;
     # so does its rebuild from that lock.
     bare = load_recipes()["llava_instruct_150k"].model_copy(update={"id": "no_filters", "filters": []})
     unfiltered = build(bare, storage, catalog)
-    assert [d["reason"] for d in unfiltered["dropped"]] == ["malformed: " + d["reason"].removeprefix("malformed: ") for d in lock["dropped"] if d["reason"].startswith("malformed")]
-    assert unfiltered["output"]["records"] == len(json.loads(replica.llava_files["llava_instruct_150k.json"])) - 1  # missing and broken images kept
-    assert rebuild(unfiltered, storage, catalog)["output"]["sha256"] == unfiltered["output"]["sha256"]
+    assert [d.reason for d in unfiltered.dropped] == ["malformed: " + d.reason.removeprefix("malformed: ") for d in lock.dropped if d.reason.startswith("malformed")]
+    assert unfiltered.output.records == len(json.loads(replica.llava_files["llava_instruct_150k.json"])) - 1  # missing and broken images kept
+    assert rebuild(unfiltered, storage, catalog).output.sha256 == unfiltered.output.sha256
 
     # Both training trees.
     view = materialise(load_profiles()["llava15"], storage)

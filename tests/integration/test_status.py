@@ -107,7 +107,36 @@ def test_vlmdata_status_prints_what_the_page_shows(tmp_path, upstream, capsys):
     assert "not acquired" in line("gqa") and "not verified" in line("gqa")
     assert "gqa/images" in line("llava15")
     mixture = line("llava_instruct_150k", last=True)
-    assert f" {good} " in mixture and "--image_folder <root>/data" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture
+    assert f" {good} " in mixture and "json, seed 0" in mixture and f"image missing: {len(MISSING_FROM_COCO)}" in mixture
+    train = line("llava_instruct_150k:", last=True)  # what the page's card says below the counts
+    assert "--data_path <root>/mixtures/llava_instruct_150k/llava_instruct_150k.json --image_folder <root>/data" in train
+    assert "lock mixtures/llava_instruct_150k/lock.json" in train
+    assert line("coco_train2017:", last=True).strip() == "coco_train2017: report _vlmdata/reports/coco_train2017/integrity.html"
+    assert "sharegpt4v_pt" in line("sharegpt4v_pt") and "not built" in line("sharegpt4v_pt")
+
+
+def test_vlmdata_status_runs_come_from_airflows_database(tmp_path, upstream):
+    """`vlmdata status --runs` reads the runs the page shows from Airflow's metadata database
+    (a real one: migrated, the repository's DAGs serialised into it, a run triggered)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vlmdata.storage import LocalStorage
+
+    slice_storage.fill(LocalStorage(tmp_path / "root"))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "VLMDATA_ROOT": str(tmp_path / "root")}
+    airflow = [str(Path(sys.executable).with_name("airflow"))]
+    for command in (["db", "migrate"], ["dags", "reserialize"], ["dags", "trigger", "mix_llava_instruct_150k"]):
+        subprocess.run(airflow + command, env=env, check=True, capture_output=True, timeout=600)
+    shown = subprocess.run([sys.executable, "-m", "vlmdata.cli", "status", "--runs"], env=env, check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = {line.split()[0]: line for line in shown.splitlines() if line.strip()}  # the last row of a name: the mixture's
+    assert rows["llava_instruct_150k"].endswith("queued")  # the run just triggered, not yet scheduled
+    assert "never run (paused)" in rows["coco_train2017"]  # acquisitions start paused; verify_ does not
+    assert "--runs adds" not in shown
 
 
 def _page_app(storage):

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from .. import progress
 from ..redaction import redact_text
 from ..storage import raise_if_disk_full
 from .digest import Expected, IntegrityError, MultiHasher
@@ -153,36 +154,13 @@ def validator_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("Last-Modified")
 
 
-class Progress:
-    """Bytes, rate and ETA in the task log, at most every ``every`` seconds."""
+class Progress(progress.Progress):
+    """A download's bytes, rate and ETA: a bar on a terminal, else a line in the task log at
+    most every ``every`` seconds (:class:`vlmdata.progress.Progress`, here logging as
+    ``vlmdata.fetch``)."""
 
     def __init__(self, name: str, total: int | None, every: float = 10.0, sink: Callable[[str], None] | None = None):
-        self.name, self.total, self.every = name, total, every
-        self.sink = sink or log.info
-        self.start = self.last = time.monotonic()
-        self.start_bytes: int | None = None
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.start_bytes is None:
-            self.start_bytes = done
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        rate = (done - self.start_bytes) / max(now - self.start, 1e-6)
-        if self.total:
-            eta = (self.total - done) / rate if rate > 0 else float("inf")
-            self.sink(f"{self.name}: {_human(done)} of {_human(self.total)} ({100 * done / self.total:.1f}%), {_human(rate)}/s, ETA {eta:.0f} s")
-        else:
-            self.sink(f"{self.name}: {_human(done)}, {_human(rate)}/s")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
+        super().__init__(name, total, every, sink or log.info, unit=progress.BYTES, resumed=True)
 
 
 def _content_range_start(value: str | None) -> int | None:

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from .. import settings
 from ..layout import load_profiles, materialise
 from ..manifest import Manifest
-from ..mix import build, load_recipes
+from ..mix import build, load_recipes, lock_of
 from ..verify import check_chunk, chunk_limits, plan_verify, report_verify
 from .events import emit
 from .links import CompositionLink, IntegrityReportLink, LockLink
@@ -123,6 +123,6 @@ class BuildMixtureOperator(BaseOperator):
     def execute(self, context) -> dict:
         recipe_id, seed = self.recipe_id, self.seed
         lock = build(load_recipes()[recipe_id], settings.from_airflow().storage(), settings.catalog(), seed=None if seed in (None, "") else int(seed), fmt=self.fmt or None)
-        brief = {"recipe": recipe_id, "records": lock["output"]["records"], "dropped": len(lock["dropped"]), "sha256": lock["output"]["sha256"]}
+        brief = {"recipe": recipe_id, "output": lock.output.key, "lock": lock_of(lock.output.key), "records": lock.output.records, "dropped": len(lock.dropped), "sha256": lock.output.sha256}
         emit(context, self.outlets, brief)
         return brief

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 
 from ..manifest import artifact_key
-from ..mix import lock_key
+from ..mix import latest_lock_key
 from ..verify import report_key
 
 
@@ -50,12 +50,13 @@ class CompositionLink(BaseOperatorLink):
 
 
 class LockLink(BaseOperatorLink):
-    """On a mixture's ``build`` task: the lock (inputs, seed, counts, every dropped record)."""
+    """On a mixture's ``build`` task: the lock of the recipe's latest build (inputs, seed,
+    counts, every dropped record); the task's return value names its own output's lock."""
 
     name = "Lock"
 
     def get_link(self, operator, *, ti_key) -> str:
-        return file_url(lock_key(operator.recipe_id))
+        return file_url(latest_lock_key(operator.recipe_id))
 
 
 LINKS = (IntegrityReportLink, ManifestLink, CompositionLink, LockLink)

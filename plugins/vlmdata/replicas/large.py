@@ -18,7 +18,7 @@ import msgspec
 from ..catalog import Source
 from ..crawl import report_key as crawl_report_key
 from ..manifest import Manifest, SourceRecord
-from ..mix import Recipe, lock_key, lock_summary, summary_key
+from ..mix import Recipe, latest_lock_key, lock_summary, parse_lock, summary_key
 from ..reports import CrawlCounts, CrawlReport, ImageCheck, IntegrityReport, save
 from ..storage import Storage
 from ..verify import report_key
@@ -52,11 +52,11 @@ def fill(storage: Storage, catalog: Mapping[str, Source], recipes: Mapping[str, 
     for recipe in recipes.values():
         dropped = [{"component": "all", "id": str(n), "image": f"coco/{n:012d}.jpg", "reason": "image missing"} for n in range(records)]
         lock = {
-            "recipe": {"id": recipe.id}, "seed": 0, "format": "json", "built_at": CHECKED_AT, "image_folder": "data",
+            "recipe": {"id": recipe.id}, "seed": 0, "format": "json", "vlmdata": "bench", "built_at": CHECKED_AT, "image_folder": "data", "inputs": [],
             "counts": {"all": {"available": 2 * records, "sampled": 2 * records, "kept": records, "dropped": {"image missing": records}}},
             "output": {"key": f"mixtures/{recipe.id}/{recipe.id}.json", "records": records, "sha256": "0" * 64, "bytes": 100 * records},
             "dropped": dropped,
         }
-        storage.write_json(summary_key(recipe.id), lock_summary(lock))
-        _whole(storage, lock_key(recipe.id), lock, corrupt)
+        storage.write_json(summary_key(recipe.id), lock_summary(parse_lock(lock)))
+        _whole(storage, latest_lock_key(recipe.id), lock, corrupt)
 

@@ -123,10 +123,8 @@ def create_app(
 
     def gather() -> status.Status:
         catalog, profiles, recipes = settings.catalog(), load_profiles(), load_recipes()
-        dag_ids = [f"{stage}_{s}" for s in catalog for stage in ("acquire", "verify")]
-        dag_ids += [f"layout_{p}" for p in profiles] + [f"mix_{r}" for r in recipes]
         try:
-            return status.gather(storage(), catalog, profiles, recipes, runs(dag_ids))
+            return status.gather(storage(), catalog, profiles, recipes, runs(status.dag_ids(catalog, profiles, recipes)))
         except status.Unreadable as exc:
             raise StorageProblem(503, "The storage cannot be read", str(exc)) from exc
 

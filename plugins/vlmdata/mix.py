@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
+from . import __version__, export
 from .annotations import Records, fast_or_json, json_bytes, record_problem
 from .catalog import DEFAULT_CATALOG, Annotation, Source, TreePath, load_models
 from .lease import current_guard, exclusive
@@ -64,7 +64,8 @@ class Recipe(BaseModel):
     max_turns: int | None = Field(None, ge=1, description="drop records with more human-gpt rounds than this")
     duplicate_ids: Literal["keep", "drop", "suffix"] = Field("keep", description="keep (LLaVA's loaders do not need unique ids), drop later ones, or suffix them #2, #3")
     seed: int = 0
-    format: Literal["json", "jsonl"] = "json"
+    format: Literal["json", "jsonl", "webdataset", "parquet"] = "json"
+    shard_bytes: int = Field(export.SHARD_BYTES, ge=1, description="webdataset and parquet: the most bytes a shard holds (one record may exceed it alone)")
 
 
 def load_recipes(folder: Path = RECIPES_DIR) -> dict[str, Recipe]:
@@ -121,7 +122,9 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
     seen_ids: dict[str, int] = {}
     staged = storage.staging_dir() / "mixtures" / f"{recipe.id}.{uuid.uuid4().hex[:12]}.{fmt}"  # this build's own
     try:
-        with RecordWriter(staged, fmt) as output:  # kept records go straight to the file: never all in memory
+        exported = None
+        # kept records go straight to the file: never all in memory (an export's, one a line, then become its shards)
+        with RecordWriter(staged, "jsonl" if fmt in export.FORMATS else fmt) as output:
             for component in recipe.components:
                 source = catalog[component.source]
                 artifact = source.artifact(component.artifact)
@@ -153,7 +156,11 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
                         dropped.append({"component": component.label, "id": row.get("id") if isinstance(row, dict) else None, "image": row.get("image") if isinstance(row, dict) else None, "reason": reason})
                 del rows, chosen  # one component's file in memory at a time
         current_guard()()
-        storage.put_file(staged, output_key(recipe.id, fmt))
+        # --- export formats (issue 13): the records with their images as shards ---
+        if fmt in export.FORMATS:
+            exported = export.export(fmt, export.jsonl_records(staged), storage, folder, output_key(recipe.id, fmt), recipe.id, shard_bytes=recipe.shard_bytes)
+        else:
+            storage.put_file(staged, output_key(recipe.id, fmt))
     finally:
         staged.unlink(missing_ok=True)
     lock = {
@@ -168,6 +175,8 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
         "output": {"key": output_key(recipe.id, fmt), "records": output.records, "sha256": output.sha256, "bytes": output.size},
         "dropped": dropped,
     }
+    if exported is not None:  # the output is the shards' index; the lock lists every shard's sha256
+        lock.update(exported.lock_entries())
     current_guard()()
     storage.write_json(lock_key(recipe.id), lock)
     storage.write_json(summary_key(recipe.id), lock_summary(lock))

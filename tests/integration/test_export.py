@@ -119,7 +119,14 @@ def pixels(data_or_image) -> tuple:
     return rgb.size, rgb.tobytes()
 
 
-def assert_index_and_bound(storage, lock, fmt) -> None:
+def exported(storage, tmp_path, fmt: str):
+    """The recipe built as JSON and as ``fmt`` on the laid-out storage; the export's index and
+    shard bound checked; its shards fetched: (each JSON record's bytes, the records, the image
+    folder, the export's lock, the shards' local paths)."""
+    lay_out(storage)
+    raw, records, image_folder = json_mixture(storage)
+    lock = build(recipe(), storage, load_catalog(), fmt=fmt)
+    assert lock["output"]["key"] == f"mixtures/export_mix/export_mix.{fmt}/_index.json"
     index = storage.read_json(lock["output"]["key"])
     assert hashlib.sha256(storage.read_bytes(lock["output"]["key"])).hexdigest() == lock["output"]["sha256"]
     assert [(s["url"], s["nsamples"], s["filesize"], s["sha256"]) for s in index["shardlist"]] == [(s["name"], s["records"], s["bytes"], s["sha256"]) for s in lock["shards"]]
@@ -127,18 +134,14 @@ def assert_index_and_bound(storage, lock, fmt) -> None:
     assert len(lock["shards"]) >= 3, "the bound splits this mixture into several shards"
     assert all(s["bytes"] <= SHARD_BYTES or s["records"] == 1 for s in lock["shards"])
     assert [s["name"] for s in lock["shards"]] == [f"export_mix-{n:06d}.{'tar' if fmt == 'webdataset' else 'parquet'}" for n in range(len(lock["shards"]))]
+    return raw, records, image_folder, lock, shard_files(storage, lock, tmp_path)
 
 
 def test_webdataset_shards_read_back_with_webdataset_match_the_json_mixture(storage, tmp_path):
     import webdataset as wds
 
-    lay_out(storage)
-    raw, records, image_folder = json_mixture(storage)
-    lock = build(recipe(), storage, load_catalog(), fmt="webdataset")
-    assert lock["output"]["key"] == "mixtures/export_mix/export_mix.webdataset/_index.json"
-    assert_index_and_bound(storage, lock, "webdataset")
+    raw, records, image_folder, lock, paths = exported(storage, tmp_path, "webdataset")
     assert storage.read_json(lock["output"]["key"])["__kind__"] == "wids-shard-index-v1"
-    paths = shard_files(storage, lock, tmp_path)
 
     samples = list(wds.WebDataset(paths, shardshuffle=False).decode("pil"))
     assert len(samples) == len(records) == lock["output"]["records"]
@@ -156,6 +159,8 @@ def test_webdataset_shards_read_back_with_webdataset_match_the_json_mixture(stor
     # The members' bytes: the JSON mixture's record, the stored image; headers carry nothing variable.
     members = [(member, tar.extractfile(member).read()) for path in paths for tar in [tarfile.open(path)] for member in tar.getmembers()]
     assert [data for member, data in members if member.name.endswith(".json")] == raw
+    stored = [storage.read_bytes(f"{image_folder}/{r['image']}") for r in records if "image" in r]
+    assert [data for member, data in members if not member.name.endswith(".json")] == stored
     assert all((m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) == (0, 0, 0, "", "", 0o644, tarfile.REGTYPE) for m, _ in members)
     assert all("." not in m.name.rsplit(".", 1)[0] for m, _ in members)
 
@@ -164,12 +169,7 @@ def test_parquet_files_read_back_with_datasets_and_pyarrow_match_the_json_mixtur
     import datasets
     import pyarrow.parquet as pq
 
-    lay_out(storage)
-    raw, records, image_folder = json_mixture(storage)
-    lock = build(recipe(), storage, load_catalog(), fmt="parquet")
-    assert lock["output"]["key"] == "mixtures/export_mix/export_mix.parquet/_index.json"
-    assert_index_and_bound(storage, lock, "parquet")
-    paths = shard_files(storage, lock, tmp_path)
+    raw, records, image_folder, lock, paths = exported(storage, tmp_path, "parquet")
 
     loaded = datasets.load_dataset("parquet", data_files=paths, split="train", cache_dir=str(tmp_path / "hf"))
     assert isinstance(loaded.features["image"], datasets.Image)

@@ -195,7 +195,7 @@ def samples(records: Iterable[bytes], storage: Storage, image_folder: str, *, re
     with ThreadPoolExecutor(threads, thread_name_prefix="export-read") as pool:
         try:
             for position, raw in enumerate(records):
-                fields = msgspec.json.decode(raw)
+                fields = _decoded(raw)
                 image = fields.get("image")
                 future = pool.submit(_read_image, storage, image_path(image_folder, image), position, fields) if image is not None else None
                 pending.append((position, raw, fields, future))
@@ -207,6 +207,13 @@ def samples(records: Iterable[bytes], storage: Storage, image_folder: str, *, re
             for *_, future in pending:
                 if future is not None:
                     future.cancel()
+
+
+def _decoded(raw: bytes) -> dict:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:  # NaN or Infinity in an extra key: json wrote them, msgspec refuses them
+        return json.loads(raw)
 
 
 def _sample(position: int, raw: bytes, fields: dict, future: Future | None) -> Sample:

@@ -17,7 +17,7 @@ import posixpath
 import random
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,8 @@ log = logging.getLogger("vlmdata.mix")
 RECIPES_DIR = DEFAULT_CATALOG.parent / "recipes"
 # "drop_malformed" is accepted but always in force: a malformed record cannot be written at all.
 Filter = Literal["drop_malformed", "drop_missing_images", "drop_broken_images", "require_image"]
+Format = Literal["json", "jsonl", "webdataset", "parquet"]  # the last two: export.FORMATS
+FORMATS = get_args(Format)  # what the CLI and the DAGs' forms offer
 
 
 class MixError(RuntimeError):
@@ -64,7 +66,7 @@ class Recipe(BaseModel):
     max_turns: int | None = Field(None, ge=1, description="drop records with more human-gpt rounds than this")
     duplicate_ids: Literal["keep", "drop", "suffix"] = Field("keep", description="keep (LLaVA's loaders do not need unique ids), drop later ones, or suffix them #2, #3")
     seed: int = 0
-    format: Literal["json", "jsonl", "webdataset", "parquet"] = "json"
+    format: Format = "json"
     shard_bytes: int = Field(export.SHARD_BYTES, ge=1, description="webdataset and parquet: the most bytes a shard holds (one record may exceed it alone)")
 
 

@@ -293,3 +293,14 @@ def test_peak_memory_does_not_grow_with_the_mixture(tmp_path, fmt):
         assert result["records"] == count
         peaks[count] = result["peak_mb"]
     assert peaks[400] - peaks[50] < 20, peaks  # holding the mixture would add about 87 MiB
+
+
+def test_a_record_with_infinity_exports_as_written(tmp_path):
+    """json writes Infinity (a record's extra key may hold it, and the mixture keeps it); the
+    export reads such a record too, and carries its bytes unchanged."""
+    storage = LocalStorage(tmp_path / "root")
+    record = mix.json_bytes({"id": 1, "score": float("inf"), "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})
+    assert b"Infinity" in record
+    done = export.export("webdataset", [record], storage, "data", "out", "s")
+    with tarfile.open(storage.local_path(f"out/{done.shards[0].name}")) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == [("000000000_1.json", record)]

@@ -6,10 +6,10 @@ respect their bound; memory stays bounded whatever the mixture's size."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -25,8 +25,6 @@ from vlmdata.manifest import ArtifactRecord, Manifest, Placement, index_key, now
 from vlmdata.mix import Component, Recipe, build, rebuild
 from vlmdata.storage import LocalStorage, S3Storage
 from vlmdata.verify import image_key
-
-os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"  # never the network
 
 SOURCE, ARTIFACT, IMAGES_SOURCE = "llava_instruct_150k", "llava_instruct_150k.json", "coco_train2017"
 SHARD_BYTES = 48 << 10  # a few records a shard: several shards from a small mixture
@@ -137,24 +135,69 @@ def exported(storage, tmp_path, fmt: str):
     return raw, records, image_folder, lock, shard_files(storage, lock, tmp_path)
 
 
-def test_webdataset_shards_read_back_with_webdataset_match_the_json_mixture(storage, tmp_path):
+def webdataset_rows(paths: list[str]) -> list[tuple[str, dict, Image.Image | None]]:
+    """(key, record, image) of every sample, as ``webdataset`` reads and decodes them; a sample
+    holds its record and at most one image, under the image's own extension."""
     import webdataset as wds
 
+    rows = []
+    for sample in wds.WebDataset(paths, shardshuffle=False).decode("pil"):
+        files = set(sample) - {"__key__", "__url__", "__local_path__"}
+        images = files - {"json"}
+        assert "json" in files and len(images) <= 1, files
+        image = sample[images.pop()] if images else None
+        if image is not None:
+            assert sample["json"]["image"].rsplit(".", 1)[1].lower() in files
+        rows.append((sample["__key__"], sample["json"], image))
+    return rows
+
+
+@contextlib.contextmanager
+def offline(datasets):
+    """``datasets`` without the network, for this call only: its offline flag is read at import,
+    and other tests of the session need the Hub replicas."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        patch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+        yield
+
+
+def parquet_rows(paths: list[str], cache) -> list[tuple[str, dict, Image.Image | None]]:
+    """(key, record, image) of every row, as ``datasets`` loads them (the Image feature decodes
+    ``image``); the typed columns agree with the record."""
+    import datasets
+
+    with offline(datasets):
+        loaded = datasets.load_dataset("parquet", data_files=paths, split="train", cache_dir=str(cache))
+    assert isinstance(loaded.features["image"], datasets.Image)
+    rows = []
+    for row in loaded:
+        record = json.loads(row["json"])
+        assert row["id"] == str(record["id"])
+        assert row["conversations"] == [{"from": t["from"], "value": t["value"]} for t in record["conversations"]]
+        rows.append((row["key"], record, row["image"]))
+    return rows
+
+
+def assert_matches_json(rows, records: list[dict], storage, image_folder: str) -> None:
+    """Record for record the JSON mixture, every image decoded and equal to the stored one."""
+    assert len(rows) == len(records)
+    assert len({key for key, _, _ in rows}) == len(rows)  # unique, though ids need not be
+    for (_, got, image), record in zip(rows, records):
+        assert got == record
+        if "image" in record:
+            assert isinstance(image, Image.Image)
+            assert pixels(image) == pixels(storage.read_bytes(f"{image_folder}/{record['image']}"))
+        else:
+            assert image is None
+
+
+def test_webdataset_shards_read_back_with_webdataset_match_the_json_mixture(storage, tmp_path):
     raw, records, image_folder, lock, paths = exported(storage, tmp_path, "webdataset")
     assert storage.read_json(lock["output"]["key"])["__kind__"] == "wids-shard-index-v1"
-
-    samples = list(wds.WebDataset(paths, shardshuffle=False).decode("pil"))
-    assert len(samples) == len(records) == lock["output"]["records"]
-    assert len({s["__key__"] for s in samples}) == len(samples)  # unique, though ids are not
-    for sample, record in zip(samples, records):
-        assert sample["json"] == record
-        if "image" in record:
-            ext = record["image"].rsplit(".", 1)[1]
-            assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"json", ext}
-            assert isinstance(sample[ext], Image.Image)
-            assert pixels(sample[ext]) == pixels(storage.read_bytes(f"{image_folder}/{record['image']}"))
-        else:
-            assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"json"}
+    assert_matches_json(webdataset_rows(paths), records, storage, image_folder)
 
     # The members' bytes: the JSON mixture's record, the stored image; headers carry nothing variable.
     members = [(member, tar.extractfile(member).read()) for path in paths for tar in [tarfile.open(path)] for member in tar.getmembers()]
@@ -171,19 +214,7 @@ def test_parquet_files_read_back_with_datasets_and_pyarrow_match_the_json_mixtur
 
     raw, records, image_folder, lock, paths = exported(storage, tmp_path, "parquet")
 
-    loaded = datasets.load_dataset("parquet", data_files=paths, split="train", cache_dir=str(tmp_path / "hf"))
-    assert isinstance(loaded.features["image"], datasets.Image)
-    assert len(loaded) == len(records)
-    for row, record, record_bytes in zip(loaded, records, raw):
-        assert row["json"].encode() == record_bytes and json.loads(row["json"]) == record
-        assert row["id"] == str(record["id"])
-        assert row["conversations"] == [{"from": t["from"], "value": t["value"]} for t in record["conversations"]]
-        if "image" in record:
-            assert isinstance(row["image"], Image.Image)
-            assert pixels(row["image"]) == pixels(storage.read_bytes(f"{image_folder}/{record['image']}"))
-        else:
-            assert row["image"] is None
-    assert len({row["key"] for row in loaded}) == len(records)
+    assert_matches_json(parquet_rows(paths, tmp_path / "hf"), records, storage, image_folder)
 
     # pyarrow alone, and on S3 straight from the bucket, as a training job would read it.
     if isinstance(storage, S3Storage):
@@ -195,7 +226,8 @@ def test_parquet_files_read_back_with_datasets_and_pyarrow_match_the_json_mixtur
         table = pq.read_table([f"{folder}/{s['name']}" for s in lock["shards"]], filesystem=s3)
     else:
         table = pq.read_table(storage.local_path(lock["output"]["key"]).parent)  # the folder, _index.json beside the files
-        assert len(datasets.load_dataset(str(storage.local_path(lock["output"]["key"]).parent), split="train", cache_dir=str(tmp_path / "hf2"))) == len(records)
+        with offline(datasets):
+            assert len(datasets.load_dataset(str(storage.local_path(lock["output"]["key"]).parent), split="train", cache_dir=str(tmp_path / "hf2"))) == len(records)
     assert table.column("json").to_pylist() == [r.decode() for r in raw]
     images = table.column("image").to_pylist()
     assert [i["path"] if i else None for i in images] == [r.get("image") for r in records]

@@ -100,22 +100,17 @@ def export(fmt: str, records: Iterable[bytes], storage: Storage, image_folder: s
     staging = storage.staging_dir() / "exports"
     staging.mkdir(parents=True, exist_ok=True)
     shards: list[Shard] = []
-    current = None
-
-    def finish(shard) -> None:
-        shards.append(_place(shard, storage, folder))
-
+    current = None  # the shard being written
     try:
         for sample in samples(records, storage, image_folder):
             if current is not None and current.size_with(sample) > shard_bytes:
-                finish(current)
+                shards.append(_place(current, storage, folder))
                 current = None
             if current is None:
-                shard_name = f"{name}-{len(shards):06d}.{shard_type.EXTENSION}"
-                current = shard_type(staging / f"{shard_name}.{uuid.uuid4().hex[:12]}", shard_name)
+                current = shard_type(staging, f"{name}-{len(shards):06d}.{shard_type.EXTENSION}")
             current.add(sample)
         if current is not None:
-            finish(current)
+            shards.append(_place(current, storage, folder))
             current = None
     finally:
         if current is not None:  # failed half-way: its staged file goes
@@ -181,7 +176,8 @@ def sample_key(position: int, record_id) -> str:
 
 def image_extension(path: str) -> str:
     """The image's own extension, lowercased; ``bin`` when it has none a tar name can carry."""
-    ext = path.rsplit("/", 1)[-1].rpartition(".")[2].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    base = path.rsplit("/", 1)[-1]
+    ext = base.rpartition(".")[2].lower() if "." in base else ""
     return ext if _EXTENSION.fullmatch(ext) else "bin"
 
 
@@ -234,6 +230,10 @@ def _read_image(storage: Storage, key: str, position: int, fields: dict) -> byte
 # --- shards ------------------------------------------------------------------------------
 
 
+def _staged(staging: Path, name: str) -> Path:
+    return staging / f"{name}.{uuid.uuid4().hex[:12]}"  # this build's own: two builds never share one
+
+
 class TarShard:
     """A WebDataset shard: a POSIX (ustar) tar whose headers hold nothing but the name, the
     size and fixed values (mode 0644, mtime 0, uid/gid 0, no user or group names), so the same
@@ -242,10 +242,10 @@ class TarShard:
     EXTENSION = "tar"
     BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE  # members pad to blocks, the archive to records
 
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = path, name
+    def __init__(self, staging: Path, name: str):
+        self.path, self.name = _staged(staging, name), name
         self.records = self._content = 0
-        self._file = path.open("wb")
+        self._file = self.path.open("wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
 
     @classmethod
@@ -293,15 +293,15 @@ class ParquetShard:
     FOOTER = 64 << 10  # room kept for the footer, schema and page headers
     PER_ROW = 64  # lengths, offsets and levels per row, generously
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, staging: Path, name: str):
         import pyarrow.parquet as pq
 
-        self.path, self.name = path, name
+        self.path, self.name = _staged(staging, name), name
         self.records = self._estimate = self._pending_bytes = 0
         self._rows: list[dict] = []
         # Fixed options: what a future pyarrow might change by default does not change the bytes.
         self._writer = pq.ParquetWriter(
-            str(path), parquet_schema(), version="2.6", compression="zstd", compression_level=3,
+            str(self.path), parquet_schema(), version="2.6", compression="zstd", compression_level=3,
             use_dictionary=False, write_statistics=False, data_page_version="1.0",
         )
 

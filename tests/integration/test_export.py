@@ -336,3 +336,12 @@ def test_a_record_with_infinity_exports_as_written(tmp_path):
     done = export.export("webdataset", [record], storage, "data", "out", "s")
     with tarfile.open(storage.local_path(f"out/{done.shards[0].name}")) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == [("000000000_1.json", record)]
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_an_empty_mixture_exports_an_empty_index_and_clears_the_old_shards(tmp_path, fmt):
+    storage = LocalStorage(tmp_path / "root")
+    storage.write_bytes("out/s-000000.tar", b"an earlier export's")
+    done = export.export(fmt, [], storage, "data", "out", "s")
+    assert (done.records, done.shards) == (0, [])
+    assert storage.read_json("out/_index.json")["shardlist"] == [] and [key for key, _ in storage.list("out")] == ["out/_index.json"]

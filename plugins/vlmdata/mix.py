@@ -113,6 +113,8 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
     which gives the same bytes or the reference error."""
     seed = recipe.seed if seed is None else seed
     fmt = fmt or recipe.format
+    if fmt not in FORMATS:
+        raise MixError(f"{recipe.id}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     return fast_or_json(lambda fast: _build(recipe, storage, catalog, seed, fmt, fast=fast), recipe.id)
 
 

@@ -345,3 +345,11 @@ def test_an_empty_mixture_exports_an_empty_index_and_clears_the_old_shards(tmp_p
     done = export.export(fmt, [], storage, "data", "out", "s")
     assert (done.records, done.shards) == (0, [])
     assert storage.read_json("out/_index.json")["shardlist"] == [] and [key for key, _ in storage.list("out")] == ["out/_index.json"]
+
+
+def test_an_unknown_format_is_refused_before_anything_is_written(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    lay_out(storage)
+    with pytest.raises(mix.MixError, match="unknown format 'tfrecord'; known: json, jsonl, webdataset, parquet"):
+        build(recipe(), storage, load_catalog(), fmt="tfrecord")
+    assert list(storage.list("mixtures")) == []

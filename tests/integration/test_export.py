@@ -198,6 +198,10 @@ def test_webdataset_shards_read_back_with_webdataset_match_the_json_mixture(stor
     raw, records, image_folder, lock, paths = exported(storage, tmp_path, "webdataset")
     assert storage.read_json(lock["output"]["key"])["__kind__"] == "wids-shard-index-v1"
     assert_matches_json(webdataset_rows(paths), records, storage, image_folder)
+    if isinstance(storage, S3Storage):  # and straight from the bucket, as a training job streams it (curl, presigned URLs)
+        folder = f"{storage.prefix}/{lock['output']['key'].rsplit('/', 1)[0]}"
+        urls = [storage.client.generate_presigned_url("get_object", Params={"Bucket": storage.bucket, "Key": f"{folder}/{s['name']}"}) for s in lock["shards"]]
+        assert_matches_json(webdataset_rows(urls), records, storage, image_folder)
 
     # The members' bytes: the JSON mixture's record, the stored image; headers carry nothing variable.
     members = [(member, tar.extractfile(member).read()) for path in paths for tar in [tarfile.open(path)] for member in tar.getmembers()]

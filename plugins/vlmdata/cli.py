@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__, acquire, redaction, settings, status
 from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
-from .mix import Lock, build, load_recipes, lock_of, parse_lock, read_lock, rebuild
+from .mix import FORMATS, Lock, build, load_recipes, lock_of, parse_lock, read_lock, rebuild
 from .pools import pools
 from .verify import verify_source
 
@@ -162,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="a recipe id from include/recipes")
     p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock describes (its inputs must be unchanged): a local file, or a key on the storage such as mixtures/<recipe>/<recipe>.json.lock.json")
     p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's); another seed writes <recipe>.seed<N>.<format> beside the default output")
-    p.add_argument("--format", choices=["json", "jsonl"], help="the training file's format (default: the recipe's)")
+    p.add_argument("--format", choices=FORMATS, help="the training file's format (default: the recipe's): json, jsonl, or an export as webdataset or parquet shards")
     p.set_defaults(func=cmd_mix)
     p = command("status", "what is on the storage: sources, layouts, mixtures (the UI's vlmdata page)")
     p.add_argument("--json", action="store_true", help="the summary as JSON (what the page's status.json serves)")

@@ -18,7 +18,7 @@ from .fetch.policy import DRY_RUN_POLICY
 from .kinds import kind_named
 from .layout import Profile, load_profiles
 from .manifest import source_prefix
-from .mix import Recipe, load_recipes, mixture_prefix
+from .mix import FORMATS, Recipe, load_recipes, mixture_prefix
 from .pools import DECODE_POOL, crawl_pool, fetch_pool, mirror_pool
 from .settings import root_from_env
 from .storage import location_uri
@@ -297,7 +297,9 @@ def mixture_inputs(recipe: Recipe) -> list[str]:
 def mixture_params(seed: int, fmt: str) -> dict[str, Param]:
     return {
         "seed": optional(seed, "integer", "Seed", "Seed of the sampling of components that take a count or a fraction (empty: the recipe's)."),
-        "format": Param(fmt, enum=["json", "jsonl"], title="Format", description="json: one list (what LLaVA's loader reads); jsonl: one record a line."),
+        "format": Param(fmt, enum=list(FORMATS), title="Format", description="json: one list (what LLaVA's loader reads); jsonl: one record a line; "
+                        "webdataset: tar shards, each record's JSON and image; parquet: Parquet files with the image bytes (Hugging Face Image feature). "
+                        "Shards hold at most the recipe's shard_bytes."),
     }
 
 

@@ -17,12 +17,12 @@ import posixpath
 import random
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
+from . import __version__, export
 from .annotations import Records, fast_or_json, json_bytes, record_problem
 from .catalog import DEFAULT_CATALOG, Annotation, Source, TreePath, load_models
 from .lease import current_guard, exclusive
@@ -35,6 +35,8 @@ log = logging.getLogger("vlmdata.mix")
 RECIPES_DIR = DEFAULT_CATALOG.parent / "recipes"
 # "drop_malformed" is accepted but always in force: a malformed record cannot be written at all.
 Filter = Literal["drop_malformed", "drop_missing_images", "drop_broken_images", "require_image"]
+Format = Literal["json", "jsonl", "webdataset", "parquet"]  # the last two: export.FORMATS
+FORMATS = get_args(Format)  # what the CLI and the DAGs' forms offer
 
 
 def mixture_prefix(recipe_id: str) -> str:
@@ -70,7 +72,8 @@ class Recipe(BaseModel):
     max_turns: int | None = Field(None, ge=1, description="drop records with more human-gpt rounds than this")
     duplicate_ids: Literal["keep", "drop", "suffix"] = Field("keep", description="keep (LLaVA's loaders do not need unique ids), drop later ones, or suffix them #2, #3")
     seed: int = 0
-    format: Literal["json", "jsonl"] = "json"
+    format: Format = "json"
+    shard_bytes: int = Field(export.SHARD_BYTES, ge=1, description="webdataset and parquet: the most bytes a shard holds (one record may exceed it alone)")
 
 
 def load_recipes(folder: Path = RECIPES_DIR) -> dict[str, Recipe]:
@@ -127,6 +130,14 @@ class LockOutput(msgspec.Struct):
     bytes: int
 
 
+class LockShard(msgspec.Struct):
+    """One shard of an exported mixture (webdataset, parquet), pinned by its sha256."""
+    name: str  # beside the index (the lock's output)
+    records: int
+    bytes: int
+    sha256: str
+
+
 class DroppedRecord(msgspec.Struct):
     component: str
     id: Any  # the record's id as it was (a string, a number, or absent in a malformed one)
@@ -140,7 +151,7 @@ class Lock(msgspec.Struct, kw_only=True):
     its reason. :func:`rebuild` builds the same bytes again from it."""
     recipe: dict[str, Any]  # Recipe.model_dump()
     seed: int
-    format: Literal["json", "jsonl"]
+    format: Format
     vlmdata: str
     built_at: str
     image_folder: str  # the data-tree folder the output's image paths are relative to: --image_folder
@@ -148,6 +159,7 @@ class Lock(msgspec.Struct, kw_only=True):
     counts: dict[str, ComponentCount]
     output: LockOutput
     dropped: list[DroppedRecord]
+    shards: list[LockShard] | None = None  # an exported mixture's shards (the output is their index)
 
     @property
     def recipe_id(self) -> str:
@@ -201,6 +213,8 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
     which gives the same bytes or the reference error."""
     seed = recipe.seed if seed is None else seed
     fmt = fmt or recipe.format
+    if fmt not in FORMATS:
+        raise MixError(f"{recipe.id}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     return fast_or_json(lambda fast: _build(recipe, storage, catalog, seed, fmt, fast=fast), recipe.id)
 
 
@@ -212,7 +226,9 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
     seen_ids: dict[str, int] = {}
     staged = storage.staging_dir() / "mixtures" / f"{recipe.id}.{uuid.uuid4().hex[:12]}.{fmt}"  # this build's own
     try:
-        with RecordWriter(staged, fmt) as output:  # kept records go straight to the file: never all in memory
+        exported = None
+        # kept records go straight to the file: never all in memory (an export's, one a line, then become its shards)
+        with RecordWriter(staged, "jsonl" if fmt in export.FORMATS else fmt) as output:
             for component in recipe.components:
                 source = catalog[component.source]
                 artifact = source.artifact(component.artifact)
@@ -244,7 +260,11 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
                         dropped.append(DroppedRecord(component.label, row.get("id") if isinstance(row, dict) else None, row.get("image") if isinstance(row, dict) else None, reason))
                 del rows, chosen  # one component's file in memory at a time
         current_guard()()
-        storage.put_file(staged, output_of(recipe, seed, fmt))
+        # --- export formats (issue 13): the records with their images as shards ---
+        if fmt in export.FORMATS:
+            exported = export.export(fmt, export.jsonl_records(staged), storage, folder, output_of(recipe, seed, fmt), recipe.id, shard_bytes=recipe.shard_bytes)
+        else:
+            storage.put_file(staged, output_of(recipe, seed, fmt))
     finally:
         staged.unlink(missing_ok=True)
     lock = Lock(
@@ -253,6 +273,10 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
         output=LockOutput(key=output_of(recipe, seed, fmt), records=output.records, sha256=output.sha256, bytes=output.size),
         dropped=dropped,
     )
+    if exported is not None:  # the output is the shards' index; the lock lists every shard's sha256
+        entries = exported.lock_entries()
+        lock.output = msgspec.convert(entries["output"], LockOutput)
+        lock.shards = msgspec.convert(entries["shards"], list[LockShard])
     current_guard()()
     written = lock.to_json()
     storage.write_json(lock_of(lock.output.key), written)

@@ -92,8 +92,10 @@ def output_of(recipe: Recipe, seed: int, fmt: str) -> str:
 
 def lock_of(output: str) -> str:
     """The lock of a built output (``<output>.lock.json``): one per output, so a build with
-    another seed or format keeps the earlier output's lock."""
-    return f"{output}.lock.json"
+    another seed or format keeps the earlier output's lock. An export's output is its shards'
+    index (``<folder>/_index.json``): its lock sits beside the folder, not among the shards."""
+    folder, _, name = output.rpartition("/")
+    return f"{folder if name == export.INDEX else output}.lock.json"
 
 
 def latest_lock_key(recipe_id: str) -> str:

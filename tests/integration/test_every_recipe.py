@@ -129,7 +129,7 @@ def test_exports_match_the_json_mixture_record_for_record(everything, recipe_id,
     """The upstream shapes an export must carry (Vision-Flan's duplicate ids and PNGs among
     JPEGs, ALLaVA, mix665k's text-only records), read back with webdataset and datasets."""
     _, storage, catalog, _, _, locks = everything
-    records = json.loads(storage.read_bytes(locks[recipe_id]["output"]["key"]))
+    records = json.loads(storage.read_bytes(locks[recipe_id].output.key))
     shapes = {"convllava_stage2": lambda r: r.get("image", "").endswith(".png"), "llava_v1_5_mix665k": lambda r: "image" not in r}
     assert any(map(shapes[recipe_id], records)), "the shape this recipe is here for"
     # its own id: the built-in recipe's JSON mixture and lock stay as the other tests read them

@@ -260,7 +260,7 @@ def test_a_missing_image_fails_the_export_clearly_and_places_nothing(tmp_path):
     with pytest.raises(export.ExportError, match=f"id 'a.b/c d'.*{gone} is not on the storage.*drop_missing_images"):
         build(recipe(), storage, load_catalog(), fmt="webdataset")
     assert not storage.exists("mixtures/export_mix/export_mix.webdataset/_index.json")
-    assert not storage.exists(mix.lock_key("export_mix"))
+    assert not storage.exists(mix.latest_lock_key("export_mix"))
     assert [p for p in storage.staging_dir().rglob("*") if p.is_file()] == []
 
 

@@ -125,7 +125,7 @@ def test_every_pool_a_task_uses_is_one_the_deployment_creates(dagbag):
 def test_the_mix_form_offers_every_recipe(dagbag):
     dag = dagbag.dags["mix"]
     assert set(dag.params.get_param("recipe").schema["enum"]) == set(load_recipes())
-    assert dag.params.get_param("format").schema["enum"] == ["json", "jsonl"]
+    assert dag.params.get_param("format").schema["enum"] == ["json", "jsonl", "webdataset", "parquet"]
 
 
 @pytest.mark.parametrize("dag_id, now, next_run", [

@@ -96,7 +96,7 @@ def of_publish(storage: Storage, source_id: str) -> Lineage:
     records = [r for r in manifest.artifacts().values() if r.complete]
     source = manifest.source()
     counts = {"source": source_id, "artifacts": len(records), "bytes": sum(r.size for r in records), "revision": (source.revision if source else None) or ""}
-    record = Data(location_uri(storage.url, source_prefix(source_id)), version=source.revision if source else None, files=len(records))
+    record = Data(location_uri(storage.url, source_prefix(source_id)), version=source.revision if source else None)
     return Lineage(_placements(storage, source_id), [record], counts)
 
 
@@ -114,7 +114,7 @@ def of_verify(storage: Storage, source: Source) -> Lineage:
         "images_broken": images.get("broken_count", 0), "quarantined": report.get("quarantined", 0),
         "references_resolved": sum(r["resolved"] for r in references), "references_unresolved": sum(r["unresolved"] for r in references),
     }
-    return Lineage(inputs, [Data(location_uri(storage.url, report_key(source.id)), files=images.get("ok"))], counts)
+    return Lineage(inputs, [Data(location_uri(storage.url, report_key(source.id)))], counts)
 
 
 def of_layout(storage: Storage, profile: Profile) -> Lineage:
@@ -128,7 +128,7 @@ def of_layout(storage: Storage, profile: Profile) -> Lineage:
 
 
 def of_mixture(storage: Storage, recipe_id: str, catalog: dict[str, Source]) -> Lineage:
-    """A mixture: every annotation file its lock pins (at the lock's sha256) and the integrity
+    """A mixture: every annotation file its lock pins (at the version it pins) and the integrity
     reports that decided which images are usable, in; the training file and the lock out."""
     lock = storage.read_json(lock_key(recipe_id), default=None)
     if lock is None:
@@ -137,7 +137,7 @@ def of_mixture(storage: Storage, recipe_id: str, catalog: dict[str, Source]) -> 
     for item in lock["inputs"]:
         record = Manifest(storage, item["source"]).artifact(item["artifact"])
         if record is not None:
-            inputs.append(placed(storage, record, version=item["sha256"]))
+            inputs.append(placed(storage, record, version=item["revision"] or item["sha256"]))  # as the lock pins it
         for sid in (item["source"], *(catalog[item["source"]].references if item["source"] in catalog else ())):
             if sid not in reports and storage.exists(report_key(sid)):
                 reports.append(sid)

@@ -74,6 +74,9 @@ def test_every_step_names_what_it_read_and_wrote_and_a_mixture_leads_back_to_its
     assert (training.records, training.version) == (lock["output"]["records"], lock["output"]["sha256"])
     assert lineage.dataset_name(lock_file.uri) == on(storage, "mixtures/llava_instruct_150k/lock.json")
     assert mixture.counts["dropped"] == len(lock["dropped"])
+    annotation = on(storage, "data/llava/llava_instruct_150k.json")
+    assert [d.version for d in mixture.inputs if lineage.dataset_name(d.uri) == annotation] == [lock["inputs"][0]["revision"]] == [replica.commit]
+    assert names(mixture.inputs) == {annotation, *(on(storage, f"_vlmdata/reports/{sid}/integrity.json") for sid in slice_storage.SOURCES)}
     steps.append(mixture)
 
     # The chain: from the training file back to the upstream files. The lock's annotation file

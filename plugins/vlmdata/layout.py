@@ -40,6 +40,11 @@ def load_profiles(folder: Path = LAYOUTS_DIR) -> dict[str, Profile]:
     return load_models(folder, Profile)
 
 
+def report_key(profile_id: str) -> str:
+    """The report of a profile's last materialisation (on S3, its view: the path map)."""
+    return f"{STATE_PREFIX}/layouts/{profile_id}.json"
+
+
 def _present(storage: Storage, key: str) -> bool:
     """A file, or a folder holding at least one file."""
     return storage.exists(key) or next(iter(storage.list(key)), None) is not None
@@ -65,6 +70,6 @@ def materialise(profile: Profile, storage: Storage) -> dict:
             missing.append(tree_path)
     report = {"profile": profile.id, "root": profile.root, "built_at": now(), "views": linked, "missing": sorted(missing), "links": storage.supports_links}
     guard()
-    storage.write_json(f"{STATE_PREFIX}/layouts/{profile.id}.json", report)
+    storage.write_json(report_key(profile.id), report)
     log.info("%s: %d paths in place under %s, %d missing%s", profile.id, len(linked), profile.root, len(missing), f": {sorted(missing)}" if missing else "")
     return report

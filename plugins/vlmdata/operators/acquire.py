@@ -11,7 +11,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from .. import settings
 from ..kinds import kind_named
+from ..lineage import of_fetch, of_publish
 from .events import emit
+from .lineage import EmitsLineage
 from .links import ManifestLink
 
 
@@ -71,7 +73,7 @@ class PlanAcquisitionOperator(BaseOperator):
         return [pin.to_dict() for pin in the_plan.pins]
 
 
-class FetchArtifactOperator(BaseOperator):
+class FetchArtifactOperator(EmitsLineage, BaseOperator):
     """Download, verify and place the version of one artifact that the plan pinned (mapped:
     one task instance per pin). Upstream moved since the plan: fails without retries."""
 
@@ -90,6 +92,9 @@ class FetchArtifactOperator(BaseOperator):
             return acquire.fetch_artifact(_source(self.source_id), acquire.Pin.from_dict(self.pin), settings.from_airflow().context())
         except PermanentFetchError as exc:  # upstream moved, a 4xx, a name that does not resolve
             raise AirflowFailException(str(exc)) from exc  # a retry would meet the same upstream
+
+    def read_lineage(self, storage):
+        return of_fetch(storage, self.source_id, self.pin["name"])
 
 
 class HfFetchOperator(FetchArtifactOperator):
@@ -115,7 +120,7 @@ def fetch_operator_for(kind: str) -> type[FetchArtifactOperator]:
     return globals()[kind_named(kind).fetch_operator]
 
 
-class PublishSourceOperator(BaseOperator):
+class PublishSourceOperator(EmitsLineage, BaseOperator):
     """Record the acquisition; its success emits the source's asset event. ``artifacts`` and
     ``needed_by`` (the run's params) say what the run was asked for, when not the whole source."""
 
@@ -135,3 +140,6 @@ class PublishSourceOperator(BaseOperator):
         emit(context, self.outlets, summary)
         self.log.info("published %s: %s", self.source_id, summary)
         return summary
+
+    def read_lineage(self, storage):
+        return of_publish(storage, self.source_id)

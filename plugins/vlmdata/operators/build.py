@@ -12,7 +12,9 @@ from ..layout import load_profiles, materialise
 from ..manifest import Manifest
 from ..mix import build, load_recipes, lock_of
 from ..verify import check_chunk, chunk_limits, plan_verify, report_verify
+from ..lineage import of_layout, of_mixture, of_verify
 from .events import emit
+from .lineage import EmitsLineage
 from .links import CompositionLink, IntegrityReportLink, LockLink
 
 
@@ -66,7 +68,7 @@ class CheckImageChunkOperator(BaseOperator):
         return result
 
 
-class ReportVerifyOperator(BaseOperator):
+class ReportVerifyOperator(EmitsLineage, BaseOperator):
     """Gathers the chunks' results, quarantines broken images, checks annotations and their
     references, writes the reports and emits ``verified``.
 
@@ -91,8 +93,11 @@ class ReportVerifyOperator(BaseOperator):
         emit(context, self.outlets, brief)
         return brief
 
+    def read_lineage(self, storage):
+        return of_verify(storage, settings.catalog()[self.source_id])
 
-class MaterialiseLayoutOperator(BaseOperator):
+
+class MaterialiseLayoutOperator(EmitsLineage, BaseOperator):
     """Build a profile's view (symlinks on POSIX, a path map on S3) and report what is missing."""
 
     ui_color = "#e5dbf3"
@@ -107,8 +112,11 @@ class MaterialiseLayoutOperator(BaseOperator):
         emit(context, self.outlets, brief)
         return brief
 
+    def read_lineage(self, storage):
+        return of_layout(storage, load_profiles()[self.profile_id])
 
-class BuildMixtureOperator(BaseOperator):
+
+class BuildMixtureOperator(EmitsLineage, BaseOperator):
     """Build a recipe's training file and lock; the recipe, ``seed`` and ``fmt`` are template
     fields, templated from the run's params (None or empty: the recipe's own seed and format)."""
 
@@ -126,3 +134,6 @@ class BuildMixtureOperator(BaseOperator):
         brief = {"recipe": recipe_id, "output": lock.output.key, "lock": lock_of(lock.output.key), "records": lock.output.records, "dropped": len(lock.dropped), "sha256": lock.output.sha256}
         emit(context, self.outlets, brief)
         return brief
+
+    def read_lineage(self, storage):
+        return of_mixture(storage, self.recipe_id, settings.catalog())

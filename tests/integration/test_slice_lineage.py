@@ -8,6 +8,7 @@ import hashlib
 from tests import slice_storage
 from tests.lineage_chain import roots
 from vlmdata import lineage
+from vlmdata.mix import lock_of
 from vlmdata.catalog import load_catalog
 from vlmdata.layout import load_profiles
 from vlmdata.manifest import Manifest
@@ -72,7 +73,7 @@ def test_every_step_names_what_it_read_and_wrote_and_a_mixture_leads_back_to_its
     training, lock_file = mixture.outputs
     assert lineage.dataset_name(training.uri) == on(storage, "mixtures/llava_instruct_150k/llava_instruct_150k.json")
     assert (training.records, training.version) == (lock["output"]["records"], lock["output"]["sha256"])
-    assert lineage.dataset_name(lock_file.uri) == on(storage, "mixtures/llava_instruct_150k/lock.json")
+    assert lineage.dataset_name(lock_file.uri) == on(storage, lock_of(lock["output"]["key"]))  # the build's own lock, not the latest's copy
     assert mixture.counts["dropped"] == len(lock["dropped"])
     annotation = on(storage, "data/llava/llava_instruct_150k.json")
     assert [d.version for d in mixture.inputs if lineage.dataset_name(d.uri) == annotation] == [lock["inputs"][0]["revision"]] == [replica.commit]

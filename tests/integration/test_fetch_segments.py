@@ -19,7 +19,7 @@ DATA = random.Random(7).randbytes(4 * MiB)
 SHA = hashlib.sha256(DATA).hexdigest()
 FAST = RetryPolicy(attempts=5, backoff=0.01)
 ONCE = RetryPolicy(attempts=1)
-# 4 connections on a 4 MiB file: pieces of 1 MiB, 768 KiB, ... down to 256 KiB.
+# 4 connections on a 4 MiB file: about a dozen pieces of 256 to 512 KiB, split further at the end.
 SPLIT = Segmenting(connections=4, threshold=MiB, min_piece=256 << 10)
 # Pieces of exactly 1 MiB and no splitting of pieces in flight: every request is served whole.
 WHOLE = Segmenting(connections=4, threshold=MiB, min_piece=MiB)
@@ -104,7 +104,8 @@ def test_a_server_that_cannot_serve_pieces_gets_the_single_stream(tmp_path, wait
             srv.add("/f.bin", DATA, etag=None, last_modified=None)
         got = download(f"{srv.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA), sha256=SHA), policy=FAST, segmenting=SPLIT)
         assert (tmp_path / "f.bin").read_bytes() == DATA and got.sha256 == SHA
-        assert [r.headers.get("Range") for r in gets(srv)] == [f"bytes=0-{MiB - 1}", None]  # one try, then one stream
+        first, then = [r.headers.get("Range") for r in gets(srv)]
+        assert first.startswith("bytes=0-") and then is None  # one try, then one stream from zero
         assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
 
 

@@ -7,13 +7,13 @@ with a validator (strong ETag or Last-Modified), is fetched in *pieces* by
 :attr:`Segmenting.connections` threads, each on its own connection, written in place
 (``os.pwrite``) into the one ``<dest>.part``:
 
-* pieces are handed out in file order and shrink towards the end (a connection takes
-  1/connections of what nobody has taken yet, at least ``min_piece``), so the bytes written
-  from offset 0 on without a hole (the *prefix*) grow during the transfer. The calling thread
-  hashes that prefix as it grows (reading it back from the page cache, where it just went), so
-  the sha256 (and md5 where the manifest needs it: :class:`MultiHasher`) is ready a moment after
-  the last byte, in file order. A connection with nothing left to take splits the largest piece
-  still in flight and takes its second half, so one slow connection does not hold up the end;
+* pieces are handed out in file order, the first ones staggered in size so that they end one
+  after the other, so the bytes written from offset 0 on without a hole (the *prefix*) grow
+  steadily during the transfer. The calling thread hashes that prefix as it grows (reading it
+  back from the page cache, where it just went), so the sha256 (and md5 where the manifest needs
+  it: :class:`MultiHasher`) is ready a moment after the last byte, in file order. A connection
+  with nothing left to take splits the largest piece still in flight and takes its second
+  half, so one slow connection does not hold up the end;
 * every request carries ``If-Range`` with the validator of the first answer: a file that
   changes upstream answers 200, and the download starts over from zero instead of splicing two
   versions. Each piece is retried on its own with the download's :class:`RetryPolicy`, resuming
@@ -68,6 +68,9 @@ log = logging.getLogger("vlmdata.fetch")
 MiB = 1 << 20
 CHUNK = 1 << 18  # bytes per read: a dropped connection loses at most this much of a piece
 SAVE_EVERY = 1.0  # seconds between two saves of the segment state
+# Pieces per connection over a whole file: each one costs a request (a round trip without
+# bytes), fewer leave more unhashed bytes at the end (bench/ `segmented`).
+WAVES = 2
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class _Plan:
         self.size, self.validator = size, validator
         self.pieces = sorted(pieces, key=lambda p: p.start)  # unfinished ones only
         self.untaken = untaken  # bytes from here to the end belong to no piece yet
+        self.handed = 0  # pieces taken from the untaken bytes by this attempt
         self.changed = threading.Condition()
 
     # -- state file ---------------------------------------------------------------------
@@ -173,10 +177,19 @@ class _Plan:
                     piece.busy = True
                     return piece
             if self.untaken < self.size:
-                rest = self.size - self.untaken
-                length = rest if rest < 2 * min_piece else max(min_piece, rest // connections)
+                # Pieces of 1/(connections * WAVES) of the file; the first `connections` grow
+                # from 1/connections of that to all of it, so that they end one after the other
+                # and from then on a piece ends, in file order, every piece/connections bytes;
+                # the last ones shrink, so that the connections finish together.
+                steady = self.size // (connections * WAVES)
+                if self.handed < connections:
+                    steady = steady * (self.handed + 1) // connections
+                length = max(min_piece, min(steady, (self.size - self.untaken) // connections))
+                if self.size - self.untaken < length + min_piece:
+                    length = self.size - self.untaken  # no crumb left at the end
                 piece = _Piece(self.untaken, self.untaken + length)
                 self.untaken += length
+                self.handed += 1
             else:
                 largest = max(self.pieces, key=lambda p: p.left, default=None)
                 if largest is None or largest.left < 2 * min_piece:

@@ -160,3 +160,12 @@ def test_settings_from_the_environment():
         Segmenting.from_env({"VLMDATA_DOWNLOAD_CONNECTIONS": "many"})
     with pytest.raises(ValueError, match="VLMDATA_SEGMENTED_FROM must be a size"):
         Segmenting.from_env({"VLMDATA_SEGMENTED_FROM": "64 MB/s"})
+
+
+def test_the_connections_share_one_retry_budget(server, tmp_path):
+    """Eight connections must not wait eight times as long as one stream would (task timeouts)."""
+    server.script("/f.bin", throttle(100 * MiB), *[status(503)] * 20)  # the first answer is fine, then 503s
+    with pytest.raises(FetchError, match="giving up after 3 attempts: HTTP 503"):
+        download(f"{server.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA), sha256=SHA), policy=RetryPolicy(attempts=3, backoff=0.01), segmenting=SPLIT)
+    answered_503 = 20 - server.pending_faults("/f.bin")
+    assert 3 <= answered_503 <= 3 + SPLIT.connections - 1  # 3 failures in all (and those already in flight), not 3 per connection

@@ -321,13 +321,16 @@ class Transient(Exception):
 
 
 def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str | Callable[[], str] = "",
-                 sleep: Callable[[float], None] | None = None):
+                 sleep: Callable[[float], None] | None = None, failures: Callable[[], int] | None = None):
     """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried.
     ``hint`` ends the message when retries run out (what the user can do next; a callable is
     asked then, so it can say what is left on disk). ``sleep`` waits between attempts
-    (``time.sleep``; a segmented download's connections wait on their stop flag instead)."""
-    reason = ""
-    for number in range(1, policy.attempts + 1):
+    (``time.sleep``; a segmented download's connections wait on their stop flag instead).
+    ``failures`` numbers each failure from 1 (``itertools.count(1).__next__``): loops that share
+    one give up together after ``policy.attempts`` failures in all, so their waits add up to one
+    loop's at most (a segmented download's connections: README, Task timeouts)."""
+    reason, number = "", 0
+    while True:
         retry_after = None
         try:
             return attempt()
@@ -337,10 +340,12 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
             if name_unresolved(exc):
                 raise unresolved_error(what, exc) from exc
             reason = f"{type(exc).__name__}: {exc}"
-        if number < policy.attempts:
-            wait = policy.wait(number, retry_after)
-            log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
-            (sleep or time.sleep)(wait)
+        number = failures() if failures else number + 1
+        if number >= policy.attempts:
+            break
+        wait = policy.wait(number, retry_after)
+        log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
+        (sleep or time.sleep)(wait)
     raise Unreachable(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
 
 

@@ -16,8 +16,9 @@ with a validator (strong ETag or Last-Modified), is fetched in *pieces* by
   half, so one slow connection does not hold up the end;
 * every request carries ``If-Range`` with the validator of the first answer: a file that
   changes upstream answers 200, and the download starts over from zero instead of splicing two
-  versions. Each piece is retried on its own with the download's :class:`RetryPolicy`, resuming
-  from its last written byte;
+  versions. A piece that fails is retried on its own, resuming from its last written byte; the
+  connections share one :class:`RetryPolicy` budget (its ``attempts`` failures in all), so the
+  waits of a segmented download stay within those of the single stream;
 * ``<dest>.part.segments.json`` records, about once a second and when the download stops, the
   pieces not finished yet (offset, end, bytes written) and where the untaken rest begins: a
   later attempt (another task try, a resumed CLI run) fetches only the missing bytes of each;
@@ -33,6 +34,7 @@ Measured in ``bench/`` (``segmented``: a per-connection-capped loopback server, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -237,6 +239,7 @@ def fetch(url: str, partial: _Partial, expected: Expected, headers: Mapping[str,
     first answer's headers, or None to use the single stream (see the module doc)."""
     if partial.meta.exists():
         return None  # a single-stream partial: finish it the way it was started
+    failures = itertools.count(1).__next__  # one retry budget for every connection and restart
     for _ in range(policy.attempts):
         plan = _Plan.load(partial.segments, _size_of(partial.path)) if partial.segments.exists() else None
         if plan is None:
@@ -245,7 +248,7 @@ def fetch(url: str, partial: _Partial, expected: Expected, headers: Mapping[str,
             if not settings.applies(expected.size):
                 return None
         try:
-            return _Download(url, partial, expected, dict(headers), session, policy, progress_every, guard, settings).run(plan)
+            return _Download(url, partial, expected, dict(headers), session, policy, progress_every, guard, settings, failures).run(plan)
         except _Restart as exc:
             log.info("%s: %s: starting over", redact(url), exc)
             partial.discard()
@@ -270,11 +273,12 @@ def _size_of(path) -> int:
 class _Download:
     """One segmented attempt: the connections' threads, and the calling thread hashing."""
 
-    def __init__(self, url, partial, expected, headers, session, policy, progress_every, guard, settings: Segmenting):
+    def __init__(self, url, partial, expected, headers, session, policy, progress_every, guard, settings: Segmenting, failures: Callable[[], int]):
         self.url, self.partial, self.expected, self.headers = url, partial, expected, headers
         self.session, self.policy, self.guard, self.settings = session, policy, guard, settings
         self.progress = Progress(partial.path.name.removesuffix(".part"), expected.size, progress_every)
         self.stop = threading.Event()
+        self.failures = failures
         self.errors: list[BaseException] = []
         self.open_responses: set[requests.Response] = set()
         self.lock = threading.Lock()
@@ -289,7 +293,7 @@ class _Download:
         if plan is None or not plan.complete():
             plan = plan or _Plan(self.expected.size, "", [], 0)
             piece = plan.claim(self.settings.connections, self.settings.min_piece)
-            first = (piece, with_retries(redact(self.url), self.policy, lambda: self._open_first(plan, piece), hint=self._kept))
+            first = (piece, with_retries(redact(self.url), self.policy, lambda: self._open_first(plan, piece), hint=self._kept, failures=self.failures))
         else:  # every byte is on disk already (stopped between the last write and the rename)
             self.first_headers = {"ETag" if plan.validator.startswith('"') else "Last-Modified": plan.validator}
         self.plan = plan
@@ -415,7 +419,7 @@ class _Download:
                 response = None
                 what = f"{redact(self.url)} bytes {piece.position}-{piece.end - 1}"
                 try:
-                    with_retries(what, self.policy, lambda p=piece, h=handed: self._fetch_piece(p, h.pop() if h else None), hint=self._kept, sleep=self._pause)
+                    with_retries(what, self.policy, lambda p=piece, h=handed: self._fetch_piece(p, h.pop() if h else None), hint=self._kept, sleep=self._pause, failures=self.failures)
                 finally:
                     self.plan.release(piece)
                     for r in handed:

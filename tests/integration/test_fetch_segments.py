@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import threading
 
@@ -169,3 +170,21 @@ def test_the_connections_share_one_retry_budget(server, tmp_path):
         download(f"{server.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA), sha256=SHA), policy=RetryPolicy(attempts=3, backoff=0.01), segmenting=SPLIT)
     answered_503 = 20 - server.pending_faults("/f.bin")
     assert 3 <= answered_503 <= 3 + SPLIT.connections - 1  # 3 failures in all (and those already in flight), not 3 per connection
+
+
+def test_a_download_stopped_before_its_rename_only_hashes_again(server, tmp_path):
+    """Every piece written, then the worker died before the rename: no byte is fetched again."""
+    (tmp_path / "f.bin.part").write_bytes(DATA)
+    state = {"url": "", "validator": server.add("/f.bin", DATA).etag, "size": len(DATA), "untaken": len(DATA), "pieces": []}
+    (tmp_path / "f.bin.part.segments.json").write_text(json.dumps(state))
+    got = download(f"{server.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA), sha256=SHA), policy=FAST, segmenting=SPLIT)
+    assert got.sha256 == SHA and (tmp_path / "f.bin").read_bytes() == DATA and gets(server) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_more_connections_than_requests_pools_by_default(server, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="urllib3"):
+        download(f"{server.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA), sha256=SHA), policy=FAST,
+                 segmenting=Segmenting(connections=16, threshold=MiB, min_piece=64 << 10))
+    assert (tmp_path / "f.bin").read_bytes() == DATA
+    assert "pool is full" not in caplog.text  # no connection opened only to be thrown away after its piece

@@ -5,7 +5,9 @@ connection it resumes from the bytes on disk with ``Range`` + ``If-Range`` (so a
 upstream answers 200 and we start over instead of splicing two versions); it retries
 429/5xx with backoff that honours ``Retry-After``; and it renames to ``dest`` only once
 size and checksums match. A worker killed mid-download leaves the ``.part`` and its
-validator behind, and the next attempt picks them up.
+validator behind, and the next attempt picks them up. A large file goes over several
+connections instead (:mod:`.segments`, with the same guarantees); this module is its single
+stream and the fallback.
 
 Written on ``requests`` rather than a download manager: none of the libraries we may use
 resumes with If-Range and hashes in the same pass (huggingface_hub deletes the partial file on

@@ -263,6 +263,14 @@ class _SingleStream(Exception):
     """The server cannot serve pieces (no Range, no length, no validator, a page)."""
 
 
+def _make_room(session: requests.Session, connections: int) -> None:
+    """requests keeps 10 connections per host: with more, each piece would open a connection
+    and throw it away (urllib3's "pool is full" warning)."""
+    for scheme in ("http://", "https://"):
+        if getattr(session.get_adapter(scheme), "_pool_maxsize", connections) < connections:
+            session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=connections))
+
+
 def _size_of(path) -> int:
     try:
         return path.stat().st_size
@@ -276,6 +284,7 @@ class _Download:
     def __init__(self, url, partial, expected, headers, session, policy, progress_every, guard, settings: Segmenting, failures: Callable[[], int]):
         self.url, self.partial, self.expected, self.headers = url, partial, expected, headers
         self.session, self.policy, self.guard, self.settings = session, policy, guard, settings
+        _make_room(session, settings.connections)
         self.progress = Progress(partial.path.name.removesuffix(".part"), expected.size, progress_every)
         self.stop = threading.Event()
         self.failures = failures

@@ -188,3 +188,9 @@ def test_more_connections_than_requests_pools_by_default(server, tmp_path, caplo
                  segmenting=Segmenting(connections=16, threshold=MiB, min_piece=64 << 10))
     assert (tmp_path / "f.bin").read_bytes() == DATA
     assert "pool is full" not in caplog.text  # no connection opened only to be thrown away after its piece
+
+
+def test_progress_is_logged(server, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="vlmdata.fetch"):
+        download(f"{server.url}/f.bin", tmp_path / "f.bin", Expected(size=len(DATA), sha256=SHA), policy=FAST, segmenting=SPLIT, progress_every=0)
+    assert "f.bin: 4.0 MiB of 4.0 MiB (100.0%)" in caplog.text

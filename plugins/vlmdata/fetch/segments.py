@@ -285,7 +285,7 @@ class _Download:
         self.url, self.partial, self.expected, self.headers = url, partial, expected, headers
         self.session, self.policy, self.guard, self.settings = session, policy, guard, settings
         _make_room(session, settings.connections)
-        self.progress = Progress(partial.path.name.removesuffix(".part"), expected.size, progress_every)
+        self.progress_every = progress_every
         self.stop = threading.Event()
         self.failures = failures
         self.errors: list[BaseException] = []
@@ -306,7 +306,7 @@ class _Download:
         else:  # every byte is on disk already (stopped between the last write and the rename)
             self.first_headers = {"ETag" if plan.validator.startswith('"') else "Last-Modified": plan.validator}
         self.plan = plan
-        self.progress.total = plan.size
+        self.progress = Progress(self.partial.path.name.removesuffix(".part"), plan.size, self.progress_every)
         self.fd = os.open(self.partial.path, os.O_RDWR | os.O_CREAT | (0 if resumed else os.O_TRUNC), 0o644)
         threads: list[threading.Thread] = []
         try:

@@ -42,6 +42,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -396,7 +397,7 @@ class _Download:
             if final:
                 return
             raise
-        temporary = self.partial.segments.with_name(f"{self.partial.segments.name}.{os.getpid()}.tmp")
+        temporary = self.partial.segments.with_name(f"{self.partial.segments.name}.{uuid.uuid4().hex}.tmp")  # unique, even across hosts
         temporary.write_text(self.plan.encode(self.url))
         os.replace(temporary, self.partial.segments)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vlmdata.fetch.segments import CHUNK, _Plan
+from vlmdata.fetch.segments import CHUNK, MAX_PIECE, _Plan
 
 MiB = 1 << 20
 SIZE = 512 * MiB
@@ -63,3 +63,10 @@ def test_a_saved_plan_is_loaded_only_for_the_file_it_describes(tmp_path):
     assert _Plan.load(state, SIZE - 1) is None  # the .part is not that file
     state.write_text(json.dumps({**json.loads(state.read_text()), "validator": None}))
     assert _Plan.load(state, SIZE) is None  # no validator: a resume could splice two versions
+
+
+def test_a_huge_file_still_gets_pieces_of_bounded_size():
+    """20 GiB (an SA-1B tar): what is written beyond the hashed prefix stays about a GiB."""
+    pieces = take_all(_Plan(20 << 30, '"v"', [], 0))
+    assert max(p.end - p.start for p in pieces) == MAX_PIECE
+    assert pieces[-1].end == 20 << 30 and all(a.end == b.start for a, b in zip(pieces, pieces[1:]))

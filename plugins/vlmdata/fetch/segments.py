@@ -74,6 +74,9 @@ SAVE_EVERY = 1.0  # seconds between two saves of the segment state
 # Pieces per connection over a whole file: each one costs a request (a round trip without
 # bytes), fewer leave more unhashed bytes at the end (bench/ `segmented`).
 WAVES = 2
+# ... but no piece larger than this: what is written beyond the hashed prefix (up to about one
+# piece per connection) stays small enough to be hashed from the page cache, not the disk.
+MAX_PIECE = 128 * MiB
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ class _Plan:
                 # from 1/connections of that to all of it, so that they end one after the other
                 # and from then on a piece ends, in file order, every piece/connections bytes;
                 # the last ones shrink, so that the connections finish together.
-                steady = self.size // (connections * WAVES)
+                steady = min(MAX_PIECE, self.size // (connections * WAVES))
                 if self.handed < connections:
                     steady = steady * (self.handed + 1) // connections
                 length = max(min_piece, min(steady, (self.size - self.untaken) // connections))

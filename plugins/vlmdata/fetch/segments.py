@@ -198,7 +198,7 @@ class _Plan:
                 self.handed += 1
             else:
                 largest = max(self.pieces, key=lambda p: p.left, default=None)
-                if largest is None or largest.left < 2 * min_piece:
+                if largest is None or largest.left <= max(min_piece, 4 * CHUNK):  # each half worth a round trip
                     return None
                 cut = max(largest.position + CHUNK, largest.end - largest.left // 2)
                 piece = _Piece(cut, largest.end)

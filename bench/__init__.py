@@ -12,4 +12,4 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-MODULES = ("download", "hashing", "extraction", "images", "mixture", "tar_index", "partial_zip", "rerun", "status_page", "startup", "executors")
+MODULES = ("download", "segmented", "hashing", "extraction", "images", "mixture", "tar_index", "partial_zip", "rerun", "status_page", "startup", "executors")

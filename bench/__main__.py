@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help=f"run only these comparisons (repeat or comma-separate): {', '.join(MODULES)}")
     parser.add_argument("--rounds", type=int, default=None, help="runs per contender (default 2 with --quick, 3 otherwise; full-size extraction uses at most 2)")
     parser.add_argument("--mixture-records", type=int, default=None, metavar="N", help="records of the synthetic annotation the mixture comparison builds (the scale run: 1250000)")
+    parser.add_argument("--segmented-mib", type=int, default=None, metavar="N", help="size of the file the segmented comparison downloads (default 512, 128 with --quick)")
     parser.add_argument("--tmpdir", default=None, help="where generated data goes (default: the system temp folder); removed afterwards")
     args = parser.parse_args(argv)
 
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp.mkdir()
             try:
                 module = importlib.import_module(f"bench.{name}")
-                rows += module.run(Context(quick=args.quick, rounds=rounds, tmp=tmp, log=_log, mixture_records=args.mixture_records))
+                rows += module.run(Context(quick=args.quick, rounds=rounds, tmp=tmp, log=_log, mixture_records=args.mixture_records,
+                                           segmented_mib=args.segmented_mib))
             except Exception as exc:  # noqa: BLE001 - one broken comparison must not hide the others
                 failed = True
                 traceback.print_exc()

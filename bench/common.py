@@ -43,6 +43,7 @@ class Context:
     tmp: Path  # a fresh folder for this comparison, removed after it
     log: Callable[[str], None]
     mixture_records: int | None = None  # --mixture-records: the scale run (ShareGPT4V-PT has 1,246,901)
+    segmented_mib: int | None = None  # --segmented-mib: the size of the segmented comparison's file
 
 
 @dataclass

@@ -10,6 +10,8 @@ copies of the file exist. Peers:
   ``/resolve/`` endpoint (it checks only the size);
 * ``requests`` streaming with no hashing: our client library without our work, to show what
   the hashing and bookkeeping cost;
+* ours on one stream (``VLMDATA_DOWNLOAD_CONNECTIONS=1``): the segmented download (ours, 8
+  connections from 64 MiB on) must be no slower on a link that does not limit connections;
 * ``aria2c -x4``: parallel connections (docs/facts.md: no help on a fast link).
 
 Two more rows measure the server itself (``curl -o /dev/null`` against each candidate
@@ -87,9 +89,9 @@ class Server:
 
 
 @contextmanager
-def serve(kind: str, root: Path, file: Path | None = None, delay: float = 0.0):
+def serve(kind: str, root: Path, file: Path | None = None, options: tuple[str, ...] = ()):
     """Start a server process of ``kind`` (sendfile, http.server, fake); yield a :class:`Server`.
-    ``delay``: seconds the sendfile server waits before each answer (a link's round trip)."""
+    ``options`` go to the sendfile server (``--rate``, ``--latency``)."""
     if kind == "http.server":
         port = _free_port()
         proc = subprocess.Popen([python(), "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,7 +101,7 @@ def serve(kind: str, root: Path, file: Path | None = None, delay: float = 0.0):
             _stop(proc)
             raise
     else:
-        args = [python(), "-m", "bench.httpd", str(root), "--delay", str(delay)] if kind == "sendfile" else [python(), "-m", "bench.httpd", "--fake", str(file)]
+        args = [python(), "-m", "bench.httpd", str(root), *options] if kind == "sendfile" else [python(), "-m", "bench.httpd", "--fake", str(file)]
         proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             ready, _, _ = select.select([proc.stdout], [], [], 120)
@@ -159,9 +161,10 @@ def _clients(ctx, url, base, src, sha, size, dest, out_dir) -> list[Row]:
 
     from vlmdata.fetch.digest import Expected
     from vlmdata.fetch.http import download
+    from vlmdata.fetch.segments import Segmenting
 
-    def ours():
-        fetched = download(url, dest, Expected(size=size, sha256=sha), session=requests.Session(), progress_every=1e9)
+    def ours(segmenting=None):
+        fetched = download(url, dest, Expected(size=size, sha256=sha), session=requests.Session(), progress_every=1e9, segmenting=segmenting)
         _check("ours", fetched.sha256, sha)
 
     split = {"curl": [], "sha256sum": []}
@@ -205,6 +208,7 @@ def _clients(ctx, url, base, src, sha, size, dest, out_dir) -> list[Row]:
         Contender("curl -o (no verification)", curl_alone, after=clean, skip=None if which("curl") else f"curl {SKIPPED}"),
         Contender("hf_hub_download", hf, after=lambda: remove(hf_cache), skip=hf_skip),
         Contender("requests stream, no hash", requests_no_hash, after=clean),
+        Contender("vlmdata download, one stream", lambda: ours(Segmenting(connections=1)), after=clean),
         Contender("aria2c -x4", aria2c, after=lambda: (clean(), remove(out_dir / (dest.name + ".aria2"))), skip=None if which("aria2c") else f"aria2c {SKIPPED}"),
     ]
     race([ours_c, *peers], ctx.rounds, ctx.log, settle=settle_disk)
@@ -221,6 +225,8 @@ def _clients(ctx, url, base, src, sha, size, dest, out_dir) -> list[Row]:
             return "checks the size only, no sha256"
         if c.name.startswith("requests"):
             return "our HTTP library with no hashing/bookkeeping: the part of ours that is not hashing"
+        if c.name.endswith("one stream"):
+            return "ours before segmented downloads (VLMDATA_DOWNLOAD_CONNECTIONS=1): goal ours <= 1.0 on this uncapped link"
         if c.name.startswith("aria2c"):
             return "4 connections, no verification"
         return "no verification"

@@ -6,7 +6,9 @@ the server costs the client (sharing 2 cores with it) as little CPU as possible.
 GET and HEAD, a single byte range with If-Range, a strong ETag, and the headers a Hugging
 Face Hub ``/resolve/`` answer carries (so ``hf_hub_download`` can be pointed at it).
 
-``--delay SECONDS`` waits that long before answering each request, as a link's round trip would.
+``--rate BYTES_PER_S`` caps each connection (a CDN's or a university file server's per-connection
+limit) and ``--latency SECONDS`` delays each new connection and each answer by that much (a round
+trip of a distant server), for the ``segmented`` comparison.
 
 ``python -m bench.httpd --fake FILE`` serves FILE from the tests' FakeHttpServer (in memory),
 only so that the comparison can say how fast that one is.
@@ -38,6 +40,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
 
+    def setup(self):
+        super().setup()
+        if self.server.latency:
+            time.sleep(self.server.latency)  # the handshake's round trip
+
     def do_HEAD(self):
         self._serve(body=False)
 
@@ -54,8 +61,6 @@ class _Handler(BaseHTTPRequestHandler):
         return path if os.path.isfile(path) else None
 
     def _serve(self, body: bool) -> None:
-        if self.server.delay:
-            time.sleep(self.server.delay)  # --delay: a round trip of a real link, per request
         path = self._file()
         if path is None:
             self.send_error(404)
@@ -88,13 +93,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("X-Repo-Commit", FAKE_COMMIT)
                 self.send_header("X-Linked-Etag", etag)
                 self.send_header("X-Linked-Size", str(size))
+            if self.server.latency:
+                time.sleep(self.server.latency)  # the request's round trip
             self.end_headers()
             if not body:
                 return
             offset, remaining = start, end - start + 1
+            rate = self.server.rate
+            # Capped: slices of 1/50 s of the rate, each sent no earlier than the rate allows.
+            piece, began = (max(1, int(rate / 50)) if rate else 1 << 30), time.monotonic()
             try:
                 while remaining > 0:
-                    sent = os.sendfile(self.connection.fileno(), handle.fileno(), offset, min(remaining, 1 << 30))
+                    if rate:
+                        ahead = began + (offset - start) / rate - time.monotonic()
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    sent = os.sendfile(self.connection.fileno(), handle.fileno(), offset, min(remaining, piece))
                     if sent == 0:
                         break
                     offset += sent
@@ -112,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.httpd")
     parser.add_argument("root", nargs="?", help="folder whose files are served (sendfile server)")
     parser.add_argument("--fake", help="serve this one file from the tests' FakeHttpServer instead")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering each request (sendfile server): a link's round trip")
+    parser.add_argument("--rate", type=float, default=0.0, help="bytes per second per connection (0: uncapped)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each new connection and each answer")
     args = parser.parse_args(argv)
     if args.fake:
         from vlmdata.replicas.http_server import FakeHttpServer
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.root = os.path.abspath(args.root)
-    httpd.delay = args.delay
+    httpd.rate, httpd.latency = args.rate, args.latency
     print(httpd.server_address[1], flush=True)
     httpd.serve_forever()
 

@@ -71,7 +71,7 @@ def run(ctx: Context) -> list[Row]:
     ours_root, peer_root, staged = ctx.tmp / "ours", ctx.tmp / "peer", ctx.tmp / "staging" / "train2017.zip"
     rows: list[Row] = []
     for delay in DELAYS:
-        with serve("sendfile", served, delay=delay) as server:
+        with serve("sendfile", served, options=("--latency", str(delay))) as server:
             url = f"{server.url}/train2017.zip"
             for percent, step in FRACTIONS:
                 wanted = names[::step]

@@ -5,7 +5,9 @@ connection it resumes from the bytes on disk with ``Range`` + ``If-Range`` (so a
 upstream answers 200 and we start over instead of splicing two versions); it retries
 429/5xx with backoff that honours ``Retry-After``; and it renames to ``dest`` only once
 size and checksums match. A worker killed mid-download leaves the ``.part`` and its
-validator behind, and the next attempt picks them up.
+validator behind, and the next attempt picks them up. A large file goes over several
+connections instead (:mod:`.segments`, with the same guarantees); this module is its single
+stream and the fallback.
 
 Written on ``requests`` rather than a download manager: none of the libraries we may use
 resumes with If-Range and hashes in the same pass (huggingface_hub deletes the partial file on
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -34,6 +37,9 @@ from ..redaction import redact_text
 from ..storage import raise_if_disk_full
 from .digest import Expected, IntegrityError, MultiHasher
 from .policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from .segments import Segmenting
 
 log = logging.getLogger("vlmdata.fetch")
 
@@ -181,11 +187,13 @@ def _content_range_total(value: str | None) -> int | None:
 
 
 class _Partial:
-    """``dest.part`` plus a sidecar naming the URL and validator its bytes came from."""
+    """``dest.part`` plus a sidecar naming the URL and validator its bytes came from: ``.part.json``
+    for the single stream, ``.part.segments.json`` for a segmented download (:mod:`.segments`)."""
 
     def __init__(self, dest: Path):
         self.path = dest.with_name(dest.name + ".part")
         self.meta = dest.with_name(dest.name + ".part.json")
+        self.segments = dest.with_name(dest.name + ".part.segments.json")
 
     def resumable_size(self, url: str) -> tuple[int, str | None]:
         """Bytes we may resume from, and the validator to send with If-Range."""
@@ -207,7 +215,12 @@ class _Partial:
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the sidecars (the bytes were renamed into place, or are being thrown away)."""
         self.meta.unlink(missing_ok=True)
+        self.segments.unlink(missing_ok=True)
 
     def isolate(self) -> None:
         """Give the partial bytes a file of their own: a previous writer that may still be
@@ -231,19 +244,26 @@ def download(
     # reading), large enough to keep Python's per-chunk cost far below the link's speed.
     chunk_size: int = 1 << 16,
     guard: Callable[[], None] = lambda: None,
+    segmenting: Segmenting | None = None,
 ) -> Fetched:
     """Fetch ``url`` to ``dest`` (a local path), resuming and verifying. See the module doc.
 
     ``guard`` is called before every write and raises to stop it (a lease that was lost:
     :meth:`vlmdata.lease.Lease.check`); the partial file is kept for whoever holds the lease now.
+    A large file goes over several connections (:mod:`.segments`; ``segmenting``, default from
+    the environment: ``VLMDATA_DOWNLOAD_CONNECTIONS``, ``VLMDATA_SEGMENTED_FROM``).
     """
+    from . import segments  # it builds on this module's pieces
+
+    segmenting = segmenting or segments.Segmenting.from_env()
     dest.parent.mkdir(parents=True, exist_ok=True)
     session = session or requests.Session()
     partial = _Partial(dest)
     # One fresh start after a checksum mismatch: a flipped byte in transit should not fail
     # the task, but a file that is wrong upstream must not loop forever.
     for verify_round in (1, 2):
-        hasher, response_headers = _fetch_bytes(url, partial, expected, headers or {}, session, policy, progress_every, chunk_size, guard)
+        fetched = segments.fetch(url, partial, expected, headers or {}, session, policy, progress_every, guard, segmenting)
+        hasher, response_headers = fetched or _fetch_bytes(url, partial, expected, headers or {}, session, policy, progress_every, chunk_size, guard)
         problems = hasher.problems()
         on_disk = partial.path.stat().st_size
         if on_disk != hasher.count:  # someone else wrote into the file: what we hashed is not what is there
@@ -251,7 +271,7 @@ def download(
         if not problems:
             guard()
             partial.path.replace(dest)
-            partial.meta.unlink(missing_ok=True)
+            partial.forget()
             return Fetched(dest, hasher.count, hasher.sha256, hasher.md5, response_headers.get("ETag"), response_headers.get("Last-Modified"))
         partial.discard()
         log.warning("%s: downloaded bytes do not verify (%s)%s", redact(url), "; ".join(problems), ", fetching again" if verify_round == 1 else "")
@@ -271,12 +291,17 @@ class Transient(Exception):
         self.reason, self.retry_after = reason, retry_after
 
 
-def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str | Callable[[], str] = ""):
+def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str | Callable[[], str] = "",
+                 sleep: Callable[[float], None] | None = None, failures: Callable[[], int] | None = None):
     """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried.
     ``hint`` ends the message when retries run out (what the user can do next; a callable is
-    asked then, so it can say what is left on disk)."""
-    reason = ""
-    for number in range(1, policy.attempts + 1):
+    asked then, so it can say what is left on disk). ``sleep`` waits between attempts
+    (``time.sleep``; a segmented download's connections wait on their stop flag instead).
+    ``failures`` numbers each failure from 1 (``itertools.count(1).__next__``): loops that share
+    one give up together after ``policy.attempts`` failures in all, so their waits add up to one
+    loop's at most (a segmented download's connections: README, Task timeouts)."""
+    reason, number = "", 0
+    while True:
         retry_after = None
         try:
             return attempt()
@@ -286,10 +311,12 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
             if name_unresolved(exc):
                 raise unresolved_error(what, exc) from exc
             reason = f"{type(exc).__name__}: {exc}"
-        if number < policy.attempts:
-            wait = policy.wait(number, retry_after)
-            log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
-            time.sleep(wait)
+        number = failures() if failures else number + 1
+        if number >= policy.attempts:
+            break
+        wait = policy.wait(number, retry_after)
+        log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
+        (sleep or time.sleep)(wait)
     raise Unreachable(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
 
 

@@ -11,7 +11,6 @@ seeded and serialisation fixed, so the same inputs and seed give a byte-identica
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 import posixpath
 import random
@@ -413,32 +412,24 @@ def rebuild(lock: Lock, storage: Storage, catalog: dict[str, Source]) -> Lock:
 
 
 def composition_svg(title: str, counts: dict[str, dict]) -> str:
-    """A bar per component: records kept, and dropped ones stacked after them, with their share
-    of the component's sampled records; full labels, a legend and a white background (the chart
-    is opened on its own, in a dark-themed viewer too)."""
+    """The composition chart (``templates/composition.svg``): a bar per component, kept and
+    dropped records with the kept share. Here only the geometry: bar lengths and label width."""
+    from .pages import render
+
     char, bar_height, gap, bar_width = 7, 22, 8, 360  # char: the width of a 12 px sans-serif character, roughly
     label_width = 12 + char * max((len(name) for name in counts), default=10)
     total = max((c["kept"] + sum(c["dropped"].values()) for c in counts.values()), default=1) or 1
-    scale = bar_width / total
-    rows = []
+    bars = []
     for number, (name, c) in enumerate(counts.items()):
-        y = 60 + number * (bar_height + gap)
         dropped = sum(c["dropped"].values())
-        share = c["kept"] / (c["kept"] + dropped) if c["kept"] + dropped else 0.0
-        rows.append(
-            f'<text x="6" y="{y + 15}">{html.escape(name)}</text>'
-            f'<rect x="{label_width}" y="{y}" width="{c["kept"] * scale:.1f}" height="{bar_height}" fill="#4a7ebb"/>'
-            f'<rect x="{label_width + c["kept"] * scale:.1f}" y="{y}" width="{dropped * scale:.1f}" height="{bar_height}" fill="#d9534f"/>'
-            f'<text x="{label_width + bar_width + 8}" y="{y + 15}">{c["kept"]:,} kept ({share:.1%}), {dropped:,} dropped</text>'
-        )
-    width = label_width + bar_width + 230
-    height = 70 + len(counts) * (bar_height + gap)
-    legend = (
-        '<rect x="6" y="30" width="12" height="12" fill="#4a7ebb"/><text x="22" y="40">kept</text>'
-        '<rect x="70" y="30" width="12" height="12" fill="#d9534f"/><text x="86" y="40">dropped (reasons in the lock)</text>'
-    )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">'
-        f'<rect width="100%" height="100%" fill="#ffffff"/>'
-        f'<text x="6" y="20" font-size="14">{html.escape(title)}</text>{legend}{"".join(rows)}</svg>\n'
-    )
+        bars.append({
+            "name": name, "y": 60 + number * (bar_height + gap), "kept": c["kept"], "dropped": dropped,
+            "share": c["kept"] / (c["kept"] + dropped) if c["kept"] + dropped else 0.0,
+            "kept_width": c["kept"] * bar_width / total, "dropped_width": dropped * bar_width / total,
+        })
+    return render(
+        "composition.svg", title=title, bars=bars, label_width=label_width, bar_width=bar_width, bar_height=bar_height,
+        width=label_width + bar_width + 230, height=70 + len(counts) * (bar_height + gap),
+    ) + "\n"
+
+

@@ -27,7 +27,7 @@ def reason(report: IntegrityReport) -> str:
     return next(iter(report.reasons), "")
 
 
-_templates = Environment(loader=PackageLoader("vlmdata", "templates"), autoescape=select_autoescape(["html"]))
+_templates = Environment(loader=PackageLoader("vlmdata", "templates"), autoescape=select_autoescape(["html", "svg"]))
 _templates.filters.update(bytes=human_bytes, when=when, reason=reason)
 
 

@@ -373,5 +373,6 @@ def test_installed_package_carries_the_ui_plugin_and_its_templates(installed):
     through which Airflow finds the UI plugin."""
     templates = {path.name for path in (installed / "vlmdata" / "templates").glob("*.html")}
     assert {"base.html", "status.html", "integrity.html", "index.html"} <= templates
+    assert (installed / "vlmdata" / "templates" / "composition.svg").is_file()
     (entry_points,) = installed.glob("vlmdata-*.dist-info/entry_points.txt")
     assert "[airflow.plugins]\nvlmdata = vlmdata.ui:VlmdataPlugin" in entry_points.read_text()

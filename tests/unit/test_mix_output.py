@@ -27,3 +27,18 @@ def test_json_and_jsonl_match_the_standard_encoder(tmp_path, records):
         assert (digest, size) == (hashlib.sha256(body).hexdigest(), len(body))
         if fmt == "json":
             assert json.loads(body) == records
+
+
+def test_the_composition_chart_names_every_component_whole_with_its_share_on_white():
+    import xml.dom.minidom
+
+    from vlmdata.mix import composition_svg
+
+    label = "llava_instruct_150k:llava_v1_5_mix665k.json"  # a label the first charts cut short
+    svg = composition_svg("Mix <665K> & more", {label: {"kept": 3, "dropped": {"image missing": 1}}, "text-only": {"kept": 2, "dropped": {}}})
+    document = xml.dom.minidom.parseString(svg)  # well-formed, the title escaped
+    texts = [node.firstChild.data for node in document.getElementsByTagName("text")]
+    assert texts[0] == "Mix <665K> & more" and {"kept", "dropped (reasons in the lock)"} <= set(texts)
+    assert label in texts and "3 kept (75.0%), 1 dropped" in texts and "2 kept (100.0%), 0 dropped" in texts
+    background = document.getElementsByTagName("rect")[0]
+    assert (background.getAttribute("width"), background.getAttribute("fill")) == ("100%", "#ffffff")

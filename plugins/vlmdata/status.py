@@ -27,6 +27,7 @@ from .layout import Profile
 from .manifest import Manifest, SourceRecord
 from .mix import Recipe, latest_lock_key, lock_summary, read_lock, summary_key
 from .pages import human_bytes
+from .kinds import kind_named
 from .reports import IntegrityReport, load
 from .storage import STATE_PREFIX, Storage
 from .verify import report_key
@@ -72,6 +73,7 @@ class SourceStatus:
     problem: str | None = None  # why its files could not be read
     report: str | None = None  # storage key of the integrity page
     report_json: str | None = None
+    needed_tars: str | None = None  # storage key of the page of the last needed_by account (SA-1B)
     manifest: str | None = None  # storage key of source.json
     acquire_run: Run | None = None
     verify_run: Run | None = None
@@ -152,6 +154,8 @@ def source_status(storage: Storage, source: Source, runs: Mapping[str, Run] | No
         status.report_json = report_key(source.id)
         if storage.exists(report_key(source.id, "integrity.html")):
             status.report = report_key(source.id, "integrity.html")
+    if kind_named(source.kind).needed_by and storage.exists(report_key(source.id, "needed_tars.html")):
+        status.needed_tars = report_key(source.id, "needed_tars.html")  # the last needed_by account
     if report is not None and not status.stale:
         sizes = [a.size or 0 for a in report.artifacts.values()]
     elif record is not None:

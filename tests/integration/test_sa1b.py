@@ -31,6 +31,7 @@ from vlmdata.fetch.sa1b import (
     sa1b_discover,
     shards_for_annotation,
 )
+from vlmdata import status
 from vlmdata.manifest import Manifest
 from vlmdata.reports import NeededTars, load
 from vlmdata.storage import LocalStorage
@@ -447,6 +448,11 @@ def test_needed_by_fetches_only_the_tars_holding_missing_images(cdn, storage, tm
     report = load(storage, needed_report_key("sa1b"), NeededTars)
     assert (report.present, report.tars, report.unaccounted, report.tars_searched) == (2, {"sa_000001.tar": 1, "sa_000002.tar": 1}, 1, 3)
     assert report.unaccounted_examples == ["sam/images/sa_545504.jpg"] and "in none of the 3 tars" in report.summary and report.needed_by == [PT_FILE]
+    # The same account as a page, linked from the vlmdata page's SA-1B row.
+    page = storage.read_bytes(needed_report_key("sa1b", page=True)).decode()
+    assert all(f"<code>{tar}</code>" in page for tar in report.tars) and "sa_545504.jpg" in page and PT_FILE in page
+    (row,) = [s for s in status.gather(storage, load_catalog(), {}, {}).sources if s.id == "sa1b"]
+    assert row.needed_tars == needed_report_key("sa1b", page=True)
 
     def ranged() -> int:
         return sum(_ranged_gets(cdn, name)[1] for name in cdn.tars)

@@ -57,9 +57,11 @@ from ..annotations import Records, fast_or_json, image_paths
 from ..catalog import Artifact, Extract, Source
 from ..extract import Limits, UnsafeArchive
 from ..manifest import Manifest, now, source_prefix
+from .. import pages
 from ..redaction import mask_secrets
 from ..reports import NeededTars, save
-from ..storage import DATA_PREFIX, STATE_PREFIX, Storage
+from ..storage import DATA_PREFIX, Storage
+from ..verify import report_key
 from .digest import Expected
 from .http import FetchError, PermanentFetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
 from .remote import Context, Remote, Transport
@@ -513,15 +515,18 @@ def locate_tars(source: Source, ctx: Context, images: list[str], *, index: Mappi
     return needed
 
 
-def needed_report_key(source_id: str) -> str:
-    return f"{STATE_PREFIX}/reports/{source_id}/needed_tars.json"
+def needed_report_key(source_id: str, page: bool = False) -> str:
+    """The needed-tars account (JSON), or its page (``page``: HTML beside it)."""
+    return report_key(source_id, f"needed_tars.{'html' if page else 'json'}")
 
 
 def sa1b_needed_by(source: Source, ctx: Context, paths: list[str]) -> list[str]:
     """The tars holding the SAM images that the annotation files ``paths`` reference and the
     storage lacks; the full account goes to :func:`needed_report_key`."""
     needed = locate_tars(source, ctx, needed_images(ctx.storage, ctx.catalog, paths))
-    save(ctx.storage, needed_report_key(source.id), needed.account(paths))
+    account = needed.account(paths)
+    save(ctx.storage, needed_report_key(source.id), account)
+    ctx.storage.write_bytes(needed_report_key(source.id, page=True), pages.render("needed_tars.html", source=source.id, account=account).encode())
     log.info("%s: %s", source.id, needed.summary())
     return sorted(needed.tars, key=shard_number)
 

@@ -15,7 +15,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeS
 from .budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS, MAX_RETRY_DELAY, RETRY_BACKOFF, RETRY_DELAY, TASK_RETRIES, timeout_of
 from .catalog import Source, load_catalog
 from .fetch.policy import DRY_RUN_POLICY
-from .kinds import kind_named
+from .kinds import kind_named, offers_needed_by
 from .layout import Profile, load_profiles
 from .manifest import source_prefix
 from .mix import Recipe, load_recipes, mixture_prefix
@@ -154,9 +154,17 @@ def acquisition_dag(source: Source) -> DAG:
         params["needed_by"] = optional(
             [], "array", "Tars needed by annotation files", items={"type": "string"},
             description="Instead of the catalog's range: the tars holding the SAM images that these annotation files reference and the storage lacks "
-            "(paths in the data tree, e.g. sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json). Tars not fetched before are indexed by reading "
+            "(paths in the data tree, e.g. sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json, or recipe:<id> for a recipe's files). Tars not fetched before are indexed by reading "
             f"their member headers with Range requests (once; kept on the storage). The account: _vlmdata/reports/{source.id}/needed_tars.json. "
             "With dry_run: only that account.",
+        )
+    elif offers_needed_by(source):
+        params["needed_by"] = optional(
+            [], "array", "Only the images needed by annotation files", items={"type": "string"},
+            description="Instead of whole archives: from each zip, only the members these annotation files reference and the storage lacks, read by "
+            "HTTP Range requests (data-tree paths, e.g. llava/llava_v1_5_mix665k.json, or recipe:<id> for a recipe's files). The manifest records the "
+            "archive as read in part (each member's CRC-32 and size checked instead of the archive's sha256); a later run without needed_by fetches "
+            "the rest. A server that ignores Range: the whole archive, said in the log and the summary (whole_instead). Empty: every archive whole.",
         )
     doc = f"""### Acquire {source.title}
 

@@ -180,7 +180,7 @@ def acquisition_dag(source: Source) -> DAG:
   briefly ({DRY_RUN_POLICY.attempts} attempts, at most {DRY_RUN_POLICY.max_wait:.0f} s apart); if upstream cannot be reached it still succeeds, answering from the catalog's
   declared sizes (exact, approximate or unknown) and the artifacts placed on the storage, in a log line starting
   `DRY RUN WITHOUT UPSTREAM` that names the upstream it could not reach.
-"""
+{_needed_by_doc(source) if "needed_by" in params and not kind.needed_by else ""}"""
     with DAG(
         dag_id=f"acquire_{source.id}",
         description=f"Acquire {source.title}",
@@ -223,6 +223,16 @@ def acquisition_dag(source: Source) -> DAG:
                 outlets=[acquired_if_changed(source.id)], pool=mirror_pool(source), dry_run=dry_run, trigger_rule=TriggerRule.NONE_FAILED,
             )
     return with_timeouts(dag)
+
+
+def _needed_by_doc(source: Source) -> str:
+    """The doc of ``needed_by`` for a source whose zips can be read in part."""
+    zips = ", ".join(f"`{a.name}`" for a in source.artifacts if a.is_zip)
+    return f"""* `needed_by` (annotation files as data-tree paths, or `recipe:<id>`): from {zips}, only the members they reference and the
+  storage lacks, read by HTTP Range requests; the manifest records each archive as read in part (CRC-32 and size of every member
+  checked instead of its sha256) and a later run without `needed_by` fetches the rest. A server that ignores Range: the whole
+  archive, with a warning in the `fetch` log and `whole_instead` in the summary. See docs/partial-zip.md.
+"""
 
 
 def _after_fetch_doc(source: Source) -> str:

@@ -114,11 +114,16 @@ def _stored_bytes(replica: SliceReplica, records: list[dict]) -> int:
         return sum(30 + len(i.filename) + len(i.extra) + i.compress_size for i in archive.infolist() if i.filename in wanted)
 
 
-def test_a_server_that_ignores_range_gets_the_whole_archive_saying_so(upstream, replica, tmp_path, caplog):
-    http, _records = upstream
+def test_a_server_that_ignores_range_gets_the_whole_archive_saying_so(upstream, replica, tmp_path, caplog, capsys):
+    from vlmdata.cli import main
+
+    http, records = upstream
     catalog, storage = load_catalog(), LocalStorage(tmp_path / "root")
     ctx = _ctx(storage)
     acquire(catalog["custom_tenth"], ctx)
+    capsys.readouterr()
+    assert main(["--root", str(tmp_path / "root"), "acquire", "coco_train2017", "--dry-run", "--needed-by", TENTH]) == 0
+    assert json.loads(capsys.readouterr().out)["fetch"][0]["members_wanted"] == len(records)
     http.script(ZIP, ignore_range())
     summary = acquire(catalog["coco_train2017"], ctx, needed_by=[TENTH])
     assert "train2017.zip" in summary["whole_instead"] and "whole" in summary["whole_instead"]["train2017.zip"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from .catalog import Artifact, Source
 from .extract import extract_archive
 from .kinds import kind_named
-from .needed import annotation_files, holds_wanted, wanted_by_artifact
+from .needed import annotation_files, holds_wanted, quarantined_members, wanted_by_artifact
 from .fetch.digest import IntegrityError, sha256_of
 from .fetch.policy import DRY_RUN_POLICY
 from .fetch.http import FetchError, RetryPolicy, Unreachable, download, isolate_partial, redact, same_fingerprint
@@ -100,7 +100,7 @@ def is_current(ctx: Context, manifest: Manifest, remote: Remote, wanted: list[st
     record = manifest.artifact(remote.artifact.name)
     if not record or not record.complete or not same_fingerprint(record.fingerprint, remote.fingerprint):
         return False
-    if record.partial and not (record.partial.members_present == record.partial.members_in_archive if wanted is None else holds_wanted(manifest, record, wanted)):
+    if record.partial and not holds_wanted(manifest, record, wanted):
         return False
     return is_placed(ctx, manifest, record)
 
@@ -396,15 +396,21 @@ def read_in_part(source: Source, pin: Pin, remote: Remote, ctx: Context, lease: 
     artifact, manifest = remote.artifact, Manifest(ctx.storage, source.id)
     folder = f"{DATA_PREFIX}/{artifact.extract.into}"
     same_version = previous is None or same_fingerprint(previous.fingerprint, remote.fingerprint)
+    wanted = pin.wanted  # None: every member still missing
+    quarantined = quarantined_members(manifest, folder) if same_version else set()
+    if quarantined:  # what verify quarantined is not missing (refetch_quarantined clears the list)
+        every = wanted if wanted is not None else manifest.directory(artifact.name)
+        if every is not None:
+            wanted = [path for path in every if path not in quarantined]
     with pinned_session(pin, f"{source.id}/{pin.name}") as session:
         session.headers.update(remote.headers)
-        read = fetch_members(remote.url, pin.wanted, ctx.storage, folder, artifact.extract, skip_present=same_version, session=session,
+        read = fetch_members(remote.url, wanted, ctx.storage, folder, artifact.extract, skip_present=same_version, session=session,
                              policy=ctx.policy, guard=lease.check, name=artifact.name)
     lease.check()
     ctx.storage.write_json(directory_key(source.id, artifact.name), read.paths)
-    old_index = manifest.index(artifact.name) if previous else []
+    old_index = manifest.index(artifact.name) if previous and not same_version else []
     ctx.storage.write_json(index_key(source.id, artifact.name), read.index)
-    remove_stale(ctx.storage, old_index, read.index)
+    remove_stale(ctx.storage, old_index, read.index)  # the members of another version not read again
     placement = Placement(folder=folder, images=artifact.extract.images, members=len(read.index), bytes=sum(size for _, size, _ in read.index))
     record = ArtifactRecord(name=artifact.name, url=read.url, size=read.archive_size, sha256="", fingerprint=remote.fingerprint, revision=pin.revision,
                             fetched_at=now(), placement=placement, complete=True, partial=read.record())

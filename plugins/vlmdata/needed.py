@@ -72,11 +72,19 @@ def wanted_by_artifact(storage: Storage, catalog: Mapping[str, Source], paths: l
     return {name: list(members) for name, members in wanted.items() if members}
 
 
-def holds_wanted(manifest: Manifest, record: ArtifactRecord, wanted: list[str]) -> bool:
-    """Whether the members of ``wanted`` that the archive holds (its directory, when read) are
-    all in the index of what was placed."""
+def quarantined_members(manifest: Manifest, folder: str) -> set[str]:
+    """The members (extraction-folder paths) verify moved out of ``folder``: not missing for a
+    refresh, as after a full extraction (``refetch_quarantined`` clears the list)."""
+    return {key[len(folder) + 1:] for key in manifest.quarantined() if key.startswith(folder + "/")}
+
+
+def holds_wanted(manifest: Manifest, record: ArtifactRecord, wanted: list[str] | None) -> bool:
+    """Whether the members of ``wanted`` (None: every member) that the archive holds (its
+    directory, when read) are all in the index of what was placed, or in the quarantine."""
     folder = record.placement.folder or ""
-    placed = {path[len(folder) + 1:] for path, _size, _crc in manifest.index(record.name)}
+    placed = {path[len(folder) + 1:] for path, _size, _crc in manifest.index(record.name)} | quarantined_members(manifest, folder)
     directory = manifest.directory(record.name)
-    held = set(wanted) if directory is None else set(wanted) & set(directory)
+    if directory is None:  # not read in part by this version of the code: what the record counts
+        return wanted is not None and set(wanted) <= placed
+    held = set(directory) if wanted is None else set(wanted) & set(directory)
     return held <= placed

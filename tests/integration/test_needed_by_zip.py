@@ -77,7 +77,7 @@ def test_a_tenth_of_an_archive_moves_a_tenth_of_its_bytes_and_the_rest_comes_lat
     moved = http.bytes_sent(ZIP)
     wanted_bytes = _stored_bytes(replica, records)
     assert wanted_bytes < moved <= 1.1 * wanted_bytes + END_OF_ARCHIVE, (moved, wanted_bytes)
-    assert moved < 0.13 * archive, f"{moved} of {archive} bytes for a tenth of the images"
+    assert moved < 0.12 * archive, f"{moved} of {archive} bytes for a tenth of the images"
     assert summary["changed"] == ["train2017.zip"] and summary["partial"] == {"train2017.zip": f"{len(records)} of {IMAGES} members"}
 
     record = Manifest(storage, "coco_train2017").artifact("train2017.zip")
@@ -144,3 +144,17 @@ def test_needed_by_names_a_recipe_or_a_file_and_refuses_what_it_cannot_choose(up
         plan(catalog["coco_train2017"], _ctx(storage), needed_by=[TENTH])
     with pytest.raises(ValueError, match="without zip archives have no such choice"):
         plan(catalog["custom_tenth"], _ctx(storage), needed_by=[TENTH])
+
+
+def test_a_recipe_chooses_the_members_and_quarantined_ones_are_not_fetched_again(upstream, replica, tmp_path):
+    catalog, storage = load_catalog(), LocalStorage(tmp_path / "root")
+    coco, manifest = catalog["coco_train2017"], Manifest(storage, "coco_train2017")
+    acquire(catalog["llava_instruct_150k"], _ctx(storage))
+    acquire(coco, _ctx(storage), needed_by=["recipe:llava_v1_5_mix665k"])  # its COCO records name the first four images
+    assert sorted(key for key, _size in storage.list("data/coco/train2017")) == [f"data/coco/{member}" for member in replica.coco_members[:4]]
+    broken = f"data/coco/{replica.coco_members[2]}"  # number 3, planted truncated
+    storage.delete(broken)  # what verify does with it: out of the data tree, into the quarantine list
+    manifest.save_quarantined({broken: "truncated"})
+    acquire(coco, _ctx(storage))
+    assert manifest.artifact("train2017.zip").partial.members_fetched == IMAGES - 4 and not storage.exists(broken)
+    assert acquire(coco, _ctx(storage))["changed"] == []

@@ -25,11 +25,13 @@ from pathlib import Path
 from .catalog import Artifact, Source
 from .extract import extract_archive
 from .kinds import kind_named
+from .needed import annotation_files, holds_wanted, quarantined_members, wanted_by_artifact
 from .fetch.digest import IntegrityError, sha256_of
 from .fetch.policy import DRY_RUN_POLICY
 from .fetch.http import FetchError, RetryPolicy, Unreachable, download, isolate_partial, redact, same_fingerprint
 from .fetch.remote import Context, Pin, Remote, Transport, UpstreamMoved, pinned_session
-from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, index_key, now
+from .fetch.zip_members import RangeNotSupported, TooScattered, fetch_members
+from .manifest import Acknowledgement, ArtifactRecord, Manifest, Placement, SourceRecord, directory_key, index_key, now
 from .lease import Lease, hold
 from .redaction import redact_text
 from .storage import DATA_PREFIX, DiskFullError, Storage
@@ -91,10 +93,14 @@ def remotes(source: Source, artifacts: list[Artifact], ctx: Context) -> list[Rem
     return transport_for(source).remotes(source, artifacts, ctx)
 
 
-def is_current(ctx: Context, manifest: Manifest, remote: Remote) -> bool:
-    """Unchanged upstream and everything we placed still there: nothing to do."""
+def is_current(ctx: Context, manifest: Manifest, remote: Remote, wanted: list[str] | None = None) -> bool:
+    """Unchanged upstream and everything we placed still there: nothing to do. An archive read
+    in part is current only for the members it holds: those ``wanted`` (a needed_by run), or,
+    without ``wanted``, every member (a full acquisition fetches the rest)."""
     record = manifest.artifact(remote.artifact.name)
     if not record or not record.complete or not same_fingerprint(record.fingerprint, remote.fingerprint):
+        return False
+    if record.partial and not holds_wanted(manifest, record, wanted):
         return False
     return is_placed(ctx, manifest, record)
 
@@ -152,7 +158,8 @@ class Plan:
         """What would be fetched, for users (the dry run): name, url, size, revision."""
         if self.offline:
             return self.offline.fetch
-        return [{"name": p.name, "url": p.url, "size": p.expected.size, "revision": p.revision} for p in self.pins]
+        return [{"name": p.name, "url": p.url, "size": p.expected.size, "revision": p.revision, **({} if p.wanted is None else {"members_wanted": len(p.wanted)})}
+                for p in self.pins]
 
     @property
     def bytes(self) -> int:
@@ -163,13 +170,18 @@ class Plan:
             return self.offline.summary(self.source, self.current)
         if not self.fetch:
             return f"{self.source}: up to date ({len(self.current)} artifacts unchanged)"
-        names = ", ".join(f"{i['name']} ({_gib(i['size'])})" for i in self.fetch)
+        names = ", ".join(f"{i['name']} ({_part(i)}{_gib(i['size'])})" for i in self.fetch)
         return f"{self.source}: {len(self.fetch)} to fetch, {_gib(self.bytes)} in all: {names}; {len(self.current)} unchanged"
 
     def to_dict(self) -> dict:
         """The dry run's answer."""
         answer = {"source": self.source, "dry_run": True, "fetch": self.fetch, "current": self.current, "bytes": self.bytes}
         return {**answer, "offline": self.offline.to_dict()} if self.offline else answer
+
+
+def _part(item: dict) -> str:
+    """How much of an archive a needed_by run reads (the whole archive's size follows)."""
+    return f"{item['members_wanted']} members wanted, by Range requests, of " if "members_wanted" in item else ""
 
 
 def _gib(size: int | None, size_is: str | None = None) -> str:
@@ -226,18 +238,27 @@ def _placed(ctx: Context, manifest: Manifest, record: ArtifactRecord | None) -> 
     return record is not None and record.complete and is_placed(ctx, manifest, record)
 
 
-def needed_artifacts(source: Source, ctx: Context, needed_by: list[str]) -> list[str]:
-    """The artifacts holding what the annotation files ``needed_by`` reference and the storage lacks."""
+def needed_artifacts(source: Source, ctx: Context, needed_by: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The artifacts holding what the annotation files (or recipes, ``recipe:<id>``) of
+    ``needed_by`` reference and the storage lacks, and for each zip read in part its wanted
+    members (:mod:`vlmdata.needed`); SA-1B's transport chooses whole tars."""
+    paths = annotation_files(needed_by, ctx.catalog)
     chooser = transport_for(source).needed_by
-    if chooser is None:
+    if chooser is not None:
+        return chooser(source, ctx, paths), {}
+    if not kind_named(source.kind).partial_zip or not any(a.is_zip for a in source.artifacts):
         raise ValueError(f"{source.id}: needed_by chooses artifacts by the images that annotation files reference; "
-                         f"sources of kind {source.kind!r} have no such choice (SA-1B has)")
-    return chooser(source, ctx, list(needed_by))
+                         f"sources of kind {source.kind!r} without zip archives have no such choice (SA-1B and zips over HTTP have)")
+    wanted = wanted_by_artifact(ctx.storage, ctx.catalog, paths, source.artifacts)
+    log.info("%s: %s reference %s", source.id, ", ".join(needed_by),
+             "; ".join(f"{len(members)} members of {name}" for name, members in wanted.items()) or "nothing in its zips")
+    return list(wanted), wanted
 
 
 def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[str] | None = None, include_optional: bool = False, who: str = "cli", check_space: bool = True, refetch_quarantined: bool = False, needed_by: list[str] | None = None, dry_run: bool = False) -> Plan:
     """Probe upstream and compare with the manifest. Checks the licence and the free space.
-    With ``needed_by`` the artifacts are those the annotation files need (plus ``only``).
+    With ``needed_by`` the artifacts are those the annotation files need (plus ``only``); a zip
+    of a kind that reads zips in part is then pinned with its wanted members (``Pin.wanted``).
 
     A ``dry_run`` writes nothing but the licence acknowledgement (the quarantine list stays as it
     is: the quarantined files then count as placed), checks no space, probes with
@@ -253,10 +274,13 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
     if dry_run:
         ctx, check_space = replace(ctx, policy=dry_run_policy(ctx.policy)), False
     selected: list[Artifact] | None = None
+    wanted: dict[str, list[str]] = {}  # zips read in part: artifact -> members
     chosen = not needed_by  # needed_by chooses by reading upstream (SA-1B's tar headers)
     try:
         if needed_by:
-            only = [*(only or []), *(name for name in needed_artifacts(source, ctx, needed_by) if name not in (only or []))]
+            needed, wanted = needed_artifacts(source, ctx, needed_by)
+            wanted = {name: members for name, members in wanted.items() if name not in (only or [])}  # named: the whole archive
+            only = [*(only or []), *(name for name in needed if name not in (only or []))]
             chosen = True
             if not only:
                 log.info("%s: the annotation files need nothing more from this source", source.id)
@@ -277,19 +301,22 @@ def plan(source: Source, ctx: Context, *, acknowledge: bool = False, only: list[
         except Unreachable:
             return offline_plan(source, ctx, manifest, exc, chosen_from(source.artifacts, only, include_optional), listed=False, notes=notes)
         return offline_plan(source, ctx, manifest, exc, named, listed=True, notes=notes)
-    todo = [r for r in found if not is_current(ctx, manifest, r)]
+    todo = [r for r in found if not is_current(ctx, manifest, r, wanted.get(r.artifact.name))]
     planned_at = now()
-    result = Plan(source.id, [Pin.of(r, planned_at) for r in todo], [r.artifact.name for r in found if r not in todo])
+    pins = [replace(Pin.of(r, planned_at), wanted=wanted.get(r.artifact.name)) for r in todo]
+    result = Plan(source.id, pins, [r.artifact.name for r in found if r not in todo])
     if check_space:
-        _check_space(ctx.storage, todo)
+        _check_space(ctx.storage, todo, wanted)
     log.info(result.summary())
     return result
 
 
-def _check_space(storage: Storage, todo: list[Remote]) -> None:
+def _check_space(storage: Storage, todo: list[Remote], wanted: dict[str, list[str]]) -> None:
     free = storage.free_bytes()
-    # An archive needs room for itself and its members while it is extracted.
-    need = sum((r.expected.size or 0) * (2 if r.artifact.extract else 1) for r in todo)
+    # An archive needs room for itself and its members while it is extracted; one read in part
+    # (``wanted``) is never staged, and its members are at most the archive (it is not known
+    # before its directory is read how much less).
+    need = sum((r.expected.size or 0) * (2 if r.artifact.extract and r.artifact.name not in wanted else 1) for r in todo)
     if free is not None and need > free:
         raise DiskFullError(f"need about {_gib(need)} of free space, {_gib(free)} available under {storage.url}; free space or point VLMDATA_ROOT elsewhere")
 
@@ -325,13 +352,20 @@ def _fetch_artifact(source: Source, pin: Pin, ctx: Context, lease: Lease) -> dic
     manifest = Manifest(ctx.storage, source.id)
     remote = pinned_remote(source, pin, ctx)
     result = {"name": name, "revision": pin.revision, "planned_at": pin.planned_at}
-    if is_current(ctx, manifest, remote):
+    if is_current(ctx, manifest, remote, pin.wanted):
         log.info("%s/%s: already current", source.id, name)
         return {**result, "fetched": False}
+    previous = manifest.artifact(name)
+    # The members needed_by wants, or the rest of an archive read in part before (same version).
+    if pin.wanted is not None or (previous is not None and previous.partial and previous.complete and same_fingerprint(previous.fingerprint, remote.fingerprint)):
+        try:
+            return {**result, **read_in_part(source, pin, remote, ctx, lease, previous)}
+        except (RangeNotSupported, TooScattered) as exc:
+            log.warning("%s/%s: cannot read only the members needed (%s): downloading the whole archive instead", source.id, name, exc)
+            result["whole_instead"] = str(exc)
     staged = ctx.storage.staging_dir() / source.id / name
     if lease.previous_may_still_write:
         isolate_partial(staged)
-    previous = manifest.artifact(name)
     resumable = previous is not None and not previous.complete and same_fingerprint(previous.fingerprint, remote.fingerprint)
     if resumable and staged.exists() and sha256_of(staged.open("rb"))[0] == previous.sha256:
         log.info("%s/%s: resuming the placement of the verified download", source.id, name)
@@ -352,6 +386,47 @@ def _fetch_artifact(source: Source, pin: Pin, ctx: Context, lease: Lease) -> dic
     return {**result, "fetched": True, "size": record.size, "sha256": record.sha256}
 
 
+def read_in_part(source: Source, pin: Pin, remote: Remote, ctx: Context, lease: Lease, previous: ArtifactRecord | None) -> dict:
+    """Fetch only the members ``pin.wanted`` of a zip that the storage lacks (None: every member
+    still missing) over Range requests (:func:`~.fetch.zip_members.fetch_members`), and record
+    the archive as read in part: its index (the members present), its directory (what it holds)
+    and ``ArtifactRecord.partial`` (what was checked instead of its sha256). Members of another
+    version of the archive are stale, as after a full extraction. Raises ``RangeNotSupported``
+    or ``TooScattered`` before writing anything: the caller downloads the whole archive."""
+    artifact, manifest = remote.artifact, Manifest(ctx.storage, source.id)
+    folder = f"{DATA_PREFIX}/{artifact.extract.into}"
+    same_version = previous is None or same_fingerprint(previous.fingerprint, remote.fingerprint)
+    wanted = pin.wanted  # None: every member still missing
+    quarantined = quarantined_members(manifest, folder) if same_version else set()
+    if quarantined:  # what verify quarantined is not missing (refetch_quarantined clears the list)
+        every = wanted if wanted is not None else manifest.directory(artifact.name)
+        if every is not None:
+            wanted = [path for path in every if path not in quarantined]
+    with pinned_session(pin, f"{source.id}/{pin.name}") as session:
+        session.headers.update(remote.headers)
+        read = fetch_members(remote.url, wanted, ctx.storage, folder, artifact.extract, skip_present=same_version, session=session,
+                             policy=ctx.policy, guard=lease.check, name=artifact.name)
+    lease.check()
+    ctx.storage.write_json(directory_key(source.id, artifact.name), read.paths)
+    old_index = manifest.index(artifact.name) if previous and not same_version else []
+    ctx.storage.write_json(index_key(source.id, artifact.name), read.index)
+    remove_stale(ctx.storage, old_index, read.index)  # the members of another version not read again
+    placement = Placement(folder=folder, images=artifact.extract.images, members=len(read.index), bytes=sum(size for _, size, _ in read.index))
+    record = ArtifactRecord(name=artifact.name, url=read.url, size=read.archive_size, sha256="", fingerprint=remote.fingerprint, revision=pin.revision,
+                            fetched_at=now(), placement=placement, complete=True, partial=read.record())
+    lease.check()
+    manifest.save_artifact(record)
+    log.info("%s/%s: read in part: %d members fetched (%d bytes in %d requests); %d of %d members on the storage", source.id, artifact.name,
+             read.fetched, read.bytes_moved, read.requests, len(read.index), read.members_in_archive)
+    return {"fetched": read.fetched > 0 or not same_version, "size": record.size, "partial": record.partial.model_dump()}
+
+
+def remove_stale(storage: Storage, old_index: list[list], new_index: list[list]) -> None:
+    """Delete the files a previous version of an archive placed that the new one does not list."""
+    for path in sorted({path for path, _, _ in old_index} - {path for path, _, _ in new_index}):
+        storage.delete(path)
+
+
 def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *, resume: bool, previous: ArtifactRecord | None, guard: Callable[[], None] = lambda: None) -> Placement:
     """Put a verified download where the layout expects it (``guard`` before every write)."""
     if artifact.target:
@@ -365,10 +440,7 @@ def place(source: Source, artifact: Artifact, staged: Path, storage: Storage, *,
     index = extract_archive(staged, storage, folder, artifact.extract, skip_present=resume, guard=guard)
     guard()
     storage.write_json(index_key(source.id, artifact.name), index)
-    # Files the previous version placed that the new one does not have are stale.
-    stale = {path for path, _, _ in old_index} - {path for path, _, _ in index}
-    for path in sorted(stale):
-        storage.delete(path)
+    remove_stale(storage, old_index, index)  # files the previous version placed that the new one does not have
     staged.unlink()
     return Placement(folder=folder, images=artifact.extract.images, members=len(index), bytes=sum(size for _, size, _ in index))
 
@@ -405,6 +477,13 @@ def publish(source: Source, ctx: Context, fetched: list[dict], selection: list[s
     if not_current:
         log.info("%s: published a selection; not acquired yet: %s", source.id, ", ".join(not_current))
         summary["not_acquired"] = not_current
+    partial = {name: f"{r.partial.members_present} of {r.partial.members_in_archive} members" for name, r in sorted(records.items()) if r.partial}
+    if partial:  # read in part over Range requests (needed_by): the rest is fetched by a run without it
+        summary["partial"] = partial
+    whole_instead = {f["name"]: f["whole_instead"] for f in fetched if f.get("whole_instead")}
+    if whole_instead:  # needed_by asked for members, the server could not serve them alone
+        log.warning("%s: downloaded whole instead of in part: %s", source.id, whole_instead)
+        summary["whole_instead"] = whole_instead
     return summary
 
 

@@ -93,6 +93,11 @@ class Artifact(_Model):
     optional: bool = Field(False, description="skipped unless asked for (large extras)")
     note: str | None = None
 
+    @property
+    def is_zip(self) -> bool:
+        """An archive to extract that is a zip by its name (what ``needed_by`` can read in part)."""
+        return self.extract is not None and any((name or "").lower().endswith(".zip") for name in (self.name, self.url, self.path))
+
     @model_validator(mode="after")
     def _placed_once(self) -> Artifact:
         if (self.target is None) == (self.extract is None):

@@ -148,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include-optional", action="store_true", help="also the artifacts the catalog marks optional")
     p.add_argument("--revision", help="Hub branch, tag or commit (overrides the catalog)")
     p.add_argument("--refetch-quarantined", action="store_true", help="fetch again the files verify moved to the quarantine")
-    p.add_argument("--needed-by", action="append", metavar="TREE_PATH", help="SA-1B: the tars holding the images this annotation file (a data-tree path) references and the storage lacks, instead of the range (repeatable)")
+    p.add_argument("--needed-by", action="append", metavar="TREE_PATH", help="only what this annotation file (a data-tree path, or recipe:ID for a recipe's files) references and the storage lacks: SA-1B's tars "
+                   "holding its images instead of the range; from a zip over HTTP, its members alone by Range requests (repeatable)")
     p.set_defaults(func=cmd_acquire)
     command("pools", "the Airflow pools the DAGs use, as JSON for 'airflow pools import'").set_defaults(func=cmd_pools)
     p = command("verify", "integrity report of an acquired source")

@@ -15,7 +15,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, AssetAll, AssetAny, AssetOrTimeS
 from .budgets import CRAWL_SHARD_IMAGES, CRAWL_THREADS, MAX_RETRY_DELAY, RETRY_BACKOFF, RETRY_DELAY, TASK_RETRIES, timeout_of
 from .catalog import Source, load_catalog
 from .fetch.policy import DRY_RUN_POLICY
-from .kinds import kind_named
+from .kinds import kind_named, offers_needed_by
 from .layout import Profile, load_profiles
 from .manifest import source_prefix
 from .mix import FORMATS, Recipe, load_recipes, mixture_prefix
@@ -148,9 +148,17 @@ def acquisition_dag(source: Source) -> DAG:
         params["needed_by"] = optional(
             [], "array", "Tars needed by annotation files", items={"type": "string"},
             description="Instead of the catalog's range: the tars holding the SAM images that these annotation files reference and the storage lacks "
-            "(paths in the data tree, e.g. sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json). Tars not fetched before are indexed by reading "
+            "(paths in the data tree, e.g. sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json, or recipe:<id> for a recipe's files). Tars not fetched before are indexed by reading "
             f"their member headers with Range requests (once; kept on the storage). The account: _vlmdata/reports/{source.id}/needed_tars.json. "
             "With dry_run: only that account.",
+        )
+    elif offers_needed_by(source):
+        params["needed_by"] = optional(
+            [], "array", "Only the images needed by annotation files", items={"type": "string"},
+            description="Instead of whole archives: from each zip, only the members these annotation files reference and the storage lacks, read by "
+            "HTTP Range requests (data-tree paths, e.g. llava/llava_v1_5_mix665k.json, or recipe:<id> for a recipe's files). The manifest records the "
+            "archive as read in part (each member's CRC-32 and size checked instead of the archive's sha256); a later run without needed_by fetches "
+            "the rest. A server that ignores Range: the whole archive, said in the log and the summary (whole_instead). Empty: every archive whole.",
         )
     doc = f"""### Acquire {source.title}
 
@@ -166,7 +174,7 @@ def acquisition_dag(source: Source) -> DAG:
   briefly ({DRY_RUN_POLICY.attempts} attempts, at most {DRY_RUN_POLICY.max_wait:.0f} s apart); if upstream cannot be reached it still succeeds, answering from the catalog's
   declared sizes (exact, approximate or unknown) and the artifacts placed on the storage, in a log line starting
   `DRY RUN WITHOUT UPSTREAM` that names the upstream it could not reach.
-"""
+{_needed_by_doc(source) if "needed_by" in params and not kind.needed_by else ""}"""
     with DAG(
         dag_id=f"acquire_{source.id}",
         description=f"Acquire {source.title}",
@@ -209,6 +217,16 @@ def acquisition_dag(source: Source) -> DAG:
                 outlets=[acquired_if_changed(source.id)], pool=mirror_pool(source), dry_run=dry_run, trigger_rule=TriggerRule.NONE_FAILED,
             )
     return with_timeouts(dag)
+
+
+def _needed_by_doc(source: Source) -> str:
+    """The doc of ``needed_by`` for a source whose zips can be read in part."""
+    zips = ", ".join(f"`{a.name}`" for a in source.artifacts if a.is_zip)
+    return f"""* `needed_by` (annotation files as data-tree paths, or `recipe:<id>`): from {zips}, only the members they reference and the
+  storage lacks, read by HTTP Range requests; the manifest records each archive as read in part (CRC-32 and size of every member
+  checked instead of its sha256) and a later run without `needed_by` fetches the rest. A server that ignores Range: the whole
+  archive, with a warning in the `fetch` log and `whole_instead` in the summary. See docs/partial-zip.md.
+"""
 
 
 def _after_fetch_doc(source: Source) -> str:

@@ -31,6 +31,9 @@ class SourceKind:
     fetch_operator: str = "FetchArtifactOperator"  # class in vlmdata.operators.acquire
     revision: str | None = None  # the section's field a DAG run's ``revision`` parameter overrides
     needed_by: bool = False  # the transport chooses artifacts by what annotation files reference
+    # Its files are plain HTTP(S) GETs that Range requests can read in part: a zip archive among
+    # them can be fetched member by member for what annotation files need (needed_by, docs/partial-zip.md).
+    partial_zip: bool = False
     crawl: bool = False  # the artifacts are a list of URLs: plan_crawl, crawl, finish_crawl, fill_from_mirrors follow
 
     def load_transport(self) -> Any:
@@ -42,8 +45,8 @@ class SourceKind:
 KINDS: dict[str, SourceKind] = {
     kind.name: kind
     for kind in (
-        SourceKind("hf", "vlmdata.fetch.hf:HF", section="hf", locator="path", pool_host="huggingface.co", fetch_operator="HfFetchOperator", revision="revision"),
-        SourceKind("http", "vlmdata.fetch.plain:HTTP", locator="url", fetch_operator="HttpFetchOperator"),
+        SourceKind("hf", "vlmdata.fetch.hf:HF", section="hf", locator="path", pool_host="huggingface.co", fetch_operator="HfFetchOperator", revision="revision", partial_zip=True),
+        SourceKind("http", "vlmdata.fetch.plain:HTTP", locator="url", fetch_operator="HttpFetchOperator", partial_zip=True),
         SourceKind("github", "vlmdata.fetch.github:GITHUB", section="github", locator="path", pool_host="github.com", fetch_operator="GithubFetchOperator"),
         SourceKind("gdrive", "vlmdata.fetch.gdrive:GDRIVE", section="gdrive", locator="drive_id", pool_host="drive.google.com"),
         # Meta's signed links; the real host is in the user's links file.
@@ -59,3 +62,11 @@ def kind_named(name: str) -> SourceKind:
         return KINDS[name]
     except KeyError:
         raise KeyError(f"unknown source kind {name!r}; known: {', '.join(KINDS)} (vlmdata.kinds)") from None
+
+
+def offers_needed_by(source: Any) -> bool:
+    """Whether a source's acquisition takes ``needed_by`` (annotation files or recipes whose
+    images the storage lacks): its transport chooses artifacts by them (SA-1B's tars), or its
+    kind reads zips in part and the source has zip archives (``Artifact.is_zip``)."""
+    kind = kind_named(source.kind)
+    return kind.needed_by or (kind.partial_zip and any(artifact.is_zip for artifact in source.artifacts))

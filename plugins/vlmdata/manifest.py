@@ -31,6 +31,12 @@ def index_key(source_id: str, artifact: str) -> str:
     return f"{source_prefix(source_id)}/index/{_safe(artifact)}.json"
 
 
+def directory_key(source_id: str, artifact: str) -> str:
+    """Every member path of an archive read in part (its central directory's, extraction-folder
+    paths): what it holds, so a later plan knows a wanted image is in another archive."""
+    return f"{source_prefix(source_id)}/directory/{_safe(artifact)}.json"
+
+
 def artifact_key(source_id: str, artifact: str) -> str:
     """The record of one artifact (one small JSON each: mapped fetches never rewrite one object)."""
     return f"{source_prefix(source_id)}/artifacts/{_safe(artifact)}.json"
@@ -126,6 +132,10 @@ class Manifest:
 
     def index(self, artifact: str) -> list[list]:
         return self.storage.read_json(index_key(self.source_id, artifact), default=[])
+
+    def directory(self, artifact: str) -> list[str] | None:
+        """The member paths of an archive read in part (:func:`directory_key`); None: not known."""
+        return self.storage.read_json(directory_key(self.source_id, artifact), default=None)
 
     # Broken files verify moved out of the data tree: {original key: why}. Not "missing" for
     # a refresh (which would fetch the archive again every time); cleared to fetch them again.

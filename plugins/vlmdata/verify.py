@@ -194,7 +194,8 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
     for name, record in sorted(records.items()):
         if not record.complete:
             continue
-        entry = report.artifacts[name] = ArtifactCheck(record.sha256, record.size, record.revision)
+        # An archive read in part (needed_by) has no sha256: its members are checked from the index below.
+        entry = report.artifacts[name] = ArtifactCheck(None if record.partial else record.sha256, record.size, record.revision)
         if record.placement.target:
             if storage.size(record.placement.target) is None:
                 report.fail(f"{name}: missing at {record.placement.target}", [record.placement.target])

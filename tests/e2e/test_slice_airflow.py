@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import free_port
 from vlmdata.airflow_client import AirflowClient
+from vlmdata.replicas.data import llava_record
 from vlmdata.replicas.hf_hub import FakeHfHub
 from vlmdata.replicas.http_server import FakeHttpServer, throttle
 from vlmdata.replicas.slice import SliceReplica
@@ -188,6 +189,27 @@ def test_a_cli_acquisition_beside_an_airflow_one_downloads_once(deployment, s3_e
     record = storage.read_json("_vlmdata/sources/coco_train2017/artifacts/train2017.zip.json")
     assert record["complete"] and record["sha256"] == hashlib.sha256(replica.coco_zip).hexdigest()
     assert len(list(storage.list("data/coco/train2017"))) == len(replica.coco_members)
+
+
+def test_needed_by_reads_only_the_members_an_annotation_file_needs(deployment):
+    """The DAG param in real Airflow: acquire_coco_train2017 with needed_by fetches from the zip
+    only the images a user's annotation file references (docs/partial-zip.md)."""
+    client, replica, work, _http, _env = deployment
+    root = work / "needed-by-root"  # a root of its own: COCO is placed whole on the others
+    storage = LocalStorage(root)
+    wanted = replica.good_bare_names[:2]
+    records = [llava_record(f"r{i}", f"coco/train2017/{name}") for i, name in enumerate(wanted)]
+    storage.write_bytes("data/custom/two.json", json.dumps(records).encode())
+    client.set_variable("vlmdata_root", str(root))
+    run_id = client.trigger("acquire_coco_train2017", {"needed_by": ["custom/two.json"]})
+    assert client.wait_for_run("acquire_coco_train2017", run_id, timeout=300) == "success", client.task_logs("acquire_coco_train2017", run_id)
+    plan = client.request("GET", f"dags/acquire_coco_train2017/dagRuns/{run_id}/taskInstances/plan").json()
+    assert plan["rendered_fields"]["needed_by"] == ["custom/two.json"]
+    record = storage.read_json("_vlmdata/sources/coco_train2017/artifacts/train2017.zip.json")
+    assert record["partial"]["members_present"] == 2 and record["partial"]["members_in_archive"] == len(replica.coco_members)
+    assert sorted(key for key, _size in storage.list("data/coco/train2017")) == [f"data/coco/train2017/{name}" for name in wanted]
+    # What the acquired event starts settles before the next test moves the root.
+    client.wait_until(lambda: all(r["state"] in ("success", "failed") for dag_id in CHAIN for r in client.runs(dag_id)), timeout=600, interval=3)
 
 
 def test_without_upstream_a_dry_run_answers_and_an_acquisition_fails_at_once(deployment):

@@ -485,8 +485,10 @@ def test_needed_by_names_what_is_wrong(cdn, storage, tmp_path, monkeypatch):
     storage.write_bytes(f"data/{PT_FILE}", b'{"not": "a list"}')
     with pytest.raises(ValueError, match="expected a JSON list"):
         acquire(_source(), _ctx(storage), acknowledge=True, needed_by=[PT_FILE])
-    with pytest.raises(ValueError, match="kind 'http' have no such choice"):
+    with pytest.raises(ValueError, match="expected a JSON list"):  # zips over HTTP choose their members by it too
         acq.plan(load_catalog()["coco_train2017"], _ctx(storage), needed_by=[PT_FILE])
+    with pytest.raises(ValueError, match="kind 'hf' without zip archives have no such choice"):
+        acq.plan(load_catalog()["llava_instruct_150k"], _ctx(storage), needed_by=[PT_FILE])
     assert cdn.gets() == 0
 
 

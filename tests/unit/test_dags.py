@@ -56,10 +56,13 @@ def test_licence_acknowledgement_is_a_parameter_where_the_licence_demands_it(dag
             assert ("acknowledge_licence" in dag.params) == source.licence.acknowledge, source.id
 
 
-def test_only_sa1b_can_choose_its_tars_by_an_annotation_file(dagbag):
+def test_sa1b_and_sources_with_zips_over_http_choose_by_annotation_files(dagbag):
     choosers = {dag_id for dag_id, dag in dagbag.dags.items() if "needed_by" in dag.params}
-    assert choosers == {"acquire_sa1b"}
-    assert dagbag.dags["acquire_sa1b"].params["needed_by"] == []  # the catalog's range unless asked
+    assert {"acquire_sa1b", "acquire_coco_train2017", "acquire_gqa", "acquire_allava_4v"} <= choosers  # SA-1B's tars; zips over HTTP and the Hub
+    assert not {"acquire_llava_instruct_150k", "acquire_sharegpt4v_sam_9k", "acquire_ocr_vqa"} & choosers  # no zip; a zip on Drive; a crawl
+    for dag_id in choosers:
+        assert dagbag.dags[dag_id].params["needed_by"] == [], dag_id  # the whole source unless asked
+    assert "Range requests" in dagbag.dags["acquire_coco_train2017"].params.get_param("needed_by").description
 
 
 def scheduled_assets(condition) -> list:

@@ -92,6 +92,9 @@ class Pin:
     fingerprint: Mapping[str, str | int | None]  # the validators: ETag, Last-Modified, blob id, size...
     revision: str | None  # the commit (Hub, GitHub): the fetch asks for it, never for the branch
     planned_at: str
+    # A zip read in part (needed_by): the members wanted, extraction-folder paths. None: the
+    # whole archive. Not a fact of upstream: :meth:`changes` ignores it.
+    wanted: list[str] | None = None
 
     @classmethod
     def of(cls, remote: Remote, planned_at: str) -> Pin:

@@ -209,6 +209,7 @@ class PartialZip:
     requests: int
     bytes_moved: int
     index: list[list]
+    paths: list[str] = field(default_factory=list)  # every member of the archive (extraction-folder paths): what it holds
 
     def record(self) -> PartialRead:
         """The manifest's account of this read (``ArtifactRecord.partial``)."""
@@ -216,14 +217,14 @@ class PartialZip:
                            members_present=len(self.index), members_fetched=self.fetched, bytes_moved=self.bytes_moved, requests=self.requests)
 
 
-def fetch_members(url: str, wanted: Iterable[str], storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(),
+def fetch_members(url: str, wanted: Iterable[str] | None, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(),
                   coalescing: Coalescing = Coalescing(), session: requests.Session | None = None, policy: RetryPolicy = RetryPolicy(),
                   guard: Callable[[], None] = lambda: None, name: str | None = None) -> PartialZip:
     """Fetch the ``wanted`` members of the zip at ``url`` into ``folder`` (a storage key).
 
     ``wanted`` are paths relative to the extraction folder, where ``spec`` (strip_components,
     flatten, include) puts members: :func:`wanted_members` derives them from annotation
-    records. Members already on the storage with their size are not fetched again
+    records; None: every member (the rest of an archive read in part before). Members already on the storage with their size are not fetched again
     (``skip_present``; off when the upstream archive changed since they were written).
     Raises :class:`RangeNotSupported` or :class:`TooScattered` (download the whole archive
     instead), ``extract.UnsafeArchive`` when any member of the archive, wanted or not, would
@@ -238,7 +239,7 @@ def fetch_members(url: str, wanted: Iterable[str], storage: Storage, folder: str
     with open_zip(reader, name) as archive:
         members = plan(archive, spec, limits)
         by_path = {member.path: member for member in members}
-        wanted = set(wanted)
+        wanted = set(by_path) if wanted is None else set(wanted)
         present = dict(storage.list(folder)) if skip_present else {}
         missing = [by_path[path] for path in wanted if path in by_path and present.get(f"{folder}/{path}") != by_path[path].size]
         ranges = coalesce(_spans(archive, missing), coalescing)
@@ -257,7 +258,7 @@ def fetch_members(url: str, wanted: Iterable[str], storage: Storage, folder: str
     on_storage = {key for key, _size, _crc in fetched} | {f"{folder}/{m.path}" for m in members if present.get(f"{folder}/{m.path}") == m.size}
     index = [[f"{folder}/{m.path}", m.size, m.info.CRC] for m in members if f"{folder}/{m.path}" in on_storage]
     result = PartialZip(redact(url), reader.size, reader.validator, len(members), len(wanted), sorted(wanted - by_path.keys()), len(fetched),
-                        reader.requests + ahead.requests, reader.received + ahead.received, index)
+                        reader.requests + ahead.requests, reader.received + ahead.received, index, [m.path for m in members])
     log.info("%s: fetched %d members (%d bytes in %d requests); %d of %d members on the storage", name, result.fetched, result.bytes_moved,
              result.requests, len(index), len(members))
     return result

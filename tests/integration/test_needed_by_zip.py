@@ -88,9 +88,9 @@ def test_a_tenth_of_an_archive_moves_a_tenth_of_its_bytes_and_the_rest_comes_lat
     assert report.artifacts["train2017.zip"].members == len(records) and report.artifacts["train2017.zip"].sha256 is None
     recipe = Recipe(id="tenth", title="A tenth of COCO", components=[Component(source="custom_tenth", artifact="tenth.json")])
     lock = build(recipe, storage, catalog)
-    assert lock["output"]["records"] == len(records) and lock["dropped"] == []
+    assert lock.output.records == len(records) and lock.dropped == []
     if isinstance(storage, LocalStorage):  # the loader reads local paths
-        assert load_like_llava(str(storage.local_path(output_key("tenth", "json"))), str(storage.local_path(lock["image_folder"]))) == len(records)
+        assert load_like_llava(str(storage.local_path(output_key("tenth", "json"))), str(storage.local_path(lock.image_folder))) == len(records)
 
     again = acquire(coco, _ctx(storage), needed_by=[TENTH])  # nothing more needed: the directory is not even read
     assert again["changed"] == [] and http.bytes_sent(ZIP) == moved

@@ -27,7 +27,7 @@ from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
 from .mix import build, load_recipes, rebuild
 from .pools import pools
-from .verify import verify_source
+from .verify import MODES, verify_source
 
 
 def _size(source) -> str:
@@ -59,7 +59,7 @@ def cmd_pools(args, catalog) -> int:
 
 
 def cmd_verify(args, catalog) -> int:
-    report = verify_source(_lookup(catalog, args.source), settings.from_env(args.root).storage(), catalog, workers=args.workers)
+    report = verify_source(_lookup(catalog, args.source), settings.from_env(args.root).storage(), catalog, workers=args.workers, mode=args.mode)
     print(report.summary())
     return 1 if report.status == "fail" else 0
 
@@ -116,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="integrity report of an acquired source")
     p.add_argument("source")
     p.add_argument("--workers", type=int, help="processes that decode images (default: one per core this process may use)")
+    p.add_argument("--mode", choices=list(MODES), default="changed", help="which images to read: " + "; ".join(f"{name}: {what}" for name, what in MODES.items()) + " (default: changed)")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("layout", help="materialise a layout profile")
     p.add_argument("profile")

@@ -276,9 +276,12 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
         storage.write_json(chunk["keys"], [read for read, _ in part])
         chunks.append(chunk)
         first = end + 1
-    seen.save(storage, f"{prefix}/{VERIFIED}")
+    # Nothing to read and nothing gone: the report reads the record as it is (no copy written).
+    changes = bool(reads) or seen.images != last
+    if changes:
+        seen.save(storage, f"{prefix}/{VERIFIED}")
     compare = sum(c["compare"] for c in chunks)
-    storage.write_json(f"{prefix}/plan.json", {"report": msgspec.to_builtins(report), "chunks": chunks, "mode": mode})
+    storage.write_json(f"{prefix}/plan.json", {"report": msgspec.to_builtins(report), "chunks": chunks, "mode": mode, "changes": changes})
     log.info(
         "%s (mode %s): %d images: %d to decode, %d to compare by CRC-32, %d unchanged since the last verification (its results carry over); %d chunks of up to %d images and %.1f GiB",
         source.id, mode, len(seen.images), len(reads) - compare, compare, len(seen.images) - len(reads), len(chunks), max_images, max_bytes / 1024**3,
@@ -335,7 +338,8 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
         if not storage.exists(chunk["results"]):
             raise IncompleteVerification(f"{source.id}: {chunk['label']} has no results at {chunk['results']}: its check did not finish")
         read.update(storage.read_json(chunk["results"]))
-    seen = VerifiedImages.load(storage, f"{prefix}/{VERIFIED}")
+    changes = plan.get("changes", True)
+    seen = VerifiedImages.load(storage, f"{prefix}/{VERIFIED}" if changes else report_key(source.id, VERIFIED))
     for key, result in read.items():
         if not result.get("same"):  # a CRC-32 that still matches keeps the last result
             seen.images[key] = SeenImage.decoded(seen.images[key].size, seen.images[key].stamp, result)
@@ -350,8 +354,8 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     _apply_thresholds(source, report)
     report.settle()
     current_guard()()
-    # Broken images went to the quarantine: one put back (refetched) is decoded again.
-    VerifiedImages({key: image for key, image in seen.images.items() if image.ok}).save(storage, report_key(source.id, VERIFIED))
+    if changes:  # broken images went to the quarantine: one put back (refetched) is decoded again
+        VerifiedImages({key: image for key, image in seen.images.items() if image.ok}).save(storage, report_key(source.id, VERIFIED))
     save(storage, report_key(source.id), report)
     storage.write_bytes(report_key(source.id, "integrity.html"), render_html(report).encode())
     write_index(storage)
@@ -390,8 +394,10 @@ def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport
         guard()
         if storage.exists(key) or not storage.exists(quarantine_key(report.source, key)):
             storage.move(key, quarantine_key(report.source, key))
-    quarantined = {**manifest.quarantined(), **broken}
-    manifest.save_quarantined(quarantined)
+    before = manifest.quarantined()
+    quarantined = {**before, **broken}
+    if quarantined != before:  # a re-run with nothing broken writes nothing (bench rerun)
+        manifest.save_quarantined(quarantined)
     report.quarantined = len(quarantined)
     broken = quarantined
     mislabelled = {key: r["mislabelled"] for key, r in results.items() if r.get("mislabelled")}
@@ -399,7 +405,8 @@ def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport
     for r in results.values():
         if r["ok"]:
             formats[r["format"]] = formats.get(r["format"], 0) + 1
-    storage.write_json(report_key(report.source, "broken.json"), broken)
+    if storage.read_json(report_key(report.source, "broken.json"), default=None) != broken:
+        storage.write_json(report_key(report.source, "broken.json"), broken)
     if broken:
         report.warn(f"{len(broken)} images do not decode: moved to {STATE_PREFIX}/quarantine/{report.source}/; mixtures drop their records", sorted(broken), every="broken.json")
     if mislabelled:

@@ -210,15 +210,6 @@ class SeenImage(msgspec.Struct, array_like=True, omit_defaults=True):
         detail = result["format"] if result["ok"] else result["error"]
         return cls(size, stamp, result.get("crc32"), result["ok"], detail, result.get("width", 0), result.get("height", 0), result.get("mislabelled"))
 
-    def result(self) -> dict:
-        """The decode's result as :func:`vlmdata.images.check_image` returned it."""
-        if not self.ok:
-            return {"ok": False, "error": self.detail}
-        result = {"ok": True, "format": self.detail, "width": self.width, "height": self.height}
-        if self.mislabelled:
-            result["mislabelled"] = self.mislabelled
-        return result
-
 
 class VerifiedImages(msgspec.Struct):
     """Every image of a source the last verification read: storage key -> :class:`SeenImage`."""

@@ -343,9 +343,8 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     for key, result in read.items():
         if not result.get("same"):  # a CRC-32 that still matches keeps the last result
             seen.images[key] = SeenImage.decoded(seen.images[key].size, seen.images[key].stamp, result)
-    results = {key: image.result() for key, image in seen.images.items()}
     manifest = Manifest(storage, source.id)
-    report.images = _summarise_images(storage, results, report, manifest)
+    report.images = _summarise_images(storage, seen.images, report, manifest)
     rotted = {key: result["rotted"] for key, result in read.items() if "rotted" in result}
     if rotted:
         report.warn(f"{len(rotted)} images changed on the storage without a write (same size and stamp as at the last verification, another CRC-32): bit rot; decoded again", sorted(rotted))
@@ -361,7 +360,7 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     write_index(storage)
     storage.delete(prefix)
     decoded = sum(1 for result in read.values() if not result.get("same"))
-    log.info("%s (mode %s): %d of %d images decoded this run, %d compared by CRC-32 unchanged", source.id, plan.get("mode", "full"), decoded, len(results), len(read) - decoded)
+    log.info("%s (mode %s): %d of %d images decoded this run, %d compared by CRC-32 unchanged", source.id, plan.get("mode", "full"), decoded, len(seen.images), len(read) - decoded)
     log.info(report.summary())
     return report
 
@@ -385,8 +384,8 @@ def quarantine_key(source_id: str, key: str) -> str:
     return f"{STATE_PREFIX}/quarantine/{source_id}/{key}"
 
 
-def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport, manifest: Manifest) -> ImageCheck:
-    broken = {key: r["error"] for key, r in results.items() if not r["ok"]}
+def _summarise_images(storage, results: dict[str, SeenImage], report: IntegrityReport, manifest: Manifest) -> ImageCheck:
+    broken = {key: r.detail for key, r in results.items() if not r.ok}
     # Out of the training tree, never deleted: a loader must not trip on them. A report that
     # waited for another one of the same source finds some already moved.
     guard = current_guard()
@@ -400,11 +399,11 @@ def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport
         manifest.save_quarantined(quarantined)
     report.quarantined = len(quarantined)
     broken = quarantined
-    mislabelled = {key: r["mislabelled"] for key, r in results.items() if r.get("mislabelled")}
+    mislabelled = {key: r.mislabelled for key, r in results.items() if r.mislabelled}
     formats: dict[str, int] = {}
     for r in results.values():
-        if r["ok"]:
-            formats[r["format"]] = formats.get(r["format"], 0) + 1
+        if r.ok:
+            formats[r.detail] = formats.get(r.detail, 0) + 1
     if storage.read_json(report_key(report.source, "broken.json"), default=None) != broken:
         storage.write_json(report_key(report.source, "broken.json"), broken)
     if broken:

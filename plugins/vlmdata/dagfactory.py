@@ -258,7 +258,7 @@ Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references)
 and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` decide failure or warning.
 
 Param `mode` (which images are read; the report covers every image in every mode, the ones not read with the
-results `_vlmdata/reports/{source.id}/verified.msgpack` recorded, by size and stamp: mtime or ETag):
+results `_vlmdata/reports/{source.id}/verified.msgpack` recorded, by size and stamp: mtime and inode, or ETag):
 `auto` (the default) is `crc` for the weekly run and `changed` for a run an asset or a person triggered;
 `changed` decodes only images new or changed since the last verification; `crc` reads every image and decodes
 only those whose CRC-32 differs from the recorded one (bit rot: a warning names them) or is unknown; `full` decodes

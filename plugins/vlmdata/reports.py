@@ -196,7 +196,7 @@ class SeenImage(msgspec.Struct, array_like=True, omit_defaults=True):
     """One image as the last verification saw it: a short array on the storage."""
 
     size: int
-    stamp: str  # Storage.list_stamped's: the mtime in ns (local) or the ETag (S3)
+    stamp: str  # Storage.list_stamped's: the mtime in ns and the inode (local) or the ETag (S3)
     crc32: int | None = None  # of the bytes last read; None until they are
     ok: bool | None = None  # the decode's outcome; None until decoded
     detail: str = ""  # the format when it decodes, else why not

@@ -120,8 +120,9 @@ class Storage(ABC):
     @abstractmethod
     def list_stamped(self, prefix: str) -> Iterator[tuple[str, int, str]]:
         """(key, size, stamp) of every object under ``prefix``: the stamp changes when the object
-        is written again, at no extra cost to the listing (local: the mtime in ns; S3: the ETag).
-        Verification compares it with its record to decode only what changed."""
+        is written again, at no extra cost to the listing (local: the mtime in ns and the inode,
+        as a write here renames a new file over the key, within one tick of the coarse file clock
+        too; S3: the ETag). Verification compares it with its record to decode only what changed."""
 
     # --- writing (all atomic) ----------------------------------------------------------
     @abstractmethod
@@ -226,7 +227,7 @@ class LocalStorage(Storage):
                         stat = entry.stat()
                     except FileNotFoundError:  # removed while we walked
                         continue
-                    yield entry.path[skip:], stat.st_size, str(stat.st_mtime_ns)
+                    yield entry.path[skip:], stat.st_size, f"{stat.st_mtime_ns}:{stat.st_ino}"
 
     @contextmanager
     def _temp_beside(self, key: str) -> Iterator[Path]:

@@ -342,7 +342,9 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     seen = VerifiedImages.load(storage, f"{prefix}/{VERIFIED}" if changes else report_key(source.id, VERIFIED))
     for key, result in read.items():
         if not result.get("same"):  # a CRC-32 that still matches keeps the last result
-            seen.images[key] = SeenImage.decoded(seen.images[key].size, seen.images[key].stamp, result)
+            # A plan made before the record existed has no entry: no stamp, decoded again next time.
+            listed = seen.images.get(key) or SeenImage(-1, "")
+            seen.images[key] = SeenImage.decoded(listed.size, listed.stamp, result)
     manifest = Manifest(storage, source.id)
     report.images = _summarise_images(storage, seen.images, report, manifest)
     rotted = {key: result["rotted"] for key, result in read.items() if "rotted" in result}

@@ -126,3 +126,23 @@ def test_bit_rot_is_caught_by_the_weekly_crc_mode_and_not_by_the_changed_mode(tm
         assert rotted not in weekly["broken"] and weekly["report"]["images"]["broken_count"] == 2
     # Its CRC-32 is recorded: next week has one to compare with, and nothing to decode.
     assert verify(storage, "crc")[1]["decoded"] == 0
+
+
+def test_a_verification_planned_before_the_record_existed_still_reports_every_image(storage):
+    """A run planned by the previous version (plain keys, no record draft) and reported by this one."""
+    from vlmdata.verify import VERIFIED, chunks_prefix
+
+    _acquired(storage)
+    catalog = load_catalog()
+    chunks = plan_verify(catalog[SOURCE], storage, "old-run")
+    prefix = chunks_prefix(SOURCE, "old-run")
+    plan = storage.read_json(f"{prefix}/plan.json")
+    storage.write_json(f"{prefix}/plan.json", {"report": plan["report"], "chunks": plan["chunks"]})
+    storage.delete(f"{prefix}/{VERIFIED}")
+    for chunk in chunks:
+        storage.write_json(chunk["keys"], [key for key, _compare, _archive in storage.read_json(chunk["keys"])])
+        check_chunk(storage, chunk, workers=1)
+    report = report_verify(catalog[SOURCE], storage, catalog, "old-run")
+    assert report.images.checked == 23 and report.images.broken_count == 2
+    assert verify(storage, "changed")[1]["decoded"] == GOOD  # no stamps recorded: decoded again, once
+    assert verify(storage, "changed")[1]["decoded"] == 0

@@ -261,8 +261,8 @@ Param `mode` (which images are read; the report covers every image in every mode
 results `_vlmdata/reports/{source.id}/verified.msgpack` recorded, by size and stamp: mtime and inode, or ETag):
 `auto` (the default) is `crc` for the weekly run and `changed` for a run an asset or a person triggered;
 `changed` decodes only images new or changed since the last verification; `crc` reads every image and decodes
-only those whose CRC-32 differs from the recorded one (bit rot: a warning names them) or is unknown; `full` decodes
-every image. Decoded bytes that differ from their archive member's CRC-32 count as broken.
+the new or changed ones and those whose CRC-32 differs from the recorded one (bit rot: a warning names them); `full`
+decodes every image. Decoded bytes that differ from their archive member's CRC-32 count as broken.
 """,
         # The assets, and a weekly re-check that catches bit rot on the storage.
         schedule=AssetOrTimeSchedule(timetable=refresh_timetable(REVERIFY), assets=AssetAny(*triggers)),

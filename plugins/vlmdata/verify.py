@@ -9,8 +9,10 @@ Nothing changed, nothing done: ``verified.msgpack`` beside the report records wh
 verification saw of every image (size, stamp, CRC-32, decode result; :class:`VerifiedImages`).
 A run in the ``changed`` mode (an acquisition's or a referenced source's event, a manual
 trigger) decodes only images whose size or stamp differ from the record and carries the others'
-results over; the ``crc`` mode (the weekly run, for bit rot) reads every image and decodes only
-those whose CRC-32 differs; ``full`` decodes every one. The report is the same whichever mode.
+results over; the ``crc`` mode (the weekly run, for bit rot) reads every image and also decodes
+those whose CRC-32 differs from the record; ``full`` decodes every one. The report is the same
+whichever mode. Decoded bytes that differ from their zip member's CRC-32 (the manifest's
+index) are broken.
 
 The report goes to ``_vlmdata/reports/<source>/integrity.json``; the images that failed to
 decode go to ``broken.json`` beside it, which the cross-reference of other sources and the
@@ -139,7 +141,7 @@ ABANDONED_AFTER = timedelta(days=7)  # a verification's chunks not reported by t
 VERIFIED = "verified.msgpack"  # beside the report: what the last verification saw (VerifiedImages)
 MODES = {
     "changed": "decode only the images new or changed (size or stamp) since the last verification",
-    "crc": "read every image, decode those whose CRC-32 changed since the last verification (bit rot) or is unknown",
+    "crc": "read every image: decode the new or changed ones and those whose CRC-32 differs from the last verification's (bit rot)",
     "full": "decode every image",
 }
 

@@ -31,7 +31,7 @@ from .catalog import CatalogError, load_catalog
 from .layout import load_profiles, materialise
 from .mix import FORMATS, Lock, build, load_recipes, lock_of, parse_lock, read_lock, rebuild
 from .pools import pools
-from .verify import verify_source
+from .verify import MODES, verify_source
 
 
 def cmd_sources(args, catalog) -> int:
@@ -56,7 +56,7 @@ def cmd_pools(args, catalog) -> int:
 
 
 def cmd_verify(args, catalog) -> int:
-    report = verify_source(_lookup(catalog, args.source), settings.from_env(args.root).storage(), catalog, workers=args.workers)
+    report = verify_source(_lookup(catalog, args.source), settings.from_env(args.root).storage(), catalog, workers=args.workers, mode=args.mode)
     print(report.summary())
     return 1 if report.status == "fail" else 0
 
@@ -155,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     p = command("verify", "integrity report of an acquired source")
     p.add_argument("source")
     p.add_argument("--workers", type=int, help="processes that decode images (default: one per core this process may use)")
+    p.add_argument("--mode", choices=list(MODES), default="changed", help="which images to read: " + "; ".join(f"{name}: {what}" for name, what in MODES.items()) + " (default: changed)")
     p.set_defaults(func=cmd_verify)
     p = command("layout", "materialise a layout profile")
     p.add_argument("profile")

@@ -22,7 +22,7 @@ from .mix import FORMATS, Recipe, load_recipes, mixture_prefix
 from .pools import DECODE_POOL, crawl_pool, fetch_pool, mirror_pool
 from .settings import root_from_env
 from .storage import location_uri
-from .verify import CHUNK_BYTES, CHUNK_IMAGES, report_key
+from .verify import CHUNK_BYTES, CHUNK_IMAGES, MODES, report_key
 from .operators import (
     BuildMixtureOperator,
     CheckImageChunkOperator,
@@ -252,6 +252,11 @@ def verify_dag(source: Source) -> DAG:
             CHUNK_BYTES / 1024**3, "number", "GiB per chunk",
             "At most this many GiB of images per check_images task (a larger image is a chunk of its own; empty: the default).", exclusiveMinimum=0,
         ),
+        "mode": Param(
+            "auto", enum=["auto", *MODES], title="Mode",
+            description="Which images to read. auto: crc for the weekly run, changed for any other; " + "; ".join(f"{name}: {what}" for name, what in MODES.items()) + ". The report covers every image in every mode.",
+            values_display={"auto": "auto (crc weekly, changed otherwise)", **{name: f"{name}: {what}" for name, what in MODES.items()}},
+        ),
     }
     with DAG(
         dag_id=f"verify_{source.id}",
@@ -259,12 +264,19 @@ def verify_dag(source: Source) -> DAG:
         doc_md=f"""### Verify {source.title}
 
 `plan_verify` re-hashes kept files against the manifest, checks every extracted member is present with its size,
-and splits the images into chunks (params `chunk_images`, `chunk_gib`); `check_images` (mapped, one task per chunk,
+and splits the images to read into chunks (params `chunk_images`, `chunk_gib`); `check_images` (mapped, one task per chunk,
 in the `{DECODE_POOL}` pool) fully decodes each chunk's images with Pillow on one worker's cores; `report` gathers
-the chunks, quarantines what does not decode, validates annotation files as LLaVA conversations and resolves every
+the chunks, carries over the results of the images not read, quarantines what does not decode, validates annotation files as LLaVA conversations and resolves every
 image they reference. Report: `_vlmdata/reports/{source.id}/integrity.json` on the storage.
 Runs after `acquire_{source.id}`{' and whenever ' + ', '.join(source.references) + ' is verified' if source.references else ''},
 and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` decide failure or warning.
+
+Param `mode` (which images are read; the report covers every image in every mode, the ones not read with the
+results `_vlmdata/reports/{source.id}/verified.msgpack` recorded, by size and stamp: mtime and inode, or ETag):
+`auto` (the default) is `crc` for the weekly run and `changed` for a run an asset or a person triggered;
+`changed` decodes only images new or changed since the last verification; `crc` reads every image and decodes
+the new or changed ones and those whose CRC-32 differs from the recorded one (bit rot: a warning names them); `full`
+decodes every image. Decoded bytes that differ from their archive member's CRC-32 count as broken.
 """,
         # The assets, and a weekly re-check that catches bit rot on the storage.
         schedule=AssetOrTimeSchedule(timetable=refresh_timetable(REVERIFY), assets=AssetAny(*triggers)),
@@ -276,7 +288,9 @@ and every Sunday to catch bit rot. Thresholds of the catalog's `integrity:` deci
         render_template_as_native_obj=True,  # the chunk bounds reach the operator as numbers (from_param)
         tags=["vlmdata", "verify"],
     ) as dag:
-        plan = PlanVerifyOperator(task_id="plan_verify", source_id=source.id, chunk_images=from_param(params, "chunk_images"), chunk_gib=from_param(params, "chunk_gib"))
+        plan = PlanVerifyOperator(
+            task_id="plan_verify", source_id=source.id, chunk_images=from_param(params, "chunk_images"), chunk_gib=from_param(params, "chunk_gib"), mode=from_param(params, "mode"),
+        )
         checked = CheckImageChunkOperator.partial(task_id="check_images", pool=DECODE_POOL, map_index_template="{{ task.chunk.label }}").expand(chunk=plan.output)
         # A source without images has no chunk (check_images skips); one that is not acquired
         # yet skips plan_verify, and then the report skips too.

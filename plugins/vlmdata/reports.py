@@ -7,6 +7,9 @@ readers (:mod:`vlmdata.status`, the pages, the CLI, the demo, the tests).
   every broken image is in ``broken.json`` beside it, every crawl outcome in ``crawl.json``.
 * :class:`CrawlReport`: ``_vlmdata/reports/<source>/crawl.json``, a URL-list crawl (OCR-VQA),
   every image id by outcome (hundreds of thousands at real scale: never read by the UI).
+* :class:`VerifiedImages`: ``_vlmdata/reports/<source>/verified.msgpack``, what the last
+  verification saw of every image (size, stamp, CRC-32, decode result), so that the next one
+  decodes only what changed (msgpack: one entry for each of up to a million images).
 * :class:`NeededTars`: ``_vlmdata/reports/<source>/needed_tars.json``, which SA-1B tars an
   annotation file's images need.
 
@@ -187,6 +190,41 @@ class IntegrityReport(msgspec.Struct):
         parts = [f"{self.source}: {(self.status or 'unfinished').upper()}", f"{len(self.artifacts)} artifacts", f"{self.images.ok}/{self.images.checked} images decode"]
         parts += [f"{name}: {refs.resolved} references resolve, {refs.unresolved} do not" for name, refs in self.references.items()]
         return "; ".join(parts) + "".join(f"\n  - {line}" for line in self.reasons)
+
+
+class SeenImage(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One image as the last verification saw it: a short array on the storage."""
+
+    size: int
+    stamp: str  # Storage.list_stamped's: the mtime in ns and the inode (local) or the ETag (S3)
+    crc32: int | None = None  # of the bytes last read; None until they are
+    ok: bool | None = None  # the decode's outcome; None until decoded
+    detail: str = ""  # the format when it decodes, else why not
+    width: int = 0
+    height: int = 0
+    mislabelled: str | None = None
+
+    @classmethod
+    def decoded(cls, size: int, stamp: str, result: dict) -> SeenImage:
+        """From :func:`vlmdata.images.check_image`'s result (with the ``crc32`` of the bytes read)."""
+        detail = result["format"] if result["ok"] else result["error"]
+        return cls(size, stamp, result.get("crc32"), result["ok"], detail, result.get("width", 0), result.get("height", 0), result.get("mislabelled"))
+
+
+class VerifiedImages(msgspec.Struct):
+    """Every image of a source the last verification read: storage key -> :class:`SeenImage`."""
+
+    images: dict[str, SeenImage] = {}
+
+    @classmethod
+    def load(cls, storage: Storage, key: str) -> VerifiedImages:
+        """The record at ``key``; an empty one when there is none (every image is then decoded)."""
+        if not storage.exists(key):
+            return cls()
+        return msgspec.msgpack.decode(storage.read_bytes(key), type=cls)
+
+    def save(self, storage: Storage, key: str) -> None:
+        storage.write_bytes(key, msgspec.msgpack.encode(self))
 
 
 # -------------------------------------------------------------------------------- crawl

@@ -112,9 +112,17 @@ class Storage(ABC):
             return default
         return json.loads(self.read_bytes(key))
 
-    @abstractmethod
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under ``prefix`` (a folder), in no particular order."""
+        for key, size, _stamp in self.list_stamped(prefix):
+            yield key, size
+
+    @abstractmethod
+    def list_stamped(self, prefix: str) -> Iterator[tuple[str, int, str]]:
+        """(key, size, stamp) of every object under ``prefix``: the stamp changes when the object
+        is written again, at no extra cost to the listing (local: the mtime in ns and the inode,
+        as a write here renames a new file over the key, within one tick of the coarse file clock
+        too; S3: the ETag). Verification compares it with its record to decode only what changed."""
 
     # --- writing (all atomic) ----------------------------------------------------------
     @abstractmethod
@@ -197,17 +205,29 @@ class LocalStorage(Storage):
     def local_path(self, key: str) -> Path:
         return self._path(key)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        base = self._path(prefix)
-        for folder, _dirs, files in os.walk(base):
-            for name in files:
-                path = Path(folder) / name
-                if name.endswith(".vlmdata-tmp"):
-                    continue
-                try:
-                    yield path.relative_to(self.root).as_posix(), path.stat().st_size
-                except FileNotFoundError:  # removed while we walked
-                    continue
+    def list_stamped(self, prefix: str) -> Iterator[tuple[str, int, str]]:
+        # os.scandir and plain strings, not os.walk and Path objects: a verification with
+        # nothing changed is this listing (bench rerun: 3x faster at 1,000 images).
+        skip = len(str(self.root)) + 1
+        folders = [str(self._path(prefix))]
+        while folders:
+            try:
+                entries = os.scandir(folders.pop())
+            except (FileNotFoundError, NotADirectoryError):  # no such folder (yet), or removed while we walked
+                continue
+            with entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir():
+                            if not entry.is_symlink():  # as os.walk: a linked folder is not walked into
+                                folders.append(entry.path)
+                            continue
+                        if entry.name.endswith(".vlmdata-tmp"):
+                            continue
+                        stat = entry.stat()
+                    except FileNotFoundError:  # removed while we walked
+                        continue
+                    yield entry.path[skip:], stat.st_size, f"{stat.st_mtime_ns}:{stat.st_ino}"
 
     @contextmanager
     def _temp_beside(self, key: str) -> Iterator[Path]:
@@ -345,12 +365,12 @@ class S3Storage(Storage):
             raise self._error(exc, key) from exc
         return body  # a StreamingBody: read(), iter_chunks(), close(), context manager
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list_stamped(self, prefix: str) -> Iterator[tuple[str, int, str]]:
         folder = self._key(prefix).rstrip("/") + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
             for obj in page.get("Contents", []):
-                yield obj["Key"][strip:], obj["Size"]
+                yield obj["Key"][strip:], obj["Size"], obj["ETag"]
 
     def write_stream(self, key: str, stream: IO[bytes]) -> int:
         counter = _CountingReader(stream)

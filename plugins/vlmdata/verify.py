@@ -5,6 +5,15 @@ and splits the images into chunks, :func:`check_chunk` decodes one chunk (a mapp
 each), :func:`report_verify` gathers the chunks' results from the storage and writes the report.
 :func:`verify_source` (the CLI) runs them in a row.
 
+Nothing changed, nothing done: ``verified.msgpack`` beside the report records what the last
+verification saw of every image (size, stamp, CRC-32, decode result; :class:`VerifiedImages`).
+A run in the ``changed`` mode (an acquisition's or a referenced source's event, a manual
+trigger) decodes only images whose size or stamp differ from the record and carries the others'
+results over; the ``crc`` mode (the weekly run, for bit rot) reads every image and also decodes
+those whose CRC-32 differs from the record; ``full`` decodes every one. The report is the same
+whichever mode. Decoded bytes that differ from their zip member's CRC-32 (the manifest's
+index) are broken.
+
 The report goes to ``_vlmdata/reports/<source>/integrity.json``; the images that failed to
 decode go to ``broken.json`` beside it, which the cross-reference of other sources and the
 mixture builds read (presence comes from the manifests' indexes, never from a stat per file:
@@ -28,7 +37,7 @@ from .catalog import Annotation, Source
 from .fetch.digest import sha256_of
 from .lease import current_guard, exclusive
 from .manifest import Manifest, now
-from .reports import MAX_EXAMPLES, AnnotationCheck, ArtifactCheck, CrawlReport, ImageCheck, IntegrityReport, References, Tally, load, save
+from .reports import MAX_EXAMPLES, AnnotationCheck, ArtifactCheck, CrawlReport, ImageCheck, IntegrityReport, References, SeenImage, Tally, VerifiedImages, load, save
 from .storage import DATA_PREFIX, STATE_PREFIX, Storage
 
 log = logging.getLogger("vlmdata.verify")
@@ -127,10 +136,29 @@ CHUNK_BYTES = 8 * 1024**3
 ABANDONED_AFTER = timedelta(days=7)  # a verification's chunks not reported by then are dropped
 
 
-def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> IntegrityReport:
+VERIFIED = "verified.msgpack"  # beside the report: what the last verification saw (VerifiedImages)
+MODES = {
+    "changed": "decode only the images new or changed (size or stamp) since the last verification",
+    "crc": "read every image: decode the new or changed ones and those whose CRC-32 differs from the last verification's (bit rot)",
+    "full": "decode every image",
+}
+
+
+def verify_mode(mode: str | None, run_type: str | None = None) -> str:
+    """The mode of a run: the one asked for, or when it is empty or ``auto``, by what started the
+    run: the weekly schedule's run (``run_type`` ``scheduled``) compares CRCs, any other decodes
+    only what changed."""
+    if mode in (None, "", "auto"):
+        return "crc" if run_type == "scheduled" else "changed"
+    if mode not in MODES:
+        raise ValueError(f"verification mode {mode!r}: one of auto, {', '.join(MODES)}")
+    return mode
+
+
+def verify_source(source: Source, storage: Storage, catalog: dict[str, Source], workers: int | None = None, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES, mode: str = "changed") -> IntegrityReport:
     """The three steps of the ``verify_<source>`` DAG in a row: plan, every chunk, report."""
     plan_id = new_plan_id()
-    for chunk in plan_verify(source, storage, plan_id, max_images=max_images, max_bytes=max_bytes):
+    for chunk in plan_verify(source, storage, plan_id, max_images=max_images, max_bytes=max_bytes, mode=mode):
         check_chunk(storage, chunk, workers)
     return report_verify(source, storage, catalog, plan_id)
 
@@ -155,13 +183,13 @@ def chunk_limits(images: int | None, gib: float | None) -> dict[str, int]:
     }
 
 
-def chunk_images(images: list[tuple[str, int]], max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> list[list[tuple[str, int]]]:
+def chunk_images(images: list[tuple], max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> list[list[tuple]]:
     """Consecutive runs of ``(key, size)``, in their order, of at most ``max_images`` images and
     ``max_bytes`` bytes each (an image larger than ``max_bytes`` is a chunk of its own)."""
     if max_images < 1 or max_bytes < 1:
         raise ValueError(f"a chunk needs room for an image: max_images={max_images}, max_bytes={max_bytes}")
-    chunks: list[list[tuple[str, int]]] = []
-    current: list[tuple[str, int]] = []
+    chunks: list[list[tuple]] = []
+    current: list[tuple] = []
     size = 0
     for key, nbytes in images:
         if current and (len(current) >= max_images or size + nbytes > max_bytes):
@@ -174,10 +202,24 @@ def chunk_images(images: list[tuple[str, int]], max_images: int = CHUNK_IMAGES, 
     return chunks
 
 
-def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES) -> list[dict]:
+def to_read(key: str, size: int, stamp: str, archive_crc: int | None, last: SeenImage | None, mode: str) -> tuple[SeenImage, list | None]:
+    """What the record holds for one listed image until its chunk is read, and what the chunk
+    must do with it: None (its last result carries over), or ``[key, compare, archive_crc]``
+    (:func:`vlmdata.images.check_stored`: decode, or with ``compare`` first compare the CRC-32)."""
+    unchanged = last is not None and last.ok is not None and (last.size, last.stamp) == (size, stamp)
+    if unchanged and mode == "changed":
+        return last, None
+    if unchanged and mode == "crc" and last.crc32 is not None:
+        return last, [key, last.crc32, archive_crc]
+    return SeenImage(size, stamp), [key, None, archive_crc]
+
+
+def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: int = CHUNK_IMAGES, max_bytes: int = CHUNK_BYTES, mode: str = "changed") -> list[dict]:
     """Step 1: re-hash kept files, check every extracted member is present with its size, and
-    split the images to decode into chunks. The partial report and each chunk's keys go to the
-    storage under :func:`chunks_prefix`; the return value (what each mapped task receives) is small."""
+    split the images to read (``mode``: :data:`MODES`) into chunks. The partial report, the
+    record-to-be (:data:`VERIFIED`) and each chunk's keys go to the storage under
+    :func:`chunks_prefix`; the return value (what each mapped task receives) is small."""
+    mode = verify_mode(mode)
     from .images import is_image_name  # Pillow: not at DAG parse
 
     prefix = chunks_prefix(source.id, plan_id)
@@ -186,7 +228,9 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
     manifest = Manifest(storage, source.id)
     records = manifest.artifacts()
     report = IntegrityReport(source.id, now())
-    images: list[tuple[str, int]] = []
+    last = VerifiedImages.load(storage, report_key(source.id, VERIFIED)).images
+    seen = VerifiedImages()  # every listed image, with its last result until its chunk reads it
+    reads: list[tuple[list, int]] = []  # ([key, compare, archive_crc], size)
     for artifact in source.artifacts:
         if not artifact.optional and (artifact.name not in records or not records[artifact.name].complete):
             report.fail(f"{artifact.name}: not acquired")
@@ -207,7 +251,8 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
                 report.fail(f"{name}: sha256 {digest} differs from the manifest's {record.sha256} (changed on disk)", [record.placement.target])
         else:
             index = manifest.index(name)
-            present = dict(storage.list(record.placement.folder))
+            listing = {key: (size, stamp) for key, size, stamp in storage.list_stamped(record.placement.folder)}  # the one listing
+            present = {key: size for key, (size, _stamp) in listing.items()}
             quarantined = manifest.quarantined()
             missing = [path for path, size, _ in index if path not in present and path not in quarantined]
             wrong_size = [path for path, size, _ in index if path in present and present[path] != size]
@@ -216,21 +261,34 @@ def plan_verify(source: Source, storage: Storage, plan_id: str, *, max_images: i
                 if paths:
                     report.fail(f"{name}: {len(paths)} extracted files {what}", paths)
             if record.placement.images:
-                images += [(path, present[path]) for path, _, _ in index if path in present and is_image_name(path)]
+                for path, _size, crc in index:
+                    if path in listing and is_image_name(path):
+                        size, stamp = listing[path]
+                        seen.images[path], read = to_read(path, size, stamp, crc, last.get(path), mode)
+                        if read:
+                            reads.append((read, size))
     chunks = []
     first = 0
-    for number, part in enumerate(chunk_images(images, max_images, max_bytes)):
-        last = first + len(part) - 1
+    for number, part in enumerate(chunk_images(reads, max_images, max_bytes)):
+        end = first + len(part) - 1
         chunk = {
-            "source": source.id, "plan": plan_id, "number": number, "label": f"images {first}-{last}",
-            "count": len(part), "bytes": sum(size for _, size in part),
+            "source": source.id, "plan": plan_id, "number": number, "label": f"images {first}-{end}",
+            "count": len(part), "compare": sum(1 for read, _ in part if read[1] is not None), "bytes": sum(size for _, size in part),
             "keys": f"{prefix}/{number}.keys.json", "results": f"{prefix}/{number}.json",
         }
-        storage.write_json(chunk["keys"], [key for key, _ in part])
+        storage.write_json(chunk["keys"], [read for read, _ in part])
         chunks.append(chunk)
-        first = last + 1
-    storage.write_json(f"{prefix}/plan.json", {"report": msgspec.to_builtins(report), "chunks": chunks})
-    log.info("%s: %d images to decode in %d chunks of up to %d images and %.1f GiB", source.id, len(images), len(chunks), max_images, max_bytes / 1024**3)
+        first = end + 1
+    # Nothing to read and nothing gone: the report reads the record as it is (no copy written).
+    changes = bool(reads) or seen.images != last
+    if changes:
+        seen.save(storage, f"{prefix}/{VERIFIED}")
+    compare = sum(c["compare"] for c in chunks)
+    storage.write_json(f"{prefix}/plan.json", {"report": msgspec.to_builtins(report), "chunks": chunks, "mode": mode, "changes": changes})
+    log.info(
+        "%s (mode %s): %d images: %d to decode, %d to compare by CRC-32, %d unchanged since the last verification (its results carry over); %d chunks of up to %d images and %.1f GiB",
+        source.id, mode, len(seen.images), len(reads) - compare, compare, len(seen.images) - len(reads), len(chunks), max_images, max_bytes / 1024**3,
+    )
     return chunks
 
 
@@ -261,8 +319,9 @@ def check_chunk(storage: Storage, chunk: dict, workers: int | None = None) -> di
         results = check_images(storage, storage.read_json(chunk["keys"]), workers)
         pairs = [[key, result] for key, result in results.items()]
         storage.write_json(chunk["results"], pairs)
-    broken = sum(1 for _, result in pairs if not result["ok"])
-    return {"chunk": chunk["number"], "label": chunk["label"], "checked": len(pairs), "broken": broken, "results": chunk["results"]}
+    decoded = [result for _, result in pairs if not result.get("same")]
+    broken = sum(1 for result in decoded if not result["ok"])
+    return {"chunk": chunk["number"], "label": chunk["label"], "checked": len(pairs), "decoded": len(decoded), "broken": broken, "results": chunk["results"]}
 
 
 class IncompleteVerification(RuntimeError):
@@ -279,22 +338,36 @@ def report_verify(source: Source, storage: Storage, catalog: dict[str, Source], 
     if plan is None:
         raise IncompleteVerification(f"{source.id}: no verification plan at {prefix}/plan.json (plan_verify did not run for {plan_id})")
     report = msgspec.convert(plan["report"], IntegrityReport)
-    results: dict[str, dict] = {}
+    read: dict[str, dict] = {}
     for chunk in plan["chunks"]:
         if not storage.exists(chunk["results"]):
             raise IncompleteVerification(f"{source.id}: {chunk['label']} has no results at {chunk['results']}: its check did not finish")
-        results.update(storage.read_json(chunk["results"]))
+        read.update(storage.read_json(chunk["results"]))
+    changes = plan.get("changes", True)
+    seen = VerifiedImages.load(storage, f"{prefix}/{VERIFIED}" if changes else report_key(source.id, VERIFIED))
+    for key, result in read.items():
+        if not result.get("same"):  # a CRC-32 that still matches keeps the last result
+            # A plan made before the record existed has no entry: no stamp, decoded again next time.
+            listed = seen.images.get(key) or SeenImage(-1, "")
+            seen.images[key] = SeenImage.decoded(listed.size, listed.stamp, result)
     manifest = Manifest(storage, source.id)
-    report.images = _summarise_images(storage, results, report, manifest)
+    report.images = _summarise_images(storage, seen.images, report, manifest)
+    rotted = {key: result["rotted"] for key, result in read.items() if "rotted" in result}
+    if rotted:
+        report.warn(f"{len(rotted)} images changed on the storage without a write (same size and stamp as at the last verification, another CRC-32): bit rot; decoded again", sorted(rotted))
     _check_annotations(source, storage, catalog, manifest.artifacts(), report)
     _note_crawl(storage, report)
     _apply_thresholds(source, report)
     report.settle()
     current_guard()()
+    if changes:  # broken images went to the quarantine: one put back (refetched) is decoded again
+        VerifiedImages({key: image for key, image in seen.images.items() if image.ok}).save(storage, report_key(source.id, VERIFIED))
     save(storage, report_key(source.id), report)
     storage.write_bytes(report_key(source.id, "integrity.html"), render_html(report).encode())
     write_index(storage)
     storage.delete(prefix)
+    decoded = sum(1 for result in read.values() if not result.get("same"))
+    log.info("%s (mode %s): %d of %d images decoded this run, %d compared by CRC-32 unchanged", source.id, plan.get("mode", "full"), decoded, len(seen.images), len(read) - decoded)
     log.info(report.summary())
     return report
 
@@ -318,8 +391,8 @@ def quarantine_key(source_id: str, key: str) -> str:
     return f"{STATE_PREFIX}/quarantine/{source_id}/{key}"
 
 
-def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport, manifest: Manifest) -> ImageCheck:
-    broken = {key: r["error"] for key, r in results.items() if not r["ok"]}
+def _summarise_images(storage, results: dict[str, SeenImage], report: IntegrityReport, manifest: Manifest) -> ImageCheck:
+    broken = {key: r.detail for key, r in results.items() if not r.ok}
     # Out of the training tree, never deleted: a loader must not trip on them. A report that
     # waited for another one of the same source finds some already moved.
     guard = current_guard()
@@ -327,16 +400,19 @@ def _summarise_images(storage, results: dict[str, dict], report: IntegrityReport
         guard()
         if storage.exists(key) or not storage.exists(quarantine_key(report.source, key)):
             storage.move(key, quarantine_key(report.source, key))
-    quarantined = {**manifest.quarantined(), **broken}
-    manifest.save_quarantined(quarantined)
+    before = manifest.quarantined()
+    quarantined = {**before, **broken}
+    if quarantined != before:  # a re-run with nothing broken writes nothing (bench rerun)
+        manifest.save_quarantined(quarantined)
     report.quarantined = len(quarantined)
     broken = quarantined
-    mislabelled = {key: r["mislabelled"] for key, r in results.items() if r.get("mislabelled")}
+    mislabelled = {key: r.mislabelled for key, r in results.items() if r.mislabelled}
     formats: dict[str, int] = {}
     for r in results.values():
-        if r["ok"]:
-            formats[r["format"]] = formats.get(r["format"], 0) + 1
-    storage.write_json(report_key(report.source, "broken.json"), broken)
+        if r.ok:
+            formats[r.detail] = formats.get(r.detail, 0) + 1
+    if storage.read_json(report_key(report.source, "broken.json"), default=None) != broken:
+        storage.write_json(report_key(report.source, "broken.json"), broken)
     if broken:
         report.warn(f"{len(broken)} images do not decode: moved to {STATE_PREFIX}/quarantine/{report.source}/; mixtures drop their records", sorted(broken), every="broken.json")
     if mislabelled:

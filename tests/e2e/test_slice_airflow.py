@@ -132,7 +132,7 @@ def test_verification_spreads_over_named_chunks_with_the_same_report(deployment)
     client, replica, work, _http, _env = deployment
     storage = LocalStorage(work / "root")
     before = storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")
-    run_id = client.trigger("verify_coco_train2017", {"chunk_images": 3})
+    run_id = client.trigger("verify_coco_train2017", {"chunk_images": 3, "mode": "full"})  # decode every image again
     assert client.wait_for_run("verify_coco_train2017", run_id, timeout=300) == "success", client.task_logs("verify_coco_train2017", run_id)
     chunks = sorted((ti for ti in client.task_instances("verify_coco_train2017", run_id) if ti["task_id"] == "check_images"), key=lambda ti: ti["map_index"])
     images = len(replica.good_bare_names)  # the broken ones are in the quarantine since the first run
@@ -141,11 +141,19 @@ def test_verification_spreads_over_named_chunks_with_the_same_report(deployment)
     assert after["checked_at"] > before["checked_at"]
     # The Rendered Template view of plan_verify: the chunk bounds the run was given, as numbers.
     plan = client.request("GET", f"dags/verify_coco_train2017/dagRuns/{run_id}/taskInstances/plan_verify").json()
-    assert plan["rendered_fields"] == {"chunk_images": 3, "chunk_gib": 8}
+    assert plan["rendered_fields"] == {"chunk_images": 3, "chunk_gib": 8, "mode": "full"}
     # The asset the report emitted names the report on the storage.
     (asset,) = [a for a in client.assets() if a["name"] == "vlmdata.verified.coco_train2017"]
     assert asset["uri"] == (work / "root" / "_vlmdata/reports/coco_train2017/integrity.json").resolve().as_uri()
     assert {k: v for k, v in after.items() if k != "checked_at"} == {k: v for k, v in before.items() if k != "checked_at"}
+    # Triggered with the defaults (mode auto: changed, as nothing started it on its schedule):
+    # nothing changed, so no image is decoded, and the report is the same.
+    run_id = client.trigger("verify_coco_train2017")
+    assert client.wait_for_run("verify_coco_train2017", run_id, timeout=300) == "success", client.task_logs("verify_coco_train2017", run_id)
+    assert not [ti for ti in client.task_instances("verify_coco_train2017", run_id) if ti["task_id"] == "check_images" and ti["state"] == "success"]
+    assert f"(mode changed): 0 of {images} images decoded this run" in client.task_logs("verify_coco_train2017", run_id)
+    again = storage.read_json("_vlmdata/reports/coco_train2017/integrity.json")
+    assert again["checked_at"] > after["checked_at"] and {k: v for k, v in again.items() if k != "checked_at"} == {k: v for k, v in after.items() if k != "checked_at"}
     # What the verified event starts (layouts, the mixture) settles before the next test moves the root.
     client.wait_until(lambda: all(r["state"] in ("success", "failed") for dag_id in CHAIN for r in client.runs(dag_id)), timeout=600, interval=3)
 

@@ -70,6 +70,8 @@ def test_the_slice_through_the_cli(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["--root", str(root), "verify", "coco_train2017", "--workers", "1"]) == 0
     assert "10/12 images decode" in capsys.readouterr().out
+    assert main(["--root", str(root), "verify", "coco_train2017", "--mode", "crc", "--workers", "1"]) == 0  # the weekly check, by hand
+    assert "10/12 images decode" in capsys.readouterr().out
     assert main(["--root", str(root), "mix", "llava_instruct_150k"]) == 0
     assert json.loads(capsys.readouterr().out)["output"]["records"] == 10
     assert main(["--root", str(root), "layout", "llava15"]) == 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 
 import pytest
 
@@ -239,6 +241,43 @@ def test_quarantined_files_are_not_fetched_again_until_asked(storage, upstream):
     assert refetched["changed"] == ["train2017.zip"]
     assert all(storage.exists(key) for key in replica.broken_keys)  # back in the tree, as upstream has them
     assert {k for k, _ in storage.list("_vlmdata/quarantine")}  # and the quarantined copies kept
+
+
+def _verified(storage, caplog, mode: str) -> tuple[dict, int, int]:
+    """COCO verified in ``mode``: the report (its time aside), and how many images the run
+    decoded and how many it covered, as its log line says."""
+    catalog = load_catalog()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlmdata.verify"):
+        report = verify_source(catalog["coco_train2017"], storage, catalog, workers=1, mode=mode)
+    decoded, covered = map(int, re.search(rf"\(mode {mode}\): (\d+) of (\d+) images decoded this run", caplog.text).groups())
+    return {**json.loads(storage.read_bytes("_vlmdata/reports/coco_train2017/integrity.json")), "checked_at": None, "status": report.status}, decoded, covered
+
+
+def test_reverification_decodes_only_what_changed_and_the_report_stays_a_full_one(storage, upstream, caplog):
+    replica, http, hub = upstream
+    catalog = load_catalog()
+    acquire(catalog["coco_train2017"], context(storage))
+    first, decoded, covered = _verified(storage, caplog, "changed")
+    good = len(replica.good_bare_names)
+    assert (decoded, covered) == (len(replica.coco_members), len(replica.coco_members))
+
+    again, decoded, covered = _verified(storage, caplog, "changed")  # an acquisition that changed nothing triggered it
+    assert (decoded, covered) == (0, good) and again == first  # the broken ones are reported from the quarantine
+    weekly, decoded, covered = _verified(storage, caplog, "crc")
+    assert (decoded, covered) == (0, good) and weekly == first
+
+    # The quarantined images fetched again are new to the record, and the files the refetch wrote
+    # again have new stamps (mtime, ETag): those are decoded, the broken ones found broken again.
+    stamps = {key: stamp for key, _size, stamp in storage.list_stamped("data/coco/train2017")}
+    acquire(catalog["coco_train2017"], context(storage), refetch_quarantined=True)
+    written = {key for key, _size, stamp in storage.list_stamped("data/coco/train2017") if stamps.get(key) != stamp}
+    assert replica.broken_keys <= written
+    refetched, decoded, covered = _verified(storage, caplog, "changed")
+    assert (decoded, covered) == (len(written), len(replica.coco_members))
+    assert set(json.loads(storage.read_bytes("_vlmdata/reports/coco_train2017/broken.json"))) == replica.broken_keys
+    full, decoded, _ = _verified(storage, caplog, "full")
+    assert decoded == good and full == refetched
 
 
 def test_the_annotation_source_verifies_within_its_thresholds(storage, upstream):

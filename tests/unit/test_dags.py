@@ -182,6 +182,29 @@ def test_verify_is_planned_mapped_over_image_chunks_in_the_decode_pool_and_repor
     assert [o.name for o in report.outlets] == ["vlmdata.verified.coco_train2017"]
     assert not dag.get_task("plan_verify").outlets
     assert dag.params["chunk_images"] == 20_000 and dag.params["chunk_gib"] == 8
+    mode = dag.params.get_param("mode").schema
+    assert dag.params["mode"] == "auto" and mode["enum"] == ["auto", "changed", "crc", "full"] and mode["title"] == "Mode"
+
+
+@pytest.mark.parametrize("asked, run_type, mode", [
+    ("auto", "scheduled", "crc"),  # the weekly run: bit rot
+    ("auto", "asset_triggered", "changed"),  # an acquisition or a referenced source changed
+    ("auto", "manual", "changed"),
+    (None, "scheduled", "crc"),
+    ("full", "scheduled", "full"),  # asked for: whatever started the run
+    ("crc", "manual", "crc"),
+])
+def test_the_verification_mode_is_the_one_asked_for_or_follows_what_started_the_run(asked, run_type, mode):
+    from vlmdata.verify import verify_mode
+
+    assert verify_mode(asked, run_type) == mode
+
+
+def test_an_unknown_verification_mode_is_refused():
+    from vlmdata.verify import verify_mode
+
+    with pytest.raises(ValueError, match="one of auto, changed, crc, full"):
+        verify_mode("fast", "manual")
 
 
 def test_crawl_shards_are_named_after_their_shard(dagbag):
@@ -322,7 +345,8 @@ def test_operator_arguments_are_rendered_from_the_params_as_values(dagbag):
     crawl = _rendered(dagbag.dags["acquire_ocr_vqa"], "plan_crawl", {"dry_run": True})
     assert crawl == {"dry_run": True}
     verify = _rendered(dagbag.dags["verify_coco_train2017"], "plan_verify", {"chunk_images": 5, "chunk_gib": None})
-    assert verify == {"chunk_images": 5, "chunk_gib": None}
+    assert verify == {"chunk_images": 5, "chunk_gib": None, "mode": "auto"}
+    assert _rendered(dagbag.dags["verify_coco_train2017"], "plan_verify", {"mode": "full"})["mode"] == "full"
     build = _rendered(dagbag.dags["mix"], "build", {"recipe": "sharegpt4v_pt", "seed": 7, "format": "jsonl"})
     assert build == {"recipe_id": "sharegpt4v_pt", "seed": 7, "fmt": "jsonl"}
 

@@ -108,6 +108,21 @@ def test_list_of_a_folder(storage):
 
 def test_list_of_missing_folder_is_empty(storage):
     assert list(storage.list("never/written")) == []
+    assert list(storage.list_stamped("never/written")) == []
+    storage.write_bytes("a-file", b"x")
+    assert list(storage.list("a-file")) == []  # a file is not a folder
+
+
+def test_a_listed_stamp_changes_when_a_file_is_written_again_even_with_the_same_size(storage):
+    storage.write_bytes("data/coco/a.jpg", b"first")
+    storage.write_bytes("data/coco/sub/b.jpg", b"22")
+    before = {key: (size, stamp) for key, size, stamp in storage.list_stamped("data/coco")}
+    assert {key: size for key, (size, _stamp) in before.items()} == dict(storage.list("data/coco")) == {"data/coco/a.jpg": 5, "data/coco/sub/b.jpg": 2}
+    assert {key: (size, stamp) for key, size, stamp in storage.list_stamped("data/coco")} == before  # nothing written: the same
+    storage.write_bytes("data/coco/a.jpg", b"again")  # at once: on a coarse file clock, within one tick
+    after = {key: (size, stamp) for key, size, stamp in storage.list_stamped("data/coco")}
+    assert after["data/coco/a.jpg"][0] == 5 and after["data/coco/a.jpg"][1] != before["data/coco/a.jpg"][1]
+    assert after["data/coco/sub/b.jpg"] == before["data/coco/sub/b.jpg"]
 
 
 def test_delete_a_file(storage):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import msgspec
 import pytest
@@ -73,7 +74,7 @@ def _acquired(storage) -> dict[str, bytes]:
     files[f"{FOLDER}/000000000102.jpg"] = png_bytes(20, 10, seed=5)
     for key, data in files.items():
         storage.write_bytes(key, data)
-    storage.write_json(index_key(SOURCE, "train2017.zip"), [[key, len(data), 0] for key, data in files.items()])
+    storage.write_json(index_key(SOURCE, "train2017.zip"), [[key, len(data), zlib.crc32(data)] for key, data in files.items()])  # the members' CRC-32, as extraction records them
     manifest = Manifest(storage, SOURCE)
     manifest.save_artifact(ArtifactRecord(
         name="train2017.zip", url="http://127.0.0.1/train2017.zip", size=1, sha256="0" * 64, fetched_at="2026-01-01T00:00:00+00:00",

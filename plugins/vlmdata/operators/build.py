@@ -11,7 +11,7 @@ from .. import settings
 from ..layout import load_profiles, materialise
 from ..manifest import Manifest
 from ..mix import build, load_recipes, lock_of
-from ..verify import check_chunk, chunk_limits, plan_verify, report_verify
+from ..verify import check_chunk, chunk_limits, plan_verify, report_verify, verify_mode
 from ..lineage import of_layout, of_mixture, of_verify
 from .events import emit
 from .lineage import EmitsLineage
@@ -25,29 +25,32 @@ def plan_id_of(context) -> str:
 
 
 class PlanVerifyOperator(BaseOperator):
-    """Re-hashes kept files, checks extracted members, and splits the images into chunks (the
-    params ``chunk_images`` and ``chunk_gib``, templated, bound them; None: the defaults);
-    returns the chunks for ``check_images``.
+    """Re-hashes kept files, checks extracted members, and splits the images to read into chunks
+    (the params ``chunk_images`` and ``chunk_gib``, templated, bound them; None: the defaults);
+    returns the chunks for ``check_images``. Which images it reads is the param ``mode``
+    (templated; ``auto``: ``crc`` for the weekly schedule's run, ``changed`` for any other).
 
     Skips a source whose acquisition has not published yet: a referenced source's verification
     (or the weekly re-check) can trigger it while the first acquisition is still placing files,
     and that acquisition's own event triggers the verification once it is complete.
     """
 
-    template_fields = ("chunk_images", "chunk_gib")
+    template_fields = ("chunk_images", "chunk_gib", "mode")
     ui_color = "#fde2cf"
 
-    def __init__(self, *, source_id: str, chunk_images: int | None = None, chunk_gib: float | None = None, **kwargs):
+    def __init__(self, *, source_id: str, chunk_images: int | None = None, chunk_gib: float | None = None, mode: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.source_id, self.chunk_images, self.chunk_gib = source_id, chunk_images, chunk_gib
+        self.source_id, self.chunk_images, self.chunk_gib, self.mode = source_id, chunk_images, chunk_gib, mode
 
     def execute(self, context) -> list[dict]:
         storage = settings.from_airflow().storage()
         acquired = Manifest(storage, self.source_id).source()
         if acquired is None or not acquired.published_at:
             raise AirflowSkipException(f"{self.source_id} is not acquired yet (acquire_{self.source_id} has not published): nothing to verify")
-        chunks = plan_verify(settings.catalog()[self.source_id], storage, plan_id_of(context), **chunk_limits(self.chunk_images, self.chunk_gib))
-        self.log.info("%d images in %d chunks", sum(c["count"] for c in chunks), len(chunks))
+        mode = verify_mode(self.mode, context["dag_run"].run_type)
+        self.log.info("mode %s (asked: %s, run type: %s)", mode, self.mode or "auto", context["dag_run"].run_type)
+        chunks = plan_verify(settings.catalog()[self.source_id], storage, plan_id_of(context), mode=mode, **chunk_limits(self.chunk_images, self.chunk_gib))
+        self.log.info("%d images to read in %d chunks", sum(c["count"] for c in chunks), len(chunks))
         return chunks
 
 
@@ -64,7 +67,7 @@ class CheckImageChunkOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         result = check_chunk(settings.from_airflow().storage(), self.chunk)
-        self.log.info("%s: %d checked, %d do not decode", result["label"], result["checked"], result["broken"])
+        self.log.info("%s: %d read, %d decoded, %d do not decode", result["label"], result["checked"], result["decoded"], result["broken"])
         return result
 
 

@@ -49,7 +49,8 @@ def check_image(data: bytes, name: str) -> dict:
                 if fmt in ("JPEG", "MPO"):
                     # Decode at 1/8 scale (libjpeg's DCT scaling): every byte of the entropy-coded
                     # data is still read, so truncation is still caught, at 2.5x the speed
-                    # (measured: 536 vs 210 img/s at 640x480, 60 of 60 truncated files caught).
+                    # (bench ``images``: the rows "PIL open+draft(1/8)+load()" against "PIL open+load()",
+                    # 536 vs 210 img/s at 640x480 when written; tests/unit/test_images.py: truncation caught).
                     image.draft(None, (max(1, width // 8), max(1, height // 8)))
                 image.load()  # the decode
                 result = {"ok": True, "format": fmt, "width": width, "height": height}

@@ -87,7 +87,7 @@ class S3Options:
 class Storage(ABC):
     url: str
     # Threads worth spending on many small writes (extraction): on a local disk a write is
-    # quick and Python-bound, so one (measured: threads were 6% slower); on S3 a write is a
+    # quick and Python-bound, so one (bench ``extraction``: threads were 6% slower); on S3 a write is a
     # PUT's round trip, which threads overlap.
     write_threads: int = 1
 

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test test-fast bench lock clean
+.PHONY: lint run demo test test-fast bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,14 @@ run: $(STAMP)  ## Airflow (API server, scheduler, DAG processor) on http://local
 demo: $(STAMP)  ## tiny replicas of every source on loopback, every DAG run in Airflow (http://localhost:8081)
 	$(BIN)/python -m vlmdata.demo
 
-test: $(STAMP)  ## the whole suite, end-to-end Airflow runs included
+test: $(STAMP) lint  ## lint, then the whole suite, end-to-end Airflow runs included
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: $(STAMP)  ## everything but the end-to-end Airflow runs
+test-fast: $(STAMP) lint  ## lint, then everything but the end-to-end Airflow runs
 	$(BIN)/python -m pytest -q -ra -m "not e2e"
+
+lint: $(STAMP)  ## ruff with the rules of pyproject.toml (a few seconds)
+	$(BIN)/ruff check plugins tests bench dags
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

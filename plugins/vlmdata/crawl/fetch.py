@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..fetch.http import HostNotFound, HttpStatusError, PermanentFetchError, RetryPolicy, Transient, Unreachable, body_length, raise_for_status, redact, with_retries
+from ..fetch.http import FetchError, HostNotFound, HttpStatusError, PermanentFetchError, RetryPolicy, Transient, Unreachable, body_length, raise_for_status, redact, with_retries
 from ..fetch.policy import CRAWL_POLICY
 from ..images import BrokenImage, to_jpeg
 from ..lease import current_guard, exclusive
@@ -85,10 +85,6 @@ class _Sessions:
             session.close()
 
 
-class Dead(Exception):
-    """An image URL that gave no image: the reason goes to the shard's results."""
-
-
 def _get_once(session: requests.Session, url: str, timeout: tuple[float, float]) -> bytes:
     start = time.monotonic()
     with session.get(url, timeout=timeout, stream=True) as response:
@@ -109,25 +105,27 @@ def _get_once(session: requests.Session, url: str, timeout: tuple[float, float])
 
 
 def fetch_image(url: str, sessions: _Sessions, limit: _HostLimiter, policy: RetryPolicy, timeout: tuple[float, float]) -> bytes:
-    """The body of ``url``, or :class:`Dead` with the reason the report records."""
+    """The body of ``url``; a :class:`FetchError` or a ``requests`` error (:func:`dead_reason`) when there is none."""
 
     def attempt() -> bytes:
         with limit(url):  # held for the request only, never while backing off
             return _get_once(sessions.get(), url, timeout)
 
-    try:
-        # Retries log at DEBUG: a throttling host would otherwise write a line per image.
-        return with_retries(redact(url), policy, attempt, log_level=logging.DEBUG)
-    except HttpStatusError as exc:
-        raise Dead(f"HTTP {exc.status}") from None
-    except HostNotFound as exc:  # permanent, as for every download (see name_unresolved): recorded at once
-        raise Dead(f"the host name does not resolve: {_short(exc.__cause__ or exc)}") from None
-    except Unreachable as exc:
-        raise Dead(f"{_short(exc.reason)} (after {exc.attempts} attempts)") from None
-    except PermanentFetchError as exc:
-        raise Dead(str(exc)) from None
-    except requests.RequestException as exc:  # invalid URL, too many redirects, ...
-        raise Dead(f"{type(exc).__name__}: {_short(exc)}") from None
+    # Retries log at DEBUG: a throttling host would otherwise write a line per image.
+    return with_retries(redact(url), policy, attempt, log_level=logging.DEBUG)
+
+
+def dead_reason(exc: FetchError | requests.RequestException) -> str:
+    """Why an image URL gave no image, as the shard's results record it (short, no credentials)."""
+    if isinstance(exc, HttpStatusError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, HostNotFound):  # permanent, as for every download (see name_unresolved): recorded at once
+        return f"the host name does not resolve: {_short(exc.__cause__ or exc)}"
+    if isinstance(exc, Unreachable):
+        return f"{_short(exc.reason)} (after {exc.attempts} attempts)"
+    if isinstance(exc, FetchError):
+        return str(exc)
+    return f"{type(exc).__name__}: {_short(exc)}"  # invalid URL, too many redirects, ...
 
 
 def _short(what: object, limit: int = 300) -> str:
@@ -209,8 +207,8 @@ def crawl_shard(
     def one(image_id: str, url: str) -> None:
         try:
             body = fetch_image(mirrors.rewrite(url), sessions, limit, policy, timeout)
-        except Dead as exc:
-            tally.add(image_id, "dead", str(exc))
+        except (FetchError, requests.RequestException) as exc:
+            tally.add(image_id, "dead", dead_reason(exc))
             return
         try:
             jpeg, conversion = to_jpeg(body)

@@ -33,10 +33,9 @@ def _get_json(url: str, ctx: Context):
         response = requests.get(url, headers=_headers(), timeout=(ctx.policy.connect_timeout, ctx.policy.read_timeout))
         if response.status_code == 403 and response.headers.get("X-RateLimit-Remaining") == "0":
             raise FetchError(f"{url}: GitHub's API rate limit is used up; set GITHUB_TOKEN or retry after {response.headers.get('X-RateLimit-Reset')}")
-        raise_for_status(response, url)
         if response.status_code == 404:
             raise PermanentFetchError(f"{url}: not found: check `github.repo` and `github.ref` in the catalog")
-        raise_for_status(response, url, ok=(200,))  # another 4xx or 5xx: a retry gets the same answer
+        raise_for_status(response, url, ok=(200,))  # 429/5xx retried; another 4xx: a retry gets the same answer
         return response.json()
 
     return with_retries(url, ctx.policy, attempt)

@@ -525,7 +525,6 @@ class RangeReader(io.RawIOBase):
         def attempt() -> bytes:
             self.requests += 1
             with self.session.get(self.url, headers=headers, stream=True, allow_redirects=True, timeout=(self.policy.connect_timeout, self.policy.read_timeout)) as response:
-                raise_for_status(response, self.url)
                 status = response.status_code
                 if status == 416:  # at or past the end
                     self.size = content_range_total(response.headers.get("Content-Range")) or start

@@ -492,7 +492,6 @@ class _Download:
                 self.open_responses.discard(response)
 
     def _check(self, piece: _Piece, response: requests.Response) -> None:
-        raise_for_status(response, self.url)
         status, h = response.status_code, response.headers
         if status in (200, 416):
             raise _Restart(f"HTTP {status} to If-Range with {self.plan.validator}: upstream changed during the download")

@@ -60,8 +60,8 @@ def image_key(into: str, image_id: str) -> str:
 
 def present_ids(storage: Storage, into: str) -> dict[str, int]:
     """id -> size of every non-empty ``<into>/<id>.jpg``, from one listing of the folder (207K
-    objects at real scale: a run lists it in ``plan_shards`` and in ``finish``, and hands that
-    listing along instead of listing again)."""
+    objects at real scale: a run lists it in ``plan_shards`` and in ``finish`` only; the mirror
+    fill reads finish's index instead)."""
     present = {}
     prefix = into.rstrip("/") + "/"
     for key, size in storage.list(into):

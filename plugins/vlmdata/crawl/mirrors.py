@@ -3,8 +3,8 @@
 :func:`fill_from_archive` fills the ids the crawl could not fetch from a local copy of a mirror
 archive (zip or tar), converting as the crawl does; :func:`fill_from_mirrors` downloads the
 catalog's fallback mirror archives one after the other for it, skipping an archive whose fill
-record shows it unchanged upstream and of no use for what is still missing. Neither lists the
-image folder when the caller hands its listing along; both add what they placed to the report
+record shows it unchanged upstream and of no use for what is still missing, without listing the
+image folder (finish's index says what is stored). Both add what they placed to the report
 :func:`.report.finish` wrote (:func:`.report.add_fills`).
 """
 
@@ -129,7 +129,6 @@ def fill_from_archive(
     source_id: str = "ocr_vqa",
     refresh_report: bool = True,
     upstream: dict | None = None,
-    present: dict[str, int] | None = None,
 ) -> dict:
     """Copy the images of ``missing_ids`` that are not stored yet from a local mirror archive.
 
@@ -138,14 +137,11 @@ def fill_from_archive(
     needed and stored as ``<into>/<id>.jpg``. What was filled goes to the fill record
     (:func:`.keys.fill_record_key`), with every id the archive holds and ``upstream``, the
     archive's fingerprint where it was downloaded (what :func:`fill_from_mirrors` compares on a
-    later run). ``present`` is the folder's listing where the caller has it (else it is listed
-    here). When a crawl report exists, the filled images are added to it and to the index.
+    later run). When a crawl report exists, the filled images are added to it and to the index.
     """
     archive_path = Path(archive_path)
     into = into.strip("/")
-    if present is None:
-        present = present_ids(storage, into)
-    wanted = {i for i in missing_ids if not invalid_id(i)} - set(present)
+    wanted = {i for i in missing_ids if not invalid_id(i)} - set(present_ids(storage, into))
     fill = _apply_archive(storage, archive_path, into, wanted)
     summary = _record_fill(storage, source_id, fill, upstream)
     if refresh_report and storage.exists(report_key(source_id)):

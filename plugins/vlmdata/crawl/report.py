@@ -24,12 +24,11 @@ from .keys import ARTIFACT, crawl_prefix, image_key, mirrors_key, plan_key, pres
 log = logging.getLogger("vlmdata.crawl")
 
 
-def finish(storage: Storage, source_id: str, into: str, *, present: dict[str, int] | None = None) -> dict:
+def finish(storage: Storage, source_id: str, into: str) -> dict:
     """Merge the results into the crawl report, and record the folder in the manifest.
 
     The index (``manifest.index_key(source_id, "images")``) lists every ``<into>/<id>.jpg``
-    stored now, crawled in this run or before, or filled from a mirror archive. ``present``
-    (:func:`.keys.present_ids`) where the caller has just listed the folder; else it is listed here.
+    stored now, crawled in this run or before, or filled from a mirror archive.
     """
     into = into.strip("/")
     prefix = crawl_prefix(source_id)
@@ -58,8 +57,7 @@ def finish(storage: Storage, source_id: str, into: str, *, present: dict[str, in
         for image_id, member in fill.get("filled", {}).items():
             filled[image_id] = FilledImage(archive=fill.get("archive"), member=member, conversion=fill.get("converted", {}).get(image_id))
 
-    if present is None:
-        present = present_ids(storage, into)  # one listing: the truth about what is stored
+    present = present_ids(storage, into)  # one listing: the truth about what is stored
     filled = {i: f for i, f in filled.items() if i in present}
     for image_id, entry in filled.items():
         entry.upstream = dead.get(image_id) or broken.get(image_id)

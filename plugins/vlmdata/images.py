@@ -3,6 +3,7 @@
 ``Image.verify()`` misses truncation (docs/facts.md; tests/unit/test_images.py shows it), so every image is decoded (JPEGs at reduced
 scale, which still reads all their data), and the work is spread over processes. Results record the format and
 size, and flag files whose name lies about their format (OCR-VQA's GIFs saved as ``.jpg``).
+:func:`to_jpeg` turns any picture that decodes into a real JPEG (what the crawl stores as ``<id>.jpg``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,51 @@ def check_image(data: bytes, name: str) -> dict:
     if expected and fmt not in expected:
         result["mislabelled"] = f"named {PurePosixPath(name).suffix} but is {fmt}"
     return result
+
+
+JPEG_QUALITY = 95
+JPEG_FORMATS = {"JPEG", "MPO"}  # MPO is a JPEG with extra pictures appended: every decoder reads it as JPEG
+
+
+class BrokenImage(ValueError):
+    """A body (or archive member) that is not a usable image."""
+
+
+def to_jpeg(data: bytes) -> tuple[bytes, str | None]:
+    """``(jpeg bytes, None)`` for a JPEG (kept as it is), ``(jpeg bytes, "GIF->JPEG")`` after a
+    conversion (RGB, quality 95, the first frame, transparency on white). Raises
+    :class:`BrokenImage` for anything that does not fully decode."""
+    # check_image turns Pillow's bomb warning into an error with warnings.catch_warnings, which
+    # is not thread-safe: refuse oversized pictures from the header first, so that it never fires.
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            pixels = header.width * header.height
+    except Exception:  # noqa: BLE001 - check_image below names what is wrong
+        pixels = 0
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise BrokenImage(f"{pixels} pixels, more than Pillow's decompression bomb guard allows")
+    result = check_image(data, "image")  # the full decode: catches truncation
+    if not result["ok"]:
+        raise BrokenImage(result["error"])
+    if result["width"] * result["height"] <= 1:
+        raise BrokenImage("1x1 placeholder image (what image hosts send for a missing picture)")
+    fmt = result["format"]
+    if fmt in JPEG_FORMATS:
+        return data, None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)  # the first frame of an animation
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                rgb = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent parts on white
+                rgb.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                rgb = image.convert("RGB")
+            out = io.BytesIO()
+            rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BrokenImage(f"{fmt} does not convert to JPEG: {exc}") from exc
+    return out.getvalue(), f"{fmt}->JPEG"
 
 
 def check_stored(data: bytes, key: str, compare: int | None = None, archive: int | None = None) -> dict:

@@ -10,6 +10,7 @@ import random
 import tarfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -491,6 +492,38 @@ def test_a_hostile_or_bogus_mirror_archive_places_nothing_and_is_not_fetched_aga
         assert again["mirrors"][0]["reason"].startswith("unchanged upstream since it was refused (UnsafeArchive")
         assert again["mirrors"][1]["reason"].startswith("unchanged upstream since it was refused (NotAnArchive")
         assert len(gaps.gets(hostile)) == len(gaps.gets(page)) == 1
+
+
+class ListingCounter(LocalStorage):
+    """The real local storage, counting the listings asked of it per folder."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.listings = Counter()
+
+    def list_stamped(self, prefix):
+        self.listings[prefix.strip("/")] += 1
+        return super().list_stamped(prefix)
+
+
+def test_a_crawl_lists_the_image_folder_twice_and_merges_the_shards_once(tmp_path, waits):
+    """plan_shards and finish list the image folder (207K objects at real scale); the mirror fill
+    after them reads what is stored from finish's index and adds what it placed to its report."""
+    storage = ListingCounter(tmp_path / "root")
+    with FakeHttpServer() as srv:
+        gaps = crawl_with_gaps(storage, srv)  # plan, crawl the shard, finish
+        summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
+    assert summary["filled_this_run"] == 2 and summary["missing"] == 1
+    assert storage.listings[INTO] == 2
+    assert storage.listings["_vlmdata/crawl/ocr_vqa/results"] == 1  # one merge of the shards' results
+    # What the fill added is what a full merge finds.
+    added = storage.read_json(crawl.report_key("ocr_vqa"))
+    index = Manifest(storage, "ocr_vqa").index("images")
+    assert len(index) == 5 and set(added["filled_from_mirror"]) == {gaps.dead[0], gaps.bad}
+    finish(storage, "ocr_vqa", INTO)
+    merged = storage.read_json(crawl.report_key("ocr_vqa"))
+    assert {**added, "finished_at": None} == {**merged, "finished_at": None}
+    assert Manifest(storage, "ocr_vqa").index("images") == index
 
 
 def resumed_from(request) -> int:

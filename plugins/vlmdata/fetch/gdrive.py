@@ -47,7 +47,7 @@ import requests
 from ..catalog import Artifact, Extract, Source
 from ..mirrors import Mirrors
 from .digest import Expected
-from .http import RETRY_STATUS, FetchError, PermanentFetchError, RetryPolicy, Transient, parse_retry_after, with_retries
+from .http import RETRY_STATUS, FetchError, PermanentFetchError, RetryPolicy, Transient, body_length, raise_for_status, with_retries
 from .remote import Context, Remote, Transport
 
 log = logging.getLogger("vlmdata.fetch.gdrive")
@@ -302,19 +302,13 @@ class DriveClient:
                 raise PermanentFetchError(f"{url}: expected a short Drive page, got more than {MAX_PAGE_BYTES} bytes of HTML")
         return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
 
-    @staticmethod
-    def _raise_for_retry(url: str, response: requests.Response) -> None:
-        if response.status_code in RETRY_STATUS:
-            raise Transient(f"{url}: HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
-
     # files ---------------------------------------------------------------------------------
 
     def uc_url(self, file_id: str) -> str:
         return self.mirrors.rewrite(f"{DRIVE}/uc?{urlencode({'export': 'download', 'id': file_id})}")
 
     def _resolved(self, file_id: str, url: str, headers) -> Resolved:
-        length = headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() and "Content-Encoding" not in headers else None
+        size = body_length(headers)
         etag = headers.get("ETag")
         return Resolved(file_id, url, size, etag if etag and not etag.startswith("W/") else None, headers.get("Last-Modified"), _filename(headers))
 
@@ -326,7 +320,7 @@ class DriveClient:
                 return self._resolved(file_id, final, response.headers)
             self._raise_for_not_found(file_id, final, response)
             if not _is_html(response.headers):
-                self._raise_for_retry(final, response)
+                raise_for_status(response, final)
         final, response = self._send("GET", url)
         with response:
             if response.status_code == 200 and _is_file(response.headers):  # HEAD said otherwise
@@ -336,7 +330,7 @@ class DriveClient:
                 page = _UcPage.parse(self._read_page(final, response))
                 if page.error is not None or page.action is not None or response.status_code not in RETRY_STATUS:
                     return page  # a quota page may come with any status: its text says what it is
-            self._raise_for_retry(final, response)
+            raise_for_status(response, final)
             raise PermanentFetchError(f"Google Drive file {file_id}: {final} answered HTTP {response.status_code} without the file")
 
     @staticmethod
@@ -390,7 +384,7 @@ class DriveClient:
             with response:
                 if response.status_code in (404, 410):
                     raise PermanentFetchError(f"Google Drive folder {folder_id}: not found ({final}: HTTP {response.status_code}); check `gdrive.folder_id` in the catalog")
-                self._raise_for_retry(final, response)
+                raise_for_status(response, final)
                 if response.status_code != 200:
                     raise PermanentFetchError(f"Google Drive folder {folder_id}: {final} answered HTTP {response.status_code}")
                 page = _FolderPage.parse(self._read_page(final, response))

@@ -16,7 +16,7 @@ import requests
 
 from ..catalog import Artifact, Source
 from .digest import Expected
-from .http import FetchError, PermanentFetchError, _explain_status, _raise_for_retry, with_retries
+from .http import FetchError, PermanentFetchError, raise_for_status, with_retries
 from .remote import Context, Remote, Transport
 
 API = "https://api.github.com"
@@ -33,11 +33,9 @@ def _get_json(url: str, ctx: Context):
         response = requests.get(url, headers=_headers(), timeout=(ctx.policy.connect_timeout, ctx.policy.read_timeout))
         if response.status_code == 403 and response.headers.get("X-RateLimit-Remaining") == "0":
             raise FetchError(f"{url}: GitHub's API rate limit is used up; set GITHUB_TOKEN or retry after {response.headers.get('X-RateLimit-Reset')}")
-        _raise_for_retry(response)
         if response.status_code == 404:
             raise PermanentFetchError(f"{url}: not found: check `github.repo` and `github.ref` in the catalog")
-        if response.status_code != 200:  # another 4xx or 5xx: a retry gets the same answer
-            raise PermanentFetchError(_explain_status(url, response.status_code, response))
+        raise_for_status(response, url, ok=(200,))  # 429/5xx retried; another 4xx: a retry gets the same answer
         return response.json()
 
     return with_retries(url, ctx.policy, attempt)

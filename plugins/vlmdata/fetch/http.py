@@ -24,7 +24,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,7 +77,11 @@ class PermanentFetchError(FetchError):
 class Unreachable(FetchError):
     """Upstream gave no usable answer: its host name does not resolve (:class:`HostNotFound`), or
     every attempt met a transient failure (refused, reset, timeout, 429/5xx). A dry run then
-    answers from the catalog (:func:`vlmdata.acquire.plan`); an acquisition fails."""
+    answers from the catalog (:func:`vlmdata.acquire.plan`); an acquisition fails.
+    ``reason`` is the last failure's (``HTTP 503``), ``attempts`` how many were made."""
+
+    reason: str = ""
+    attempts: int = 0
 
 
 class HostNotFound(Unreachable, PermanentFetchError):
@@ -169,8 +173,8 @@ class Progress(progress.Progress):
         super().__init__(name, total, every, sink or log.info, unit=progress.BYTES, resumed=True)
 
 
-def _content_range_start(value: str | None) -> int | None:
-    # "bytes 100-199/1000"
+def content_range_start(value: str | None) -> int | None:
+    """The first byte a ``Content-Range`` (``bytes 100-199/1000``) says the body starts at."""
     if not value or not value.startswith("bytes "):
         return None
     try:
@@ -179,11 +183,19 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
-def _content_range_total(value: str | None) -> int | None:
+def content_range_total(value: str | None) -> int | None:
+    """The whole file's size a ``Content-Range`` names (None for ``*`` or no header)."""
     if not value or "/" not in value:
         return None
     total = value.rsplit("/", 1)[1]
     return int(total) if total.isdigit() else None
+
+
+def body_length(headers: Mapping[str, str]) -> int | None:
+    """How many bytes the body will bring, from ``Content-Length``; None when it does not say, or
+    when a ``Content-Encoding`` makes it the encoded size (requests hands out decoded bytes)."""
+    length = headers.get("Content-Length")
+    return int(length) if length and length.isdigit() and "Content-Encoding" not in headers else None
 
 
 class _Partial:
@@ -292,14 +304,15 @@ class Transient(Exception):
 
 
 def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], on_retry: Callable[[], str] = lambda: "", hint: str | Callable[[], str] = "",
-                 sleep: Callable[[float], None] | None = None, failures: Callable[[], int] | None = None):
+                 sleep: Callable[[float], None] | None = None, failures: Callable[[], int] | None = None, log_level: int = logging.WARNING):
     """Run ``attempt`` until it returns; :class:`Transient` and connection errors are retried.
     ``hint`` ends the message when retries run out (what the user can do next; a callable is
     asked then, so it can say what is left on disk). ``sleep`` waits between attempts
     (``time.sleep``; a segmented download's connections wait on their stop flag instead).
     ``failures`` numbers each failure from 1 (``itertools.count(1).__next__``): loops that share
     one give up together after ``policy.attempts`` failures in all, so their waits add up to one
-    loop's at most (a segmented download's connections: README, Task timeouts)."""
+    loop's at most (a segmented download's connections: README, Task timeouts). ``log_level``
+    of the line each retry logs (the crawl's thousands of small GETs retry at DEBUG)."""
     reason, number = "", 0
     while True:
         retry_after = None
@@ -315,14 +328,33 @@ def with_retries(what: str, policy: RetryPolicy, attempt: Callable[[], object], 
         if number >= policy.attempts:
             break
         wait = policy.wait(number, retry_after)
-        log.warning("%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
+        log.log(log_level, "%s: %s; retry %d/%d in %.1f s%s", what, reason, number, policy.attempts - 1, wait, on_retry())
         (sleep or time.sleep)(wait)
-    raise Unreachable(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
+    error = Unreachable(f"{what}: giving up after {policy.attempts} attempts: {reason}{hint() if callable(hint) else hint}")
+    error.reason, error.attempts = redact_text(reason), policy.attempts
+    raise error
 
 
-def _raise_for_retry(response: requests.Response) -> None:
-    if response.status_code in RETRY_STATUS:
-        raise Transient(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
+class HttpStatusError(PermanentFetchError):
+    """An answer whose status retrying cannot change (404, 403, ...); ``status`` is it."""
+
+    def __init__(self, message: object, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def raise_for_status(response: requests.Response, url: str, *, ok: Container[int] | None = None,
+                     explain: Callable[[int, requests.Response], str] | None = None) -> None:
+    """The one reading of an HTTP status: 408/425/429/5xx raise :class:`Transient` (with the
+    server's ``Retry-After``); any other status not in ``ok`` raises :class:`HttpStatusError`
+    with :func:`explain_status`'s message (or ``explain(status, response)``'s for a 4xx). Without
+    ``ok`` only the retried statuses raise: the caller reads the others itself."""
+    status = response.status_code
+    if status in RETRY_STATUS:
+        raise Transient(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+    if ok is not None and status not in ok:
+        message = explain(status, response) if explain and 400 <= status < 500 else explain_status(url, status, response)
+        raise HttpStatusError(message, status)
 
 
 def _fetch_bytes(url, partial, expected, headers, session, policy, progress_every, chunk_size, guard):
@@ -337,21 +369,19 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
             request_headers["Range"] = f"bytes={offset}-"
             request_headers["If-Range"] = validator
         with session.get(url, headers=request_headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)) as response:
-            _raise_for_retry(response)
             status = response.status_code
-            if status == 416 and offset and _content_range_total(response.headers.get("Content-Range")) == offset:
+            if status == 416 and offset and content_range_total(response.headers.get("Content-Range")) == offset:
                 state["hasher"] = _rehash(state["hasher"], partial, offset)  # the partial already holds every byte
                 return state["hasher"], response.headers
             if status == 416:
                 partial.discard()
                 raise Transient("HTTP 416 for our Range: starting over")
-            if status not in (200, 206):
-                raise PermanentFetchError(_explain_status(url, status, response))
+            raise_for_status(response, url, ok=(200, 206))
             if offset and status == 200 and response.headers.get("Content-Type", "").startswith("text/html"):
                 # An HTML page in answer to a resume (Drive's quota page) is not the file:
                 # keep the partial bytes and try again later.
                 raise Transient("an HTML page instead of the file's bytes")
-            if status == 206 and _content_range_start(response.headers.get("Content-Range")) == offset:
+            if status == 206 and content_range_start(response.headers.get("Content-Range")) == offset:
                 state["hasher"] = hasher = _rehash(state["hasher"], partial, offset)
                 mode = "ab"
             else:
@@ -360,8 +390,8 @@ def _fetch_bytes(url, partial, expected, headers, session, policy, progress_ever
                 state["hasher"] = hasher = MultiHasher(expected)
                 offset, mode = 0, "wb"
             partial.remember(url, validator_of(response.headers))
-            length = response.headers.get("Content-Length")
-            expected_end = offset + int(length) if length and length.isdigit() and "Content-Encoding" not in response.headers else None
+            length = body_length(response.headers)
+            expected_end = offset + length if length is not None else None
             if progress.total is None and expected_end:
                 progress.total = expected_end
             try:
@@ -396,7 +426,8 @@ def _rehash(hasher: MultiHasher, partial: _Partial, offset: int) -> MultiHasher:
     return hasher
 
 
-def _explain_status(url: str, status: int, response: requests.Response) -> str:
+def explain_status(url: str, status: int, response: requests.Response) -> str:
+    """What a refused answer means for the user (a 403 on a signed link: it expired)."""
     signed = bool(urlsplit(url).query)  # a signed link (SA-1B's) carries its credentials there
     hint = {
         401: "the upstream wants credentials (a token, or accepting the dataset's terms)",
@@ -494,21 +525,19 @@ class RangeReader(io.RawIOBase):
         def attempt() -> bytes:
             self.requests += 1
             with self.session.get(self.url, headers=headers, stream=True, allow_redirects=True, timeout=(self.policy.connect_timeout, self.policy.read_timeout)) as response:
-                _raise_for_retry(response)
                 status = response.status_code
                 if status == 416:  # at or past the end
-                    self.size = _content_range_total(response.headers.get("Content-Range")) or start
+                    self.size = content_range_total(response.headers.get("Content-Range")) or start
                     return b""
                 if status == 200:
                     whole = f"{redact(self.url)}: the server sent the whole file instead of bytes {start}-{start + length - 1}"
                     if not self.validator:
                         raise RangeNotSupported(f"{whole}: it does not answer Range requests; download the whole file instead")
                     raise FetchError(f"{whole}: the file changed while it was being read")
-                if status != 206:
-                    raise PermanentFetchError(self.refused(status, response) if self.refused and 400 <= status < 500 else _explain_status(self.url, status, response))
-                if _content_range_start(response.headers.get("Content-Range")) != start:
+                raise_for_status(response, self.url, ok=(206,), explain=self.refused)
+                if content_range_start(response.headers.get("Content-Range")) != start:
                     raise FetchError(f"{redact(self.url)}: asked for bytes from {start}, got {response.headers.get('Content-Range')!r}")
-                self.size = _content_range_total(response.headers.get("Content-Range")) or self.size
+                self.size = content_range_total(response.headers.get("Content-Range")) or self.size
                 self.validator = self.validator or validator_of(response.headers)
                 chunks, received = [], 0
                 for chunk in response.iter_content(1 << 16):  # never more than asked, whatever is sent
@@ -524,6 +553,8 @@ class RangeReader(io.RawIOBase):
 
         self._buffer = with_retries(f"{redact(self.url)} bytes {start}-{start + length - 1}", self.policy, attempt)
         self._buffer_start = start
+
+
 def same_fingerprint(recorded: Mapping[str, object], probed: Mapping[str, object]) -> bool:
     """Upstream unchanged: every validator the probe saw matches the recorded one (no validator:
     nothing to tell by, so changed)."""
@@ -537,14 +568,11 @@ def probe(url: str, *, headers: Mapping[str, str] | None = None, session: reques
 
     def attempt():
         response = session.head(url, headers=dict(headers or {}), allow_redirects=True, timeout=(policy.connect_timeout, policy.read_timeout))
-        _raise_for_retry(response)
-        if response.status_code != 200:
-            raise PermanentFetchError(_explain_status(url, response.status_code, response))
-        length = response.headers.get("Content-Length")
+        raise_for_status(response, url, ok=(200,))
         return {
             "etag": response.headers.get("ETag"),
             "last_modified": response.headers.get("Last-Modified"),
-            "size": int(length) if length and length.isdigit() else None,
+            "size": body_length(response.headers),
         }
 
     return with_retries(redact(url), policy, attempt)

@@ -11,7 +11,7 @@ from ..catalog import Artifact, Source, load_catalog
 from ..mirrors import Mirrors
 from ..storage import Storage
 from .digest import Expected
-from .http import PermanentFetchError, RetryPolicy, _content_range_total, redact
+from .http import PermanentFetchError, RetryPolicy, body_length, content_range_total, redact
 
 
 @dataclass
@@ -133,10 +133,9 @@ def served_changes(pin: Pin, response: requests.Response) -> list[str]:
         if pin.fingerprint.get(key) and served[key] and _opaque(str(pin.fingerprint[key])) != _opaque(served[key])
     ]
     if response.status_code == 206:
-        total = _content_range_total(response.headers.get("Content-Range"))
+        total = content_range_total(response.headers.get("Content-Range"))
     else:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() and "Content-Encoding" not in response.headers else None
+        total = body_length(response.headers)
     if pin.expected.size is not None and total is not None and total != pin.expected.size:
         found.append(f"size: {pin.expected.size!r} -> {total!r}")
     return found

@@ -63,7 +63,7 @@ from ..reports import NeededTars, save
 from ..storage import DATA_PREFIX, Storage
 from ..verify import report_key
 from .digest import Expected
-from .http import FetchError, PermanentFetchError, RangeReader, _content_range_total, _raise_for_retry, redact, with_retries
+from .http import FetchError, PermanentFetchError, RangeReader, body_length, content_range_total, raise_for_status, redact, with_retries
 from .remote import Context, Remote, Transport
 
 log = logging.getLogger("vlmdata.fetch.sa1b")
@@ -241,10 +241,6 @@ def _error_text(response: requests.Response) -> str:
     return " ".join(raw.decode("utf-8", "replace").split())[:200]
 
 
-def _length(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
 def probe_link(source: Source, name: str, url: str, ctx: Context, session: requests.Session | None = None) -> int | None:
     """The tar's size (None when the CDN does not say), or FetchError with the refresh advice.
 
@@ -257,15 +253,15 @@ def probe_link(source: Source, name: str, url: str, ctx: Context, session: reque
 
     def attempt():
         head = session.head(url, allow_redirects=True, timeout=timeout)
-        _raise_for_retry(head)
+        raise_for_status(head, url)
         if head.status_code == 200:
-            return _length(head.headers.get("Content-Length"))
+            return body_length(head.headers)
         with session.get(url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=True, timeout=timeout) as got:
-            _raise_for_retry(got)
+            raise_for_status(got, url)
             if got.status_code == 206:
-                return _content_range_total(got.headers.get("Content-Range"))
+                return content_range_total(got.headers.get("Content-Range"))
             if got.status_code == 200:
-                return _length(got.headers.get("Content-Length"))
+                return body_length(got.headers)
             said = _error_text(got)
             if got.status_code in REFUSED:
                 raise PermanentFetchError(_refused_message(source, name, got.status_code, said))

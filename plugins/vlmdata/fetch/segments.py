@@ -52,15 +52,14 @@ from ..storage import raise_if_disk_full
 from .digest import Expected, MultiHasher
 from .http import (
     FetchError,
-    PermanentFetchError,
     Progress,
     RetryPolicy,
     Transient,
-    _content_range_start,
-    _content_range_total,
-    _explain_status,
     _Partial,
-    _raise_for_retry,
+    body_length,
+    content_range_start,
+    content_range_total,
+    raise_for_status,
     redact,
     validator_of,
     with_retries,
@@ -338,7 +337,7 @@ class _Download:
         first connection, so it costs no extra round trip."""
         response = self._request(piece, plan.validator or None)
         try:
-            _raise_for_retry(response)
+            raise_for_status(response, self.url)
             status, h = response.status_code, response.headers
             if status == 200:
                 if plan.validator:
@@ -347,13 +346,13 @@ class _Download:
             if status != 206:
                 raise _SingleStream(f"HTTP {status} to a Range request")
             validator = validator_of(h)
-            if h.get("Content-Type", "").startswith("text/html") or "Content-Encoding" in h or not h.get("Content-Length"):
+            if h.get("Content-Type", "").startswith("text/html") or body_length(h) is None:
                 raise _SingleStream("the answer is not the file's plain bytes (an HTML page, an encoding or no length)")
             if not validator:
                 raise _SingleStream("no ETag or Last-Modified to keep the pieces one version")
             if plan.validator and validator != plan.validator:
                 raise _Restart("another version upstream")
-            if _content_range_start(h.get("Content-Range")) != piece.position or _content_range_total(h.get("Content-Range")) != plan.size:
+            if content_range_start(h.get("Content-Range")) != piece.position or content_range_total(h.get("Content-Range")) != plan.size:
                 if plan.validator:
                     raise _Restart(f"the answer's range {h.get('Content-Range')!r} is not the file on disk")
                 raise _SingleStream(f"the answer's range {h.get('Content-Range')!r} does not match the expected size {plan.size}")
@@ -493,17 +492,15 @@ class _Download:
                 self.open_responses.discard(response)
 
     def _check(self, piece: _Piece, response: requests.Response) -> None:
-        _raise_for_retry(response)
         status, h = response.status_code, response.headers
         if status in (200, 416):
             raise _Restart(f"HTTP {status} to If-Range with {self.plan.validator}: upstream changed during the download")
-        if status != 206:
-            raise PermanentFetchError(_explain_status(self.url, status, response))
+        raise_for_status(response, self.url, ok=(206,))
         if h.get("Content-Type", "").startswith("text/html"):
             raise Transient("an HTML page instead of the file's bytes")
-        if _content_range_total(h.get("Content-Range")) != self.plan.size:
-            raise _Restart(f"the file is now {_content_range_total(h.get('Content-Range'))} bytes long, not {self.plan.size}")
-        if _content_range_start(h.get("Content-Range")) != piece.position:
+        if content_range_total(h.get("Content-Range")) != self.plan.size:
+            raise _Restart(f"the file is now {content_range_total(h.get('Content-Range'))} bytes long, not {self.plan.size}")
+        if content_range_start(h.get("Content-Range")) != piece.position:
             raise FetchError(f"{redact(self.url)}: asked for bytes from {piece.position}, got {h.get('Content-Range')!r}")
 
     def _write(self, chunk: bytes, length: int, offset: int) -> None:

@@ -111,3 +111,21 @@ def test_a_lock_without_the_basis_of_older_versions_builds_again(storage):
     storage.write_json(lock_of(lock.output.key), older)
     again = build(the_recipe, storage, load_catalog())
     assert again.basis == lock.basis and (again.built_at, again.stamps) != (lock.built_at, lock.stamps)
+
+
+def test_the_command_line_builds_again_only_with_force(tmp_path):
+    from vlmdata.cli import main
+    from vlmdata.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "root")
+    lay_out(storage)
+    command = ["--root", str(tmp_path / "root"), "mix", "llava_instruct_150k"]
+    assert main(command) == 0
+    lock_key = lock_of(output_key("llava_instruct_150k", "json"))
+    first = storage.read_bytes(lock_key)
+    listed = {key: stamp for key, _size, stamp in storage.list_stamped("mixtures/llava_instruct_150k")}
+    assert main(command) == 0
+    assert {key: stamp for key, _size, stamp in storage.list_stamped("mixtures/llava_instruct_150k")} == listed  # nothing written
+    assert main([*command, "--force"]) == 0
+    assert storage.read_bytes(lock_key) != first  # built again: another built_at and stamps
+    assert mix.read_lock(storage, lock_key).output.sha256 == mix.parse_lock(first).output.sha256  # the same bytes

@@ -70,9 +70,9 @@ def cmd_layout(args, catalog) -> int:
 def cmd_mix(args, catalog) -> int:
     storage = settings.from_env(args.root).storage()
     if args.from_lock:
-        lock = rebuild(_read_lock(args.from_lock, storage), storage, catalog)
+        lock = rebuild(_read_lock(args.from_lock, storage), storage, catalog, force=args.force)
     elif args.recipe:
-        lock = build(_lookup(load_recipes(), args.recipe), storage, catalog, seed=args.seed, fmt=args.format)
+        lock = build(_lookup(load_recipes(), args.recipe), storage, catalog, seed=args.seed, fmt=args.format, force=args.force)
     else:
         raise SystemExit("vlmdata mix: name a recipe or give --from-lock")
     written = lock.to_json()
@@ -165,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--from-lock", metavar="LOCK_JSON", help="rebuild exactly what a lock describes (its inputs must be unchanged): a local file, or a key on the storage such as mixtures/<recipe>/<recipe>.json.lock.json")
     p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's); another seed writes <recipe>.seed<N>.<format> beside the default output")
     p.add_argument("--format", choices=FORMATS, help="the training file's format (default: the recipe's): json, jsonl, or an export as webdataset or parquet shards")
+    p.add_argument("--force", action="store_true", help="build even when nothing changed since the last build of that output (which otherwise returns its lock and writes nothing)")
     p.set_defaults(func=cmd_mix)
     p = command("status", "what is on the storage: sources, layouts, mixtures (the UI's vlmdata page)")
     p.add_argument("--json", action="store_true", help="the summary as JSON (what the page's status.json serves)")

@@ -161,6 +161,12 @@ class Lock(msgspec.Struct, kw_only=True):
     output: LockOutput
     dropped: list[DroppedRecord]
     shards: list[LockShard] | None = None  # an exported mixture's shards (the output is their index)
+    # What else the bytes depend on, for "nothing changed, nothing done" (:func:`unchanged`):
+    # the image index the filters read and the catalog's placing of each component's images
+    # (:func:`_basis`), and the storage stamp (size, then mtime+inode or ETag) of every file
+    # written, so an output altered or replaced since is built again. None in older locks.
+    basis: str | None = None
+    stamps: dict[str, list] | None = None  # key -> [bytes, stamp]
 
     @property
     def recipe_id(self) -> str:
@@ -205,9 +211,10 @@ def _sample(rows: Records, take, rng: random.Random) -> Records:
 
 
 @exclusive(lambda recipe, storage, *args, **kwargs: (storage, f"mixture/{recipe.id}"))
-def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None) -> Lock:
+def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed: int | None = None, fmt: str | None = None, force: bool = False) -> Lock:
     """Build the mixture on the storage; return its lock. One build of a recipe at a time (a
-    second waits for the first, then builds the same bytes again).
+    second waits for the first). With nothing changed since the last build of the same output
+    (:func:`unchanged`) that build's lock is returned and nothing is written, unless ``force``.
 
     The annotation files are read the fast way (:class:`Records`: msgspec, a record at a time);
     should one hold a record msgspec refuses, the build starts again reading them with ``json``,
@@ -216,12 +223,64 @@ def build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], *, seed:
     fmt = fmt or recipe.format
     if fmt not in FORMATS:
         raise MixError(f"{recipe.id}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    if not force and (lock := unchanged(recipe, storage, catalog, seed, fmt)) is not None:
+        log.info("%s: nothing changed since the build of %s (the same inputs, images, recipe, seed %d and format %s; %s intact): "
+                 "its lock returned, nothing written (force=True builds it again)", recipe.id, lock.built_at, seed, fmt, lock.output.key)
+        if storage.exists(latest_lock_key(recipe.id)) and read_lock(storage, latest_lock_key(recipe.id)).output.key != lock.output.key:
+            _publish(recipe, storage, lock)  # another seed or format was built since: this one is the latest again
+        return lock
     return fast_or_json(lambda fast: _build(recipe, storage, catalog, seed, fmt, fast=fast), recipe.id)
+
+
+def unchanged(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: int, fmt: str) -> Lock | None:
+    """The lock of this output's last build when building again would write the same bytes
+    (issue 10, item 5: a mixture re-triggered with nothing changed costs a few reads): the lock
+    was written by this version of vlmdata for the same recipe, seed and format; every input's
+    manifest record has the sha256 and revision the lock pins; the image index and the
+    catalog's placing of the images are as they were (:func:`_basis`); and every file the build
+    wrote has the size and storage stamp it had. None when anything differs or is missing."""
+    key = lock_of(output_of(recipe, seed, fmt))
+    if not storage.exists(key):
+        return None
+    try:
+        lock = read_lock(storage, key)
+    except MixError:
+        return None
+    if lock.basis is None or lock.stamps is None or (lock.vlmdata, lock.seed, lock.format) != (__version__, seed, fmt) \
+            or lock.recipe != msgspec.to_builtins(recipe.model_dump()) or len(lock.inputs) != len(recipe.components):
+        return None
+    for item, component in zip(lock.inputs, recipe.components):
+        if component.source not in catalog:
+            return None
+        record = Manifest(storage, component.source).artifact(catalog[component.source].artifact(component.artifact).name)
+        if record is None or not record.complete or (item.component, item.sha256, item.revision) != (component.label, record.sha256, record.revision):
+            return None
+    listed = {k: [size, stamp] for k, size, stamp in storage.list_stamped(mixture_prefix(recipe.id))}
+    folder = lock.output.key.rpartition("/")[0] + "/"
+    strays = lock.shards is not None and any(k.startswith(folder) and k not in lock.stamps for k in listed)  # an export's folder: its shards alone
+    if strays or {k: v for k, v in listed.items() if k in lock.stamps} != lock.stamps \
+            or lock.basis != _basis(recipe, storage, catalog, _component_sources(recipe, catalog)):
+        return None
+    return lock
+
+
+def _image_sources(sources: list[Source], catalog: dict[str, Source]) -> list[str]:
+    """The sources whose images the components' records point to (their own and the referenced)."""
+    return sorted({s for src in sources for s in (src.id, *src.references)} & set(catalog))
+
+
+def _basis(recipe: Recipe, storage: Storage, catalog: dict[str, Source], sources: list[Source]) -> str:
+    """A sha256 of what the output depends on beside its inputs, recipe, seed and format: the
+    image index's files (:meth:`ImageIndex.state`) and how the catalog places each component's
+    images (its annotation's image folder and links)."""
+    placing = [catalog[c.source].artifact(c.artifact).annotation.model_dump(mode="json") for c in recipe.components]
+    return hashlib.sha256(msgspec.json.encode([ImageIndex.state(storage, _image_sources(sources, catalog)), placing])).hexdigest()
 
 
 def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: int, fmt: str, *, fast: bool) -> Lock:
     sources = _component_sources(recipe, catalog)
-    images = ImageIndex.load(storage, catalog, sorted({s for src in sources for s in (src.id, *src.references)} & set(catalog)))
+    basis = _basis(recipe, storage, catalog, sources)  # before reading: a change while building builds again next time
+    images = ImageIndex.load(storage, catalog, _image_sources(sources, catalog))
     folder = posixpath.normpath(posixpath.join(DATA_PREFIX, recipe.image_folder))
     inputs, counts, dropped = [], {}, []
     seen_ids: dict[str, int] = {}
@@ -272,20 +331,28 @@ def _build(recipe: Recipe, storage: Storage, catalog: dict[str, Source], seed: i
         recipe=recipe.model_dump(), seed=seed, format=fmt, vlmdata=__version__, built_at=now(), image_folder=folder, inputs=inputs,
         counts={label: ComponentCount(**tally) for label, tally in counts.items()},
         output=LockOutput(key=output_of(recipe, seed, fmt), records=output.records, sha256=output.sha256, bytes=output.size),
-        dropped=dropped,
+        dropped=dropped, basis=basis,
     )
     if exported is not None:  # the output is the shards' index; the lock lists every shard's sha256
         entries = exported.lock_entries()
         lock.output = msgspec.convert(entries["output"], LockOutput)
         lock.shards = msgspec.convert(entries["shards"], list[LockShard])
+    folder = lock.output.key.rpartition("/")[0]
+    files = {lock.output.key, *(f"{folder}/{shard.name}" for shard in lock.shards or [])}
+    lock.stamps = {key: [size, stamp] for key, size, stamp in storage.list_stamped(mixture_prefix(recipe.id)) if key in files}
     current_guard()()
-    written = lock.to_json()
-    storage.write_json(lock_of(lock.output.key), written)
-    storage.write_json(latest_lock_key(recipe.id), written)  # the latest build's, at a stable key
-    storage.write_json(summary_key(recipe.id), lock_summary(lock))
-    storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
+    storage.write_json(lock_of(lock.output.key), lock.to_json())
+    _publish(recipe, storage, lock)
     log.info("%s: %d records kept, %d dropped into %s; %s", recipe.id, output.records, len(dropped), lock.output.key, ", ".join(f"{k}: {v['kept']}/{v['sampled']}" for k, v in counts.items()))
     return lock
+
+
+def _publish(recipe: Recipe, storage: Storage, lock: Lock) -> None:
+    """The recipe's latest build, at stable keys: its lock, summary and composition chart."""
+    storage.write_json(latest_lock_key(recipe.id), lock.to_json())
+    storage.write_json(summary_key(recipe.id), lock_summary(lock))
+    counts = {label: msgspec.to_builtins(count) for label, count in lock.counts.items()}
+    storage.write_bytes(f"mixtures/{recipe.id}/composition.svg", composition_svg(recipe.title, counts).encode())
 
 
 def _relative(key: str, folder: str) -> str:
@@ -397,15 +464,16 @@ def write_records(path: Path, records: list, fmt: str) -> tuple[str, int]:
     return writer.sha256, writer.size
 
 
-def rebuild(lock: Lock, storage: Storage, catalog: dict[str, Source]) -> Lock:
+def rebuild(lock: Lock, storage: Storage, catalog: dict[str, Source], *, force: bool = False) -> Lock:
     """Build again from a lock; fails if an input changed since. Returns the new lock, whose
-    output sha256 equals the old one's when nothing else changed."""
+    output sha256 equals the old one's when nothing else changed (with nothing changed at all
+    and the output intact, the lock on the storage without building: see :func:`build`)."""
     for item in lock.inputs:
         record = Manifest(storage, item.source).artifact(item.artifact)
         if record is None or record.sha256 != item.sha256:
             now_sha = record.sha256 if record else "absent"
             raise MixError(f"{item.component}: {item.artifact} is {now_sha} now, the lock pins {item.sha256} (revision {item.revision}): re-acquire that revision first")
-    again = build(Recipe.model_validate(lock.recipe), storage, catalog, seed=lock.seed, fmt=lock.format)
+    again = build(Recipe.model_validate(lock.recipe), storage, catalog, seed=lock.seed, fmt=lock.format, force=force)
     if again.output.sha256 != lock.output.sha256:
         log.warning("%s: rebuilt with different bytes (images changed since: %d records dropped now, %d then)", lock.recipe_id, len(again.dropped), len(lock.dropped))
     return again

@@ -82,9 +82,9 @@ def test_slice_end_to_end(storage, upstream):
     for r in records:  # paths resolve under one image folder: <root>/data
         assert storage.size(f"data/{r['image']}")
 
-    # Same inputs, same bytes.
+    # Same inputs, same bytes (forced: with nothing changed a build writes nothing).
     first = storage.read_bytes(output_key("llava_instruct_150k", "json"))
-    build(load_recipes()["llava_instruct_150k"], storage, catalog)
+    build(load_recipes()["llava_instruct_150k"], storage, catalog, force=True)
     assert storage.read_bytes(output_key("llava_instruct_150k", "json")) == first
     assert storage.exists(lock_of(output_key("llava_instruct_150k", "json"))) and storage.exists(latest_lock_key("llava_instruct_150k"))
 
@@ -94,7 +94,7 @@ def test_slice_end_to_end(storage, upstream):
     unfiltered = build(bare, storage, catalog)
     assert [d.reason for d in unfiltered.dropped] == ["malformed: " + d.reason.removeprefix("malformed: ") for d in lock.dropped if d.reason.startswith("malformed")]
     assert unfiltered.output.records == len(json.loads(replica.llava_files["llava_instruct_150k.json"])) - 1  # missing and broken images kept
-    assert rebuild(unfiltered, storage, catalog).output.sha256 == unfiltered.output.sha256
+    assert rebuild(unfiltered, storage, catalog, force=True).output.sha256 == unfiltered.output.sha256
 
     # Both training trees.
     view = materialise(load_profiles()["llava15"], storage)

@@ -98,7 +98,7 @@ def recipe(duplicate_ids="keep", take="all", **more) -> Recipe:
 
 def built(storage, the_recipe: Recipe, fast: bool, fmt: str = "json") -> tuple[bytes, dict]:
     lock = (build(the_recipe, storage, load_catalog(), fmt=fmt) if fast else mix._build(the_recipe, storage, load_catalog(), the_recipe.seed, fmt, fast=False)).to_json()
-    lock.pop("built_at")
+    lock.pop("built_at"), lock.pop("stamps")  # when and where it was written, not what
     return storage.read_bytes(mix.output_key(the_recipe.id, fmt)), lock
 
 

@@ -388,21 +388,23 @@ def _write_zip_range(slot: int, members: list[Member], folder: str) -> int:
     """In a worker process: write ``members`` (a contiguous range of the plan) as the serial
     path does (:func:`_write_members`), checking before each that the parent still holds the lease."""
     archive, deadline, stop, done = _worker["archive"], _worker["deadline"], _worker["stop"], _worker["done"]
+    name = Path(archive.filename).name
 
     def guard() -> None:
         if stop.value:
             raise _Stopped()
         if time.monotonic() > deadline.value:  # the parent's lease was lost, or not renewed in time
-            raise LeaseLost(f"{archive.filename}: the lease of this extraction was not confirmed in time; the worker process stops")
+            raise LeaseLost(f"{name}: the lease of this extraction was not confirmed in time; the worker process stops")
         done[slot] += 1  # called once before each member written: the parent's progress
 
-    _write_members(Path(archive.filename).name, members, archive.open, lambda m: m.info.CRC, _worker["storage"], folder, False, math.inf,
+    _write_members(name, members, archive.open, lambda m: m.info.CRC, _worker["storage"], folder, False, math.inf,
                    _ZIP_DATA_ERRORS, zipfile.BadZipFile, guard, report=False)
     return len(members)
 
 
 def _ranges(members: list[Member], count: int) -> list[list[Member]]:
-    """``count`` contiguous ranges of about equal work: bytes plus a fixed cost per file (its creation)."""
+    """``count`` contiguous ranges of about equal work: bytes plus a fixed cost per file (creating
+    a file costs about as much as writing 64 KiB here: docs/facts.md)."""
     weights = [member.info.compress_size + 64 * 1024 for member in members]
     share, ranges, start, acc = sum(weights) / count, [], 0, 0.0
     for number, weight in enumerate(weights):

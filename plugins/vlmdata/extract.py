@@ -16,7 +16,13 @@ we allow none) and is followed by the filter itself as a second opinion. Members
 with ``extractfile`` and written through the storage, never by ``tarfile.extract``. A tar has
 no per-member checksum: its index entries carry ``None`` where a zip's carry the CRC-32.
 
-The archive is read in one thread. On S3 its small members are handed to writer threads
+A big zip (:data:`PARALLEL_MIN_MEMBERS` members or :data:`PARALLEL_MIN_BYTES` to write) is
+extracted by one process per core (:func:`_write_zip_parallel`): its members are independent,
+so each process opens the archive itself and writes a contiguous range of them, while this
+process keeps what must stay single: the vetting of the whole central directory before any
+write, the listing of what is already present, the lease, and the index (built from the plan,
+so it is the serial one byte for byte). Within a process, and for tars (read in one stream),
+the archive is read in one thread. On S3 small members are handed to writer threads
 (:class:`_Writers`): each is a PUT, mostly waiting for the round trip. On a local disk they are
 written in the reading thread: threads were measured no faster there (bench ``extraction``).
 """
@@ -28,17 +34,24 @@ import fnmatch
 import gzip
 import logging
 import lzma
+import math
+import multiprocessing
+import os
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .catalog import Extract
+from .lease import LeaseLost, valid_until
 from .progress import Progress
 from .storage import Storage
 
@@ -295,14 +308,15 @@ class _Writers:
 
 
 def _write_members(archive_name: str, members: list[Member], open_member, checksum, storage: Storage, folder: str, skip_present: bool,
-                   progress_every: float, data_errors: tuple, error_type: type[Exception], guard: Callable[[], None]) -> list[list]:
+                   progress_every: float, data_errors: tuple, error_type: type[Exception], guard: Callable[[], None], report: bool = True) -> list[list]:
     """Write vetted members into ``folder``, skipping those already present with their size;
     return the index ``[[key, size, checksum], ...]``. A data error while reading a member
-    becomes ``error_type`` naming the archive and the member."""
+    becomes ``error_type`` naming the archive and the member. ``report``: progress and the count
+    at the end (a worker process writing a range of the members leaves them to its parent)."""
     present = dict(storage.list(folder)) if skip_present else {}  # what an interrupted run already wrote
     index, written, skipped = [], 0, 0
-    progress = Progress(archive_name, len(members), progress_every, log.info, unit="members", detail=lambda: f"{written} written, {skipped} already present")
-    with progress, _Writers(storage) as writers:
+    progress = Progress(archive_name, len(members), progress_every, log.info, unit="members", detail=lambda: f"{written} written, {skipped} already present") if report else None
+    with progress or nullcontext(), _Writers(storage) as writers:
         for number, member in enumerate(members, 1):
             key = f"{folder}/{member.path}"
             if present.get(key) != member.size:
@@ -316,22 +330,133 @@ def _write_members(archive_name: str, members: list[Member], open_member, checks
             else:
                 skipped += 1
             index.append([key, member.size, checksum(member)])
-            progress.update(number)
-    log.info("%s: extracted %d members into %s (%d written, %d already present)", archive_name, len(members), folder, written, skipped)
+            if progress:
+                progress.update(number)
+    if report:
+        log.info("%s: extracted %d members into %s (%d written, %d already present)", archive_name, len(members), folder, written, skipped)
     return index
 
 
 def extract_zip(archive_path: Path, storage: Storage, folder: str, spec: Extract, *, skip_present: bool = True, limits: Limits = Limits(), progress_every: float = 10.0,
-                guard: Callable[[], None] = lambda: None) -> list[list]:
+                guard: Callable[[], None] = lambda: None, processes: int | None = None) -> list[list]:
     """Extract into ``folder`` (a storage key); return the index ``[[path, size, crc32], ...]``.
 
     Paths in the index are relative to the storage root. Corrupt members (bad CRC) raise
     ``zipfile.BadZipFile`` naming the member; what was written before stays valid and is
     skipped on the next run (``skip_present``; off when a new upstream version replaces an old one).
+    A big archive is written by ``processes`` processes (default :func:`extract_processes`;
+    1: in this one), with the same files, index and errors.
     """
     with open_zip(archive_path, archive_path.name) as archive:
         members = plan(archive, spec, limits)
+        processes = extract_processes() if processes is None else processes
+        if processes > 1 and (len(members) >= PARALLEL_MIN_MEMBERS or sum(member.size for member in members) >= PARALLEL_MIN_BYTES):
+            return _write_zip_parallel(archive_path, members, storage, folder, processes, skip_present, progress_every, guard)
         return write_zip_members(archive_path.name, archive, members, storage, folder, skip_present=skip_present, progress_every=progress_every, guard=guard)
+
+
+# Below these, one process: starting workers and reopening the archive in each costs more than
+# a second core saves (bench ``extraction``: see docs/facts.md, "Extraction across processes").
+PARALLEL_MIN_MEMBERS = 2_000
+PARALLEL_MIN_BYTES = 256 << 20
+# How often the parent renews what its workers may write under (the lease's deadline, a stop
+# after a failure) and reports progress; a worker stops at the next member either way.
+_RELAY_EVERY = 0.25
+
+
+def extract_processes() -> int:
+    """``VLMDATA_EXTRACT_PROCESSES`` (1: never in parallel), else the cores this process may use."""
+    from .images import available_cores  # images imports Pillow: only when asked
+
+    return int(os.environ.get("VLMDATA_EXTRACT_PROCESSES") or 0) or available_cores()
+
+
+class _Stopped(Exception):
+    """A worker stopped because its parent asked (another worker failed, or the parent is leaving)."""
+
+
+_worker: dict = {}  # in a worker process: its archive, storage and the parent's shared signals
+
+
+def _init_zip_worker(archive_path: Path, storage_spec: tuple, deadline, stop, done) -> None:
+    from .storage import open_storage
+
+    _worker.update(archive=open_zip(archive_path, archive_path.name), storage=open_storage(*storage_spec), deadline=deadline, stop=stop, done=done)
+
+
+def _write_zip_range(slot: int, members: list[Member], folder: str) -> int:
+    """In a worker process: write ``members`` (a contiguous range of the plan) as the serial
+    path does (:func:`_write_members`), checking before each that the parent still holds the lease."""
+    archive, deadline, stop, done = _worker["archive"], _worker["deadline"], _worker["stop"], _worker["done"]
+    name = Path(archive.filename).name
+
+    def guard() -> None:
+        if stop.value:
+            raise _Stopped()
+        if time.monotonic() > deadline.value:  # the parent's lease was lost, or not renewed in time
+            raise LeaseLost(f"{name}: the lease of this extraction was not confirmed in time; the worker process stops")
+        done[slot] += 1  # called once before each member written: the parent's progress
+
+    _write_members(name, members, archive.open, lambda m: m.info.CRC, _worker["storage"], folder, False, math.inf,
+                   _ZIP_DATA_ERRORS, zipfile.BadZipFile, guard, report=False)
+    return len(members)
+
+
+def _ranges(members: list[Member], count: int) -> list[list[Member]]:
+    """``count`` contiguous ranges of about equal work: bytes plus a fixed cost per file (creating
+    a file costs about as much as writing 64 KiB here: docs/facts.md)."""
+    weights = [member.info.compress_size + 64 * 1024 for member in members]
+    share, ranges, start, acc = sum(weights) / count, [], 0, 0.0
+    for number, weight in enumerate(weights):
+        acc += weight
+        if acc >= share * (len(ranges) + 1) and len(ranges) < count - 1:
+            ranges.append(members[start:number + 1])
+            start = number + 1
+    ranges.append(members[start:])
+    return [part for part in ranges if part]
+
+
+def _write_zip_parallel(archive_path: Path, members: list[Member], storage: Storage, folder: str, processes: int, skip_present: bool,
+                        progress_every: float, guard: Callable[[], None]) -> list[list]:
+    """:func:`write_zip_members` across ``processes`` worker processes, each writing one range of
+    the members not yet present (as the serial path, ``skip_present``). The lease stays here: every ``_RELAY_EVERY``
+    seconds this process checks it and publishes until when the workers may write
+    (:func:`vlmdata.lease.valid_until`), so a worker stops as the serial path would. A failed
+    worker stops the others; the error of the first failed range is raised, naming its
+    member; atomic writes leave nothing partial at a final path."""
+    name = archive_path.name
+    present = dict(storage.list(folder)) if skip_present else {}  # what an interrupted run already wrote
+    todo = [member for member in members if present.get(f"{folder}/{member.path}") != member.size]
+    index = [[f"{folder}/{member.path}", member.size, member.info.CRC] for member in members]  # the serial path's, in archive order
+    if not todo:
+        log.info("%s: all %d members already present in %s", name, len(members), folder)
+        return index
+    context = multiprocessing.get_context()
+    guard()
+    deadline = context.Value("d", valid_until(guard), lock=False)
+    stop = context.Value("b", 0, lock=False)
+    ranges = _ranges(todo, min(processes, len(todo)))
+    done = context.Array("q", len(ranges), lock=False)
+    skipped = len(members) - len(todo)
+    progress = Progress(name, len(members), progress_every, log.info, unit="members", detail=lambda: f"{sum(done)} written, {skipped} already present")
+    with progress, ProcessPoolExecutor(len(ranges), context, initializer=_init_zip_worker, initargs=(archive_path, storage.spec, deadline, stop, done)) as pool:
+        futures = [pool.submit(_write_zip_range, slot, part, folder) for slot, part in enumerate(ranges)]
+        try:
+            pending = set(futures)
+            while pending and not any(future.done() and future.exception() for future in futures):
+                _, pending = wait(pending, timeout=_RELAY_EVERY, return_when=FIRST_EXCEPTION)
+                progress.update(skipped + sum(done))
+                guard()
+                deadline.value = valid_until(guard)
+        finally:
+            stop.value = 1  # a failure or an exception here (the lease lost, a kill): the workers stop at their next member
+    errors = [future.exception() for future in futures if future.exception() and not isinstance(future.exception(), _Stopped)]
+    if errors:
+        if isinstance(errors[0], BrokenProcessPool):
+            raise RuntimeError(f"{name}: an extraction process died ({errors[0]}); what it wrote is whole, the next run resumes") from errors[0]
+        raise errors[0]
+    log.info("%s: extracted %d members into %s in %d processes (%d written, %d already present)", name, len(members), folder, len(ranges), len(todo), skipped)
+    return index
 
 
 def open_zip(file, name: str) -> zipfile.ZipFile:

@@ -29,6 +29,7 @@ import contextvars
 import functools
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -316,3 +317,12 @@ def current_guard() -> Callable[[], None]:
 
 def _no_lease() -> None:
     return None
+
+
+def valid_until(guard: Callable[[], None]) -> float:
+    """Until when (``time.monotonic()``, one clock for every process of a host) the lease that
+    ``guard`` checks (a :meth:`Lease.check`) stays valid unless renewed; infinity for any other
+    guard. A worker process cannot call the check (the lease and its renewal thread live in
+    its parent): the parent checks, then publishes this for the worker to stop by."""
+    lease = getattr(guard, "__self__", None)
+    return lease._valid_until if isinstance(lease, Lease) else math.inf

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 
 import pytest
@@ -260,7 +261,9 @@ def test_not_enough_space_fails_before_downloading(tmp_path, upstream, monkeypat
 
     replica, http, hub = upstream
     storage = LocalStorage(tmp_path / "root")
-    monkeypatch.setattr(LocalStorage, "free_bytes", lambda self: 1000)
+    usage = shutil.disk_usage(tmp_path)
+    full = usage._replace(used=usage.total - 1000, free=1000)  # the disk, as the OS reports it: 1 kB free
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
     with pytest.raises(DiskFullError, match="free space"):
         acquire(load_catalog()["coco_train2017"], context(storage))
     assert http.count("GET", "/coco/zips/train2017.zip") == 0

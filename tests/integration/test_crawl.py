@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 from PIL import Image
 
+from tests.conftest import storage_of
 from vlmdata.replicas.data import gif_bytes, jpeg_bytes, make_zip, png_bytes, truncated_jpeg_bytes
 from vlmdata.replicas.http_server import FakeHttpServer, Resource, reset_after, status
 from vlmdata import crawl
@@ -491,66 +492,135 @@ def staged_archives(storage) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_mirrors_fill_the_gaps_and_a_rerun_downloads_only_what_can_help(storage, waits):
-    with FakeHttpServer() as srv:
-        gaps = crawl_with_gaps(storage, srv)
-        kept = storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg")
+# One mirror scenario per backend (module fixtures), five runs of fill_from_mirrors one after the
+# other, each a stage the tests below read in the order of the file.
 
+
+@dataclass
+class Fill:
+    """A run of fill_from_mirrors: its summary and the archive downloads so far."""
+
+    gaps: Gaps
+    storage: object
+    summary: dict
+    tar_gets: int
+    zip_gets: int
+
+
+def fill(storage, gaps: Gaps) -> Fill:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "sleep", lambda seconds: None)  # no retry waits
         summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert summary["filled_this_run"] == 2 and summary["missing"] == 1 and summary["stored"] == 5
-        tar_outcome, zip_outcome = summary["mirrors"]
-        assert tar_outcome == {"url": TAR_URL, "archive": "ocr_vqa.tar", "outcome": "filled", "filled": 1, "converted": 0, "broken": 1, "not_in_archive": 1}
-        assert zip_outcome["outcome"] == "filled" and zip_outcome["filled"] == 1 and zip_outcome["converted"] == 1
-        assert len(gaps.gets(TAR_URL)) == len(gaps.gets(ZIP_URL)) == 1
-        assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
-        assert decode(storage.read_bytes(f"{INTO}/{gaps.bad}.jpg")).format == "JPEG"  # the zip's PNG, converted
-        assert storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg") == kept
-        assert staged_archives(storage) == []  # applied and deleted
+    return Fill(gaps, storage, summary, len(gaps.gets(TAR_URL)), len(gaps.gets(ZIP_URL)))
 
-        # The report and the index include the filled images; the outcomes are recorded.
-        report = storage.read_json(crawl.report_key("ocr_vqa"))
-        assert report["missing"] == [gaps.dead[1]]
-        assert report["filled_from_mirror"][gaps.dead[0]] == {"archive": "ocr_vqa.tar", "member": f"ocr_vqa/images/{gaps.dead[0]}.jpg", "conversion": None, "upstream": "HTTP 404"}
-        assert report["filled_from_mirror"][gaps.bad]["archive"] == "ocr_vqa_images_llava_v15.zip"
-        assert report["filled_from_mirror"][gaps.bad]["conversion"] == "PNG->JPEG"
-        assert [m["outcome"] for m in report["mirrors"]] == ["filled", "filled"]
-        assert len(Manifest(storage, "ocr_vqa").index("images")) == 5
-        record = storage.read_json(crawl.fill_record_key("ocr_vqa", "ocr_vqa.tar"))
-        assert record["upstream"]["etag"] == f'"{hashlib.sha1(tar_bytes(gaps.tar)).hexdigest()}"'
-        assert record["upstream"]["size"] == len(tar_bytes(gaps.tar))
-        assert record["holds"] == sorted([gaps.dead[0], gaps.bad, gaps.ok[0]]) and set(record["broken"]) == {gaps.bad}
 
-        # A rerun with the same gap and unchanged archives: a HEAD each, no download.
-        again = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert again["filled_this_run"] == 0 and again["missing"] == 1
-        assert [(m["outcome"], m["reason"]) for m in again["mirrors"]] == [("skipped", "unchanged upstream; it holds none of the 1 missing images")] * 2
-        assert len(gaps.gets(TAR_URL)) == len(gaps.gets(ZIP_URL)) == 1
-        assert gaps.heads(TAR_URL) == gaps.heads(ZIP_URL) == 1
-        # Earlier fills stay named in the report after a rerun.
-        assert set(storage.read_json(crawl.report_key("ocr_vqa"))["filled_from_mirror"]) == {gaps.dead[0], gaps.bad}
+@pytest.fixture(scope="module", params=["local", "s3"])
+def gaps_storage(request, tmp_path_factory):
+    """A storage of its own (the crawl scenario above has module_storage)."""
+    return storage_of(request, request.param, tmp_path_factory.mktemp(f"gaps-{request.param}"))
 
-        # A filled cover lost again: the tar holds it only broken, so only the zip is fetched again.
-        storage.delete(f"{INTO}/{gaps.bad}.jpg")
-        finish(storage, "ocr_vqa", INTO)
-        third = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert third["mirrors"][0]["reason"] == "unchanged upstream; the 1 missing images it holds are broken in it"
-        assert third["mirrors"][1]["outcome"] == "filled" and third["filled_this_run"] == 1
-        assert len(gaps.gets(TAR_URL)) == 1 and len(gaps.gets(ZIP_URL)) == 2
 
-        # A new version of the zip (a new ETag) that has the last gap is downloaded again.
-        gaps.zip[f"ocr_vqa/images/{gaps.dead[1]}.gif"] = gif_bytes(60, 90, seed=44)
-        srv.replace(hub_path(ZIP_URL), make_zip(gaps.zip))
-        fourth = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert fourth["missing"] == 0 and fourth["filled_this_run"] == 1
-        assert fourth["mirrors"][0]["outcome"] == "skipped" and fourth["mirrors"][1]["outcome"] == "filled"
-        assert len(gaps.gets(TAR_URL)) == 1 and len(gaps.gets(ZIP_URL)) == 3
-        report = storage.read_json(crawl.report_key("ocr_vqa"))
-        assert report["missing"] == [] and set(report["filled_from_mirror"]) == {*gaps.dead, gaps.bad}
+@pytest.fixture(scope="module")
+def first_fill(gaps_storage):
+    with FakeHttpServer() as srv, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "sleep", lambda seconds: None)
+        gaps = crawl_with_gaps(gaps_storage, srv)
+        kept = gaps_storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg")
+        patch.undo()
+        first = fill(gaps_storage, gaps)
+        first.kept = kept  # a cover stored before the fill, and also in the tar
+        yield first
 
-        # Nothing missing: no request at all.
-        before = len(srv.requests)
-        fifth = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert [m["reason"] for m in fifth["mirrors"]] == ["nothing missing"] * 2 and len(srv.requests) == before
+
+def test_mirrors_fill_what_they_hold_and_count_it(first_fill):
+    summary = first_fill.summary
+    assert summary["filled_this_run"] == 2 and summary["missing"] == 1 and summary["stored"] == 5
+    tar_outcome, zip_outcome = summary["mirrors"]
+    assert tar_outcome == {"url": TAR_URL, "archive": "ocr_vqa.tar", "outcome": "filled", "filled": 1, "converted": 0, "broken": 1, "not_in_archive": 1}
+    assert zip_outcome["outcome"] == "filled" and zip_outcome["filled"] == 1 and zip_outcome["converted"] == 1
+    assert first_fill.tar_gets == first_fill.zip_gets == 1
+
+
+def test_mirrors_place_good_covers_as_jpegs_and_leave_stored_ones_and_no_archive(first_fill):
+    storage, gaps = first_fill.storage, first_fill.gaps
+    assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
+    assert decode(storage.read_bytes(f"{INTO}/{gaps.bad}.jpg")).format == "JPEG"  # the zip's PNG, converted
+    assert storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg") == first_fill.kept
+    assert staged_archives(storage) == []  # applied and deleted
+
+
+def test_the_report_and_the_index_name_what_the_mirrors_filled(first_fill):
+    storage, gaps = first_fill.storage, first_fill.gaps
+    report = storage.read_json(crawl.report_key("ocr_vqa"))
+    assert report["missing"] == [gaps.dead[1]]
+    assert report["filled_from_mirror"][gaps.dead[0]] == {"archive": "ocr_vqa.tar", "member": f"ocr_vqa/images/{gaps.dead[0]}.jpg", "conversion": None, "upstream": "HTTP 404"}
+    assert report["filled_from_mirror"][gaps.bad]["archive"] == "ocr_vqa_images_llava_v15.zip"
+    assert report["filled_from_mirror"][gaps.bad]["conversion"] == "PNG->JPEG"
+    assert [m["outcome"] for m in report["mirrors"]] == ["filled", "filled"]
+    assert len(Manifest(storage, "ocr_vqa").index("images")) == 5
+
+
+def test_a_fill_record_names_the_archives_version_what_it_holds_and_what_is_broken_in_it(first_fill):
+    gaps = first_fill.gaps
+    record = first_fill.storage.read_json(crawl.fill_record_key("ocr_vqa", "ocr_vqa.tar"))
+    assert record["upstream"]["etag"] == f'"{hashlib.sha1(tar_bytes(gaps.tar)).hexdigest()}"'
+    assert record["upstream"]["size"] == len(tar_bytes(gaps.tar))
+    assert record["holds"] == sorted([gaps.dead[0], gaps.bad, gaps.ok[0]]) and set(record["broken"]) == {gaps.bad}
+
+
+@pytest.fixture(scope="module")
+def unchanged_rerun(first_fill):
+    return fill(first_fill.storage, first_fill.gaps)
+
+
+def test_a_rerun_with_unchanged_archives_probes_each_once_and_downloads_nothing(unchanged_rerun):
+    again, gaps = unchanged_rerun.summary, unchanged_rerun.gaps
+    assert again["filled_this_run"] == 0 and again["missing"] == 1
+    assert [(m["outcome"], m["reason"]) for m in again["mirrors"]] == [("skipped", "unchanged upstream; it holds none of the 1 missing images")] * 2
+    assert unchanged_rerun.tar_gets == unchanged_rerun.zip_gets == 1
+    assert gaps.heads(TAR_URL) == gaps.heads(ZIP_URL) == 1
+    # Earlier fills stay named in the report after a rerun.
+    assert set(unchanged_rerun.storage.read_json(crawl.report_key("ocr_vqa"))["filled_from_mirror"]) == {gaps.dead[0], gaps.bad}
+
+
+@pytest.fixture(scope="module")
+def lost_again(unchanged_rerun):
+    """A filled cover lost again: the tar holds it only broken."""
+    storage, gaps = unchanged_rerun.storage, unchanged_rerun.gaps
+    storage.delete(f"{INTO}/{gaps.bad}.jpg")
+    finish(storage, "ocr_vqa", INTO)
+    return fill(storage, gaps)
+
+
+def test_a_cover_lost_again_is_fetched_only_from_the_mirror_that_holds_it_good(lost_again):
+    third = lost_again.summary
+    assert third["mirrors"][0]["reason"] == "unchanged upstream; the 1 missing images it holds are broken in it"
+    assert third["mirrors"][1]["outcome"] == "filled" and third["filled_this_run"] == 1
+    assert (lost_again.tar_gets, lost_again.zip_gets) == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def new_zip(lost_again):
+    """A new version of the zip (a new ETag) that has the last gap."""
+    gaps = lost_again.gaps
+    gaps.zip[f"ocr_vqa/images/{gaps.dead[1]}.gif"] = gif_bytes(60, 90, seed=44)
+    gaps.srv.replace(hub_path(ZIP_URL), make_zip(gaps.zip))
+    return fill(lost_again.storage, gaps)
+
+
+def test_a_new_version_of_an_archive_is_downloaded_again_and_fills_the_last_gap(new_zip):
+    fourth, gaps = new_zip.summary, new_zip.gaps
+    assert fourth["missing"] == 0 and fourth["filled_this_run"] == 1
+    assert fourth["mirrors"][0]["outcome"] == "skipped" and fourth["mirrors"][1]["outcome"] == "filled"
+    assert (new_zip.tar_gets, new_zip.zip_gets) == (1, 3)
+    report = new_zip.storage.read_json(crawl.report_key("ocr_vqa"))
+    assert report["missing"] == [] and set(report["filled_from_mirror"]) == {*gaps.dead, gaps.bad}
+
+
+def test_with_nothing_missing_a_fill_sends_no_request(new_zip):
+    before = len(new_zip.gaps.srv.requests)
+    fifth = fill(new_zip.storage, new_zip.gaps).summary
+    assert [m["reason"] for m in fifth["mirrors"]] == ["nothing missing"] * 2 and len(new_zip.gaps.srv.requests) == before
 
 
 def test_a_dead_mirror_falls_through_to_the_next(storage, waits, caplog):

@@ -11,6 +11,7 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 
 import pytest
 from PIL import Image
@@ -505,6 +506,7 @@ class Fill:
     summary: dict
     tar_gets: int
     zip_gets: int
+    kept: bytes = b""  # the first fill: a cover stored before it, also in the tar
 
 
 def fill(storage, gaps: Gaps) -> Fill:
@@ -528,8 +530,7 @@ def first_fill(gaps_storage):
         kept = gaps_storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg")
         patch.undo()
         first = fill(gaps_storage, gaps)
-        first.kept = kept  # a cover stored before the fill, and also in the tar
-        yield first
+        yield dc_replace(first, kept=kept)
 
 
 def test_mirrors_fill_what_they_hold_and_count_it(first_fill):

@@ -32,8 +32,7 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def s3_bucket(s3_endpoint):
+def new_bucket(s3_endpoint: str) -> str:
     import boto3
 
     name = f"vlmdata-{uuid.uuid4().hex[:12]}"
@@ -41,16 +40,31 @@ def s3_bucket(s3_endpoint):
     return name
 
 
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    return new_bucket(s3_endpoint)
+
+
+def storage_of(request, backend: str, work):
+    """A new empty storage on ``backend`` ("local" or "s3"), with its files under ``work``."""
+    from vlmdata.storage import LocalStorage, S3Options, S3Storage
+
+    if backend == "local":
+        return LocalStorage(work / "root")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Storage(f"s3://{new_bucket(endpoint)}/prefix", S3Options(endpoint_url=endpoint), staging=work / "staging")
+
+
 @pytest.fixture(params=["local", "s3"])
 def storage(request, tmp_path):
     """The same test against both backends."""
-    from vlmdata.storage import LocalStorage, S3Options, S3Storage
+    return storage_of(request, request.param, tmp_path)
 
-    if request.param == "local":
-        return LocalStorage(tmp_path / "root")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    bucket = request.getfixturevalue("s3_bucket")
-    return S3Storage(f"s3://{bucket}/prefix", S3Options(endpoint_url=endpoint), staging=tmp_path / "staging")
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def module_storage(request, tmp_path_factory):
+    """One storage per backend for the tests of a module that read one scenario's stages."""
+    return storage_of(request, request.param, tmp_path_factory.mktemp(request.param))
 
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request

@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from tests.e2e.catalogs import catalog_without_schedules
+from tests.e2e.expected import dags_that_must_run
 from vlmdata.airflow_client import AirflowClient
-from vlmdata.demo import demo_airflow, expected_dags
+from vlmdata.demo import demo_airflow
 from vlmdata.localairflow import free_port
 from vlmdata.replicas.http_server import throttle
 from vlmdata.replicas.sources import Replicas
@@ -136,7 +137,7 @@ def rig(tmp_path_factory, s3_endpoint):
         with airflow:
             airflow.wait_ready(timeout=900)
             client = AirflowClient(airflow.url, airflow.user, airflow.admin_password)
-            every_dag = expected_dags() | {BULK_DAG, "verify_fault_bulk"}
+            every_dag = dags_that_must_run(replicas) | {BULK_DAG, "verify_fault_bulk"}
             client.wait_until(lambda: every_dag <= {d["dag_id"] for d in client.dags()}, timeout=300)
             # Only these two run: the verify, layout and mixture DAGs (unpaused on creation) are
             # paused, so that each test's storage holds what its acquisition wrote and no more.

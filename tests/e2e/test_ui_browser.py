@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -97,89 +99,150 @@ def test_the_plugin_refuses_anonymous_requests(deployment):
     assert plugin["fastapi_apps"][0]["url_prefix"] == "/vlmdata"
 
 
-def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
-    airflow, client, replica, storage, work = deployment
-    shots = work / "screenshots"
-    shots.mkdir(exist_ok=True)
-    # A verification of COCO, which the pipeline follows as it would after an acquisition: the
-    # verification of LLaVA-Instruct (whose records point into COCO), then the mixture. Their
-    # tasks carry the extra links; the page shows their runs.
+@pytest.fixture(scope="module")
+def pipeline_runs(deployment) -> dict[str, str]:
+    """A verification of COCO, which the pipeline follows as it would after an acquisition: the
+    verification of LLaVA-Instruct (whose records point into COCO), then the mixture. Their
+    tasks carry the extra links; the page shows their runs. DAG -> run id."""
+    _airflow, client, *_ = deployment
     runs = {VERIFY_DAG: client.trigger(VERIFY_DAG)}
     assert client.wait_for_run(VERIFY_DAG, runs[VERIFY_DAG], timeout=600) == "success", client.task_logs(VERIFY_DAG, runs[VERIFY_DAG])
     mixed = client.wait_until(lambda: [r for r in client.runs(MIX_DAG) if r["state"] in ("success", "failed")], timeout=900, interval=3)
     assert [r["state"] for r in mixed] == ["success"], client.task_logs(MIX_DAG, mixed[0]["dag_run_id"])
     runs[MIX_DAG] = mixed[0]["dag_run_id"]
+    return runs
 
+
+@dataclass
+class Visit:
+    page: object
+    shots: Path  # a screenshot per step
+    vlmdata_url: str  # the vlmdata page inside Airflow's UI
+
+    @property
+    def frame(self):
+        return self.page.frame_locator("iframe[title=vlmdata]")
+
+    @contextmanager
+    def step(self):
+        """A screenshot of the page when the step fails."""
+        try:
+            yield self.page
+        except BaseException:
+            try:
+                self.page.screenshot(path=self.shots / "failure.png", full_page=True, timeout=30_000)
+            except Exception as exc:  # the failure itself matters more
+                print(f"no failure screenshot: {exc}")
+            raise
+
+
+@pytest.fixture(scope="module")
+def visit(deployment, browser, pipeline_runs):
+    """A user logged in through Airflow's login page who opened "vlmdata" from the navigation."""
+    airflow, _client, _replica, _storage, work = deployment
+    shots = work / "screenshots"
+    shots.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(WAIT_MS)
     try:
-        # Airflow sends an anonymous visitor to its login page.
-        page.goto(airflow.url + "/")
-        page.get_by_label("Username").fill(airflow.user)
-        page.get_by_label("Password").fill(airflow.admin_password)
-        page.screenshot(path=shots / "01-login.png")
-        page.get_by_role("button", name="Sign in").click()
-        page.get_by_role("button", name="Browse").click()
-        page.screenshot(path=shots / "02-browse-menu.png")
-        page.get_by_role("menuitem", name="vlmdata").click()
-        page.wait_for_url("**/plugin/vlmdata/**")
-        frame = page.frame_locator("iframe[title=vlmdata]")
-
-        # Every source, with its integrity and counts: the planted faults exactly.
-        coco = frame.locator("#source-coco_train2017")
-        coco.wait_for()
+        with Visit(page, shots, "").step():
+            page.goto(airflow.url + "/")  # Airflow sends an anonymous visitor to its login page
+            page.get_by_label("Username").fill(airflow.user)
+            page.get_by_label("Password").fill(airflow.admin_password)
+            page.screenshot(path=shots / "01-login.png")
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("button", name="Browse").click()
+            page.screenshot(path=shots / "02-browse-menu.png")
+            page.get_by_role("menuitem", name="vlmdata").click()
+            page.wait_for_url("**/plugin/vlmdata/**")
+        visit = Visit(page, shots, page.url)
+        visit.frame.locator("#source-coco_train2017").wait_for()
         page.screenshot(path=shots / "03-vlmdata-page.png", full_page=True)
+        yield visit
+    finally:
+        print(f"screenshots: {shots}")
+        page.close()
+
+
+def test_the_page_shows_cocos_planted_faults_and_its_verification_run(deployment, visit, pipeline_runs):
+    replica = deployment[2]
+    with visit.step():
+        coco = visit.frame.locator("#source-coco_train2017")
         assert coco.locator(".integrity .badge").inner_text() == "warn"
         assert coco.locator("td.ok").inner_text() == str(len(replica.good_bare_names))
         assert coco.locator("td.broken").inner_text() == str(len(replica.broken_keys))
         assert coco.locator("td.missing").inner_text() == "0"
         assert coco.locator("td.quarantined").inner_text() == str(len(replica.broken_keys))
         assert coco.locator("td.verify-run .badge").inner_text() == "success"  # the run above
-        assert unquote(coco.locator("td.verify-run a").get_attribute("href")).endswith(f"/runs/{runs[VERIFY_DAG]}")
-        llava = frame.locator("#source-llava_instruct_150k")
-        assert replica.commit[:12] in llava.inner_text() and "malformed" in llava.inner_text()
-        assert "not acquired" in frame.locator("#source-gqa").inner_text()
-        assert frame.locator("#sources tr[id^=source-]").count() == len(load_catalog())
-        assert "incomplete" in frame.locator("#layout-llava15").inner_text()
+        assert unquote(coco.locator("td.verify-run a").get_attribute("href")).endswith(f"/runs/{pipeline_runs[VERIFY_DAG]}")
 
-        # The mixture: its records, why the others were dropped, its last run.
-        mixture = frame.locator("#mixture-llava_instruct_150k")
+
+def test_the_page_lists_every_source_with_its_revision_and_what_is_not_acquired(deployment, visit):
+    replica = deployment[2]
+    with visit.step():
+        llava = visit.frame.locator("#source-llava_instruct_150k")
+        assert replica.commit[:12] in llava.inner_text() and "malformed" in llava.inner_text()
+        assert "not acquired" in visit.frame.locator("#source-gqa").inner_text()
+        assert visit.frame.locator("#sources tr[id^=source-]").count() == len(load_catalog())
+        assert "incomplete" in visit.frame.locator("#layout-llava15").inner_text()
+
+
+def test_the_page_shows_the_mixtures_records_why_others_were_dropped_and_its_chart(deployment, visit):
+    replica = deployment[2]
+    with visit.step():
+        mixture = visit.frame.locator("#mixture-llava_instruct_150k")
         assert mixture.locator(".records").inner_text() == str(len(replica.good_bare_names))
         dropped = mixture.locator(".dropped").inner_text()
         assert f"image missing: {len(MISSING_FROM_COCO)}" in dropped and "image broken: 2" in dropped
         assert mixture.locator(".badge.success").count() == 1
         assert mixture.locator("img").evaluate("img => img.naturalWidth") > 0  # the chart loaded
 
-        # A report opens through its link.
-        coco.get_by_role("link", name="integrity report").click()
-        expect(frame.locator("h1")).to_contain_text("coco_train2017", timeout=WAIT_MS)  # once the frame has moved on
-        page.screenshot(path=shots / "04-integrity-report.png", full_page=True)
 
-        # A task's extra links, on the task instance's Details tab: the verification's report...
-        page.goto(f"{airflow.url}/dags/{VERIFY_DAG}/runs/{runs[VERIFY_DAG]}/tasks/report")
+def test_a_report_opens_through_its_link(visit):
+    """After the tests that read the page: the frame moves on."""
+    with visit.step() as page:
+        if page.url != visit.vlmdata_url:
+            page.goto(visit.vlmdata_url)
+        visit.frame.locator("#source-coco_train2017").get_by_role("link", name="integrity report").click()
+        expect(visit.frame.locator("h1")).to_contain_text("coco_train2017", timeout=WAIT_MS)  # once the frame has moved on
+        page.screenshot(path=visit.shots / "04-integrity-report.png", full_page=True)
+
+
+def test_a_verification_task_links_to_its_integrity_report(deployment, visit, pipeline_runs):
+    airflow = deployment[0]
+    with visit.step() as page:  # the task instance's Details tab
+        page.goto(f"{airflow.url}/dags/{VERIFY_DAG}/runs/{pipeline_runs[VERIFY_DAG]}/tasks/report")
         page.get_by_role("link", name="Details").click()
         page.get_by_role("link", name="Integrity report").click()
         page.wait_for_url("**/vlmdata/files/_vlmdata/reports/coco_train2017/integrity.html")
         expect(page.locator("h1")).to_contain_text("coco_train2017")
-        # ... and the mixture's chart and lock.
-        page.goto(f"{airflow.url}/dags/{MIX_DAG}/runs/{runs[MIX_DAG]}/tasks/build")
+
+
+def test_a_mixture_task_links_to_its_lock_and_its_chart(deployment, visit, pipeline_runs):
+    airflow, replica = deployment[0], deployment[2]
+    with visit.step() as page:
+        page.goto(f"{airflow.url}/dags/{MIX_DAG}/runs/{pipeline_runs[MIX_DAG]}/tasks/build")
         page.get_by_role("link", name="Details").click()
         lock_link = page.get_by_role("link", name="Lock")
         lock_link.wait_for()
-        page.screenshot(path=shots / "05-task-extra-links.png")
+        page.screenshot(path=visit.shots / "05-task-extra-links.png")
         composition = page.get_by_role("link", name="Composition").get_attribute("href")
         lock_link.click()
         page.wait_for_url("**/vlmdata/files/mixtures/llava_instruct_150k/lock.json")
         lock = json.loads(page.locator("body").inner_text())
         assert lock["output"]["records"] == len(replica.good_bare_names)
         assert lock["inputs"][0]["revision"] == replica.commit
-        page.screenshot(path=shots / "06-lock.png")
+        page.screenshot(path=visit.shots / "06-lock.png")
         # (Chromium takes no screenshot of a bare SVG document: the page above shows the chart.)
         chart = page.goto(f"{airflow.url}/{composition}")
         assert chart.ok and chart.headers["content-type"] == "image/svg+xml"
         assert "llava_instruct_150k" in chart.text()
 
-        # A mixture built from the `mix` DAG's form (another seed and format): its result on the page.
+
+def test_a_mixture_built_from_the_mix_dags_form_shows_on_the_page(deployment, visit):
+    """Another seed and format than the recipe's."""
+    airflow, client, replica = deployment[0], deployment[1], deployment[2]
+    with visit.step() as page:
         page.goto(f"{airflow.url}/dags/mix")
         page.get_by_role("button", name="Trigger").first.click()
         form = page.get_by_role("dialog")
@@ -191,7 +254,7 @@ def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
         page.keyboard.type("jsonl")
         page.keyboard.press("Enter")
         form.get_by_role("spinbutton").fill("7")
-        page.screenshot(path=shots / "07-trigger-form.png")
+        page.screenshot(path=visit.shots / "07-trigger-form.png")
         form.get_by_role("button", name="Trigger").click()
         page.wait_for_url("**/dags/mix/runs/**")
         (run,) = client.runs("mix")
@@ -203,13 +266,4 @@ def test_a_user_reads_the_storage_from_the_ui(deployment, browser):
         mixture = page.locator(f"#mixture-{RECIPE}")
         assert "jsonl, seed 7" in mixture.inner_text()
         assert mixture.locator(".records").inner_text() == str(len(replica.good_bare_names))
-        page.screenshot(path=shots / "08-vlmdata-page-after-the-form.png", full_page=True)
-    except BaseException:
-        try:
-            page.screenshot(path=shots / "failure.png", full_page=True, timeout=30_000)
-        except Exception as exc:  # the failure itself matters more
-            print(f"no failure screenshot: {exc}")
-        raise
-    finally:
-        print(f"screenshots: {shots}")
-        page.close()
+        page.screenshot(path=visit.shots / "08-vlmdata-page-after-the-form.png", full_page=True)

@@ -12,10 +12,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 
 import pytest
 from PIL import Image
 
+from tests.conftest import storage_of
 from vlmdata.replicas.data import gif_bytes, jpeg_bytes, make_zip, png_bytes, truncated_jpeg_bytes
 from vlmdata.replicas.http_server import FakeHttpServer, Resource, reset_after, status
 from vlmdata import crawl
@@ -105,117 +107,223 @@ def decode(data: bytes) -> Image.Image:
     return image
 
 
-def test_crawl_converts_records_and_fills_from_a_mirror(storage, waits, tmp_path):
+# ------------------------------------------------------------------ one crawl, stage by stage
+# One scenario per backend, run once (module fixtures) and read by the tests below in the order of
+# the file: crawl the ~60 covers, finish, fill the gaps from a mirror archive, re-run. Each test
+# reads its stage before a later fixture changes the storage (pytest runs a module's tests in
+# file order, grouped by backend).
+
+
+@dataclass
+class Crawled:
+    storage: object
+    srv: FakeHttpServer
+    site: Site
+    mirrors: Mirrors
+    shards: list
+    replanned: list  # the plan made again before the crawl
+    summaries: list
+    waits: list  # the waits between retries, recorded instead of slept
+
+
+@pytest.fixture(scope="module")
+def crawled(module_storage):
+    storage, waits = module_storage, []
     with FakeHttpServer() as srv:
         site = build_site(srv)
         storage.write_json(LIST_KEY, site.listing)
         mirrors = Mirrors({AMAZON: f"{srv.url}/amazon/"})
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "sleep", waits.append)  # so Retry-After is observable
+            shards = plan_shards(storage, LIST_KEY, INTO, shard_size=25)
+            replanned = plan_shards(storage, LIST_KEY, INTO, shard_size=25)  # (a plan leaves out what is stored)
+            summaries = [crawl_shard(storage, s["key"], INTO, mirrors=mirrors, policy=FAST, workers=8, per_host=4) for s in shards]
+        yield Crawled(storage, srv, site, mirrors, shards, replanned, summaries, waits)
 
-        shards = plan_shards(storage, LIST_KEY, INTO, shard_size=25)
-        assert [s["count"] for s in shards] == [25, 25, 12]  # 63 listed, one without a URL
-        assert all(len(json.dumps(s)) < 200 for s in shards)  # XCom carries keys, not URLs
-        assert plan_shards(storage, LIST_KEY, INTO, shard_size=25) == shards  # deterministic
-        summaries = [crawl_shard(storage, s["key"], INTO, mirrors=mirrors, policy=FAST, workers=8, per_host=4) for s in shards]
-        assert sum(s["ok"] for s in summaries) == len(site.ids(*OK_KINDS)) == 56
 
-        # Stored: exactly the good ones, every one a real JPEG; JPEGs byte for byte.
-        keys = stored(storage)
-        assert set(keys) == {f"{INTO}/{i}.jpg" for i in site.ids(*OK_KINDS)}
-        for image_id in site.ids(*OK_KINDS):
-            data = storage.read_bytes(f"{INTO}/{image_id}.jpg")
-            image = decode(data)
-            assert image.format == "JPEG" and image.mode == "RGB" and image.size == (60, 90)
-            if site.kinds[image_id] in ("jpeg", "429", "reset"):
-                assert data == site.served[image_id]
-        if isinstance(storage, LocalStorage):  # no temporary or partial file left anywhere
-            assert sorted(p.name for p in storage.local_path(INTO).iterdir()) == sorted(k.rsplit("/", 1)[1] for k in keys)
+def shard_results(c: Crawled, kind: str) -> dict[str, str]:
+    """``kind`` ("converted", "dead", "broken") of every shard's result, merged."""
+    return {k: v for s in c.shards for k, v in c.storage.read_json(crawl.result_key(s["key"]))[kind].items()}
 
-        results = [storage.read_json(crawl.result_key(s["key"])) for s in shards]
-        converted = {k: v for r in results for k, v in r["converted"].items()}
-        dead = {k: v for r in results for k, v in r["dead"].items()}
-        broken = {k: v for r in results for k, v in r["broken"].items()}
-        assert converted == {**{i: "GIF->JPEG" for i in site.ids("gif")}, **{i: "PNG->JPEG" for i in site.ids("png")}}
-        assert set(dead) == site.ids("404", "503")
-        assert all(dead[i] == "HTTP 404" for i in site.ids("404"))
-        assert dead[next(iter(site.ids("503")))] == "HTTP 503 (after 3 attempts)"
-        assert set(broken) == site.ids("html", "truncated")
-        assert "not an image" in broken[next(iter(site.ids("html")))] and "HTML" in broken[next(iter(site.ids("html")))]
-        assert "does not decode" in broken[next(iter(site.ids("truncated")))]
 
-        # Retries: 429 waited its Retry-After; 3600 s was capped; a reset was retried; 404 was not.
-        assert 2.0 in waits and 5.0 in waits and max(waits) <= 5.0
-        assert srv.count("GET", site.paths[next(iter(site.ids("429")))]) == 2
-        assert srv.count("GET", site.paths[next(iter(site.ids("reset")))]) == 2
-        assert all(srv.count("GET", site.paths[i]) == 1 for i in site.ids("404", "jpeg"))
+def test_the_plan_is_a_few_small_deterministic_shards_of_the_covers_with_a_url(crawled):
+    assert [s["count"] for s in crawled.shards] == [25, 25, 12]  # 63 listed, one without a URL
+    assert all(len(json.dumps(s)) < 200 for s in crawled.shards)  # XCom carries keys, not URLs
+    assert crawled.replanned == crawled.shards  # deterministic
 
-        # A finished shard is not fetched again (a retried task after its results were written).
-        before = image_gets(srv)
-        assert crawl_shard(storage, shards[0]["key"], INTO, mirrors=mirrors, policy=FAST)["skipped"]
-        assert image_gets(srv) == before
 
-        # finish: report, manifest record and an index that verify's ImageIndex reads.
-        summary = finish(storage, "ocr_vqa", INTO)
-        missing = site.ids("404", "503", "html", "truncated", "no_url")
-        assert summary["stored"] == 56 and summary["missing"] == len(missing) == 7
-        assert summary["converted"] == 14 and summary["dead"] == 5 and summary["broken"] == 2
-        report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
-        assert set(report["missing"]) == missing == set(missing_ids(storage, "ocr_vqa"))
-        assert report["dead"][next(iter(site.ids("no_url")))] == "no imageURL in the list"
-        assert set(report["broken"]) == site.ids("html", "truncated")
-        manifest = Manifest(storage, "ocr_vqa")
-        record = manifest.artifact("images")
-        assert record.complete and record.placement.folder == INTO and record.placement.images
-        assert record.placement.members == 56 and record.size == record.placement.bytes == sum(keys.values())
-        assert record.sha256 == hashlib.sha256(storage.read_bytes(index_key("ocr_vqa", "images"))).hexdigest()
-        assert sorted(manifest.index("images")) == sorted([k, s, None] for k, s in keys.items())
-        images = ImageIndex.load(storage, load_catalog(), ["ocr_vqa"])
-        assert all(images.status(f"{INTO}/{i}.jpg") is None for i in site.ids(*OK_KINDS))
-        assert all(images.status(f"{INTO}/{i}.jpg") == "image missing" for i in missing)
+def test_the_crawl_stores_exactly_the_good_covers_each_a_real_jpeg(crawled):
+    storage, site = crawled.storage, crawled.site
+    assert sum(s["ok"] for s in crawled.summaries) == len(site.ids(*OK_KINDS)) == 56
+    keys = stored(storage)
+    assert set(keys) == {f"{INTO}/{i}.jpg" for i in site.ids(*OK_KINDS)}
+    for image_id in site.ids(*OK_KINDS):
+        image = decode(storage.read_bytes(f"{INTO}/{image_id}.jpg"))
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (60, 90)), image_id
+    if isinstance(storage, LocalStorage):  # no temporary or partial file left anywhere
+        assert sorted(p.name for p in storage.local_path(INTO).iterdir()) == sorted(k.rsplit("/", 1)[1] for k in keys)
 
-        # The fallback archive fills exactly the missing ones (other names, other formats).
-        kept_id = next(iter(site.ids("jpeg")))
-        kept = storage.read_bytes(f"{INTO}/{kept_id}.jpg")
-        m = sorted(missing)
-        members = {
-            "images/": b"",
-            f"images/{m[0]}.jpg": jpeg_bytes(60, 90, seed=500),
-            f"other/{m[0]}.png": png_bytes(60, 90, seed=501),  # the .jpg of the same id wins
-            f"{m[1]}.jpg": jpeg_bytes(60, 90, seed=502),
-            f"images/{m[2]}.png": png_bytes(60, 90, seed=503),
-            f"images/{m[3]}.gif": gif_bytes(60, 90, seed=504),
-            **{f"images/{i}.jpg": jpeg_bytes(60, 90, seed=505 + n) for n, i in enumerate(m[4:])},
-            f"images/{kept_id}.jpg": jpeg_bytes(60, 90, seed=600),  # present already: not touched
-            "images/0000000000.jpg": jpeg_bytes(60, 90, seed=601),  # not in the list
-        }
-        archive = tmp_path / "ocr_vqa_images_llava_v15.zip"
-        archive.write_bytes(make_zip(members))
-        filled = fill_from_archive(storage, archive, INTO, missing_ids(storage, "ocr_vqa"))
-        assert filled["filled"] == 7 and filled["converted"] == 2 and filled["not_in_archive"] == 0
-        assert set(stored(storage)) == {f"{INTO}/{i}.jpg" for i in site.ids(*OK_KINDS) | missing}
-        assert storage.read_bytes(f"{INTO}/{kept_id}.jpg") == kept
-        assert storage.read_bytes(f"{INTO}/{m[0]}.jpg") == members[f"images/{m[0]}.jpg"]
-        for i in missing:
-            assert decode(storage.read_bytes(f"{INTO}/{i}.jpg")).format == "JPEG"
-        report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")  # refreshed by the fill
-        assert report["missing"] == [] and set(report["filled_from_mirror"]) == missing
-        assert report["filled_from_mirror"][m[2]]["conversion"] == "PNG->JPEG"
-        assert report["filled_from_mirror"][m[0]]["member"] == f"images/{m[0]}.jpg"
-        assert len(manifest.index("images")) == 63
-        assert ImageIndex.load(storage, load_catalog(), ["ocr_vqa"]).status(f"{INTO}/{m[3]}.jpg") is None
 
-        # A re-run plans nothing and fetches nothing.
-        before = image_gets(srv)
-        assert plan_shards(storage, LIST_KEY, INTO, shard_size=25) == []
-        assert image_gets(srv) == before
+def test_jpeg_covers_are_stored_byte_for_byte(crawled):
+    for image_id in crawled.site.ids("jpeg", "429", "reset"):
+        assert crawled.storage.read_bytes(f"{INTO}/{image_id}.jpg") == crawled.site.served[image_id], image_id
 
-        # One image lost: the next run fetches that one only.
-        lost = sorted(site.ids("gif"))[0]
-        storage.delete(f"{INTO}/{lost}.jpg")
-        again = plan_shards(storage, LIST_KEY, INTO, shard_size=25)
-        assert [s["count"] for s in again] == [1]
-        crawl_shard(storage, again[0]["key"], INTO, mirrors=mirrors, policy=FAST)
-        assert image_gets(srv) == before + 1
-        assert finish(storage, "ocr_vqa", INTO)["stored"] == 63
+
+def test_gif_and_png_covers_are_converted_and_recorded_so(crawled):
+    site = crawled.site
+    assert shard_results(crawled, "converted") == {**{i: "GIF->JPEG" for i in site.ids("gif")}, **{i: "PNG->JPEG" for i in site.ids("png")}}
+
+
+def test_dead_urls_are_recorded_with_their_status(crawled):
+    site, dead = crawled.site, shard_results(crawled, "dead")
+    assert set(dead) == site.ids("404", "503")
+    assert all(dead[i] == "HTTP 404" for i in site.ids("404"))
+    assert dead[next(iter(site.ids("503")))] == "HTTP 503 (after 3 attempts)"
+
+
+def test_pages_and_truncated_images_are_recorded_as_broken_with_why(crawled):
+    site, broken = crawled.site, shard_results(crawled, "broken")
+    assert set(broken) == site.ids("html", "truncated")
+    html = broken[next(iter(site.ids("html")))]
+    assert "not an image" in html and "HTML" in html
+    assert "does not decode" in broken[next(iter(site.ids("truncated")))]
+
+
+def test_retries_wait_retry_after_capped_retry_a_reset_and_not_a_404(crawled):
+    srv, site, waits = crawled.srv, crawled.site, crawled.waits
+    assert 2.0 in waits and 5.0 in waits and max(waits) <= 5.0  # 429 waited its Retry-After; 3600 s was capped
+    assert srv.count("GET", site.paths[next(iter(site.ids("429")))]) == 2
+    assert srv.count("GET", site.paths[next(iter(site.ids("reset")))]) == 2
+    assert all(srv.count("GET", site.paths[i]) == 1 for i in site.ids("404", "jpeg"))
+
+
+def test_a_finished_shard_is_not_fetched_again(crawled):
+    """A retried task after its results were written."""
+    before = image_gets(crawled.srv)
+    assert crawl_shard(crawled.storage, crawled.shards[0]["key"], INTO, mirrors=crawled.mirrors, policy=FAST)["skipped"]
+    assert image_gets(crawled.srv) == before
+
+
+@dataclass
+class Finished:
+    crawled: Crawled
+    summary: dict
+    missing: set[str]  # the listed covers the crawl could not store
+
+
+@pytest.fixture(scope="module")
+def finished(crawled):
+    missing = crawled.site.ids("404", "503", "html", "truncated", "no_url")
+    return Finished(crawled, finish(crawled.storage, "ocr_vqa", INTO), missing)
+
+
+def test_finish_counts_what_was_stored_converted_dead_and_broken(finished):
+    summary = finished.summary
+    assert summary["stored"] == 56 and summary["missing"] == len(finished.missing) == 7
+    assert (summary["converted"], summary["dead"], summary["broken"]) == (14, 5, 2)
+
+
+def test_the_crawl_report_names_every_missing_cover_and_why(finished):
+    storage, site = finished.crawled.storage, finished.crawled.site
+    report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")
+    assert set(report["missing"]) == finished.missing == set(missing_ids(storage, "ocr_vqa"))
+    assert report["dead"][next(iter(site.ids("no_url")))] == "no imageURL in the list"
+    assert set(report["broken"]) == site.ids("html", "truncated")
+
+
+def test_the_manifest_records_the_folder_and_an_index_of_what_it_holds(finished):
+    storage = finished.crawled.storage
+    keys = stored(storage)
+    record = Manifest(storage, "ocr_vqa").artifact("images")
+    assert record.complete and record.placement.folder == INTO and record.placement.images
+    assert record.placement.members == 56 and record.size == record.placement.bytes == sum(keys.values())
+    assert record.sha256 == hashlib.sha256(storage.read_bytes(index_key("ocr_vqa", "images"))).hexdigest()
+    assert sorted(Manifest(storage, "ocr_vqa").index("images")) == sorted([k, s, None] for k, s in keys.items())
+
+
+def test_verification_reads_the_crawls_index(finished):
+    images = ImageIndex.load(finished.crawled.storage, load_catalog(), ["ocr_vqa"])
+    assert all(images.status(f"{INTO}/{i}.jpg") is None for i in finished.crawled.site.ids(*OK_KINDS))
+    assert all(images.status(f"{INTO}/{i}.jpg") == "image missing" for i in finished.missing)
+
+
+@dataclass
+class Filled:
+    finished: Finished
+    members: dict[str, bytes]  # of the mirror archive
+    kept: tuple[str, bytes]  # a cover stored before the fill, and its bytes
+    result: dict
+
+
+@pytest.fixture(scope="module")
+def filled(finished, tmp_path_factory):
+    """The fallback archive: every missing cover under other names and formats, one present
+    already and one not in the list."""
+    storage, site = finished.crawled.storage, finished.crawled.site
+    kept_id = next(iter(site.ids("jpeg")))
+    kept = storage.read_bytes(f"{INTO}/{kept_id}.jpg")
+    m = sorted(finished.missing)
+    members = {
+        "images/": b"",
+        f"images/{m[0]}.jpg": jpeg_bytes(60, 90, seed=500),
+        f"other/{m[0]}.png": png_bytes(60, 90, seed=501),  # the .jpg of the same id wins
+        f"{m[1]}.jpg": jpeg_bytes(60, 90, seed=502),
+        f"images/{m[2]}.png": png_bytes(60, 90, seed=503),
+        f"images/{m[3]}.gif": gif_bytes(60, 90, seed=504),
+        **{f"images/{i}.jpg": jpeg_bytes(60, 90, seed=505 + n) for n, i in enumerate(m[4:])},
+        f"images/{kept_id}.jpg": jpeg_bytes(60, 90, seed=600),  # present already: not touched
+        "images/0000000000.jpg": jpeg_bytes(60, 90, seed=601),  # not in the list
+    }
+    archive = tmp_path_factory.mktemp("mirror") / "ocr_vqa_images_llava_v15.zip"
+    archive.write_bytes(make_zip(members))
+    result = fill_from_archive(storage, archive, INTO, missing_ids(storage, "ocr_vqa"))
+    return Filled(finished, members, (kept_id, kept), result)
+
+
+def test_a_mirror_archive_fills_exactly_the_missing_covers_as_jpegs(filled):
+    storage, site, missing = filled.finished.crawled.storage, filled.finished.crawled.site, filled.finished.missing
+    assert (filled.result["filled"], filled.result["converted"], filled.result["not_in_archive"]) == (7, 2, 0)
+    assert set(stored(storage)) == {f"{INTO}/{i}.jpg" for i in site.ids(*OK_KINDS) | missing}
+    for i in missing:
+        assert decode(storage.read_bytes(f"{INTO}/{i}.jpg")).format == "JPEG", i
+    first = sorted(missing)[0]
+    assert storage.read_bytes(f"{INTO}/{first}.jpg") == filled.members[f"images/{first}.jpg"]  # its .jpg, not the .png
+
+
+def test_a_mirror_archive_leaves_a_present_cover_untouched(filled):
+    kept_id, kept = filled.kept
+    assert filled.finished.crawled.storage.read_bytes(f"{INTO}/{kept_id}.jpg") == kept
+
+
+def test_after_the_fill_the_report_manifest_and_index_name_what_the_mirror_filled(filled):
+    storage, missing = filled.finished.crawled.storage, filled.finished.missing
+    m = sorted(missing)
+    report = storage.read_json("_vlmdata/reports/ocr_vqa/crawl.json")  # refreshed by the fill
+    assert report["missing"] == [] and set(report["filled_from_mirror"]) == missing
+    assert report["filled_from_mirror"][m[2]]["conversion"] == "PNG->JPEG"
+    assert report["filled_from_mirror"][m[0]]["member"] == f"images/{m[0]}.jpg"
+    assert len(Manifest(storage, "ocr_vqa").index("images")) == 63
+    assert ImageIndex.load(storage, load_catalog(), ["ocr_vqa"]).status(f"{INTO}/{m[3]}.jpg") is None
+
+
+def test_a_rerun_after_the_fill_plans_and_fetches_nothing(filled):
+    c = filled.finished.crawled
+    before = image_gets(c.srv)
+    assert plan_shards(c.storage, LIST_KEY, INTO, shard_size=25) == []
+    assert image_gets(c.srv) == before
+
+
+def test_a_lost_cover_is_the_only_one_the_next_run_fetches(filled):
+    """Last of the scenario: it deletes a cover."""
+    c = filled.finished.crawled
+    before = image_gets(c.srv)
+    lost = sorted(c.site.ids("gif"))[0]
+    c.storage.delete(f"{INTO}/{lost}.jpg")
+    again = plan_shards(c.storage, LIST_KEY, INTO, shard_size=25)
+    assert [s["count"] for s in again] == [1]
+    crawl_shard(c.storage, again[0]["key"], INTO, mirrors=c.mirrors, policy=FAST)
+    assert image_gets(c.srv) == before + 1
+    assert finish(c.storage, "ocr_vqa", INTO)["stored"] == 63
 
 
 def test_shards_grow_to_stay_under_the_map_limit(tmp_path):
@@ -386,66 +494,135 @@ def staged_archives(storage) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_mirrors_fill_the_gaps_and_a_rerun_downloads_only_what_can_help(storage, waits):
-    with FakeHttpServer() as srv:
-        gaps = crawl_with_gaps(storage, srv)
-        kept = storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg")
+# One mirror scenario per backend (module fixtures), five runs of fill_from_mirrors one after the
+# other, each a stage the tests below read in the order of the file.
 
+
+@dataclass
+class Fill:
+    """A run of fill_from_mirrors: its summary and the archive downloads so far."""
+
+    gaps: Gaps
+    storage: object
+    summary: dict
+    tar_gets: int
+    zip_gets: int
+    kept: bytes = b""  # the first fill: a cover stored before it, also in the tar
+
+
+def fill(storage, gaps: Gaps) -> Fill:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "sleep", lambda seconds: None)  # no retry waits
         summary = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert summary["filled_this_run"] == 2 and summary["missing"] == 1 and summary["stored"] == 5
-        tar_outcome, zip_outcome = summary["mirrors"]
-        assert tar_outcome == {"url": TAR_URL, "archive": "ocr_vqa.tar", "outcome": "filled", "filled": 1, "converted": 0, "broken": 1, "not_in_archive": 1}
-        assert zip_outcome["outcome"] == "filled" and zip_outcome["filled"] == 1 and zip_outcome["converted"] == 1
-        assert len(gaps.gets(TAR_URL)) == len(gaps.gets(ZIP_URL)) == 1
-        assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
-        assert decode(storage.read_bytes(f"{INTO}/{gaps.bad}.jpg")).format == "JPEG"  # the zip's PNG, converted
-        assert storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg") == kept
-        assert staged_archives(storage) == []  # applied and deleted
+    return Fill(gaps, storage, summary, len(gaps.gets(TAR_URL)), len(gaps.gets(ZIP_URL)))
 
-        # The report and the index include the filled images; the outcomes are recorded.
-        report = storage.read_json(crawl.report_key("ocr_vqa"))
-        assert report["missing"] == [gaps.dead[1]]
-        assert report["filled_from_mirror"][gaps.dead[0]] == {"archive": "ocr_vqa.tar", "member": f"ocr_vqa/images/{gaps.dead[0]}.jpg", "conversion": None, "upstream": "HTTP 404"}
-        assert report["filled_from_mirror"][gaps.bad]["archive"] == "ocr_vqa_images_llava_v15.zip"
-        assert report["filled_from_mirror"][gaps.bad]["conversion"] == "PNG->JPEG"
-        assert [m["outcome"] for m in report["mirrors"]] == ["filled", "filled"]
-        assert len(Manifest(storage, "ocr_vqa").index("images")) == 5
-        record = storage.read_json(crawl.fill_record_key("ocr_vqa", "ocr_vqa.tar"))
-        assert record["upstream"]["etag"] == f'"{hashlib.sha1(tar_bytes(gaps.tar)).hexdigest()}"'
-        assert record["upstream"]["size"] == len(tar_bytes(gaps.tar))
-        assert record["holds"] == sorted([gaps.dead[0], gaps.bad, gaps.ok[0]]) and set(record["broken"]) == {gaps.bad}
 
-        # A rerun with the same gap and unchanged archives: a HEAD each, no download.
-        again = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert again["filled_this_run"] == 0 and again["missing"] == 1
-        assert [(m["outcome"], m["reason"]) for m in again["mirrors"]] == [("skipped", "unchanged upstream; it holds none of the 1 missing images")] * 2
-        assert len(gaps.gets(TAR_URL)) == len(gaps.gets(ZIP_URL)) == 1
-        assert gaps.heads(TAR_URL) == gaps.heads(ZIP_URL) == 1
-        # Earlier fills stay named in the report after a rerun.
-        assert set(storage.read_json(crawl.report_key("ocr_vqa"))["filled_from_mirror"]) == {gaps.dead[0], gaps.bad}
+@pytest.fixture(scope="module", params=["local", "s3"])
+def gaps_storage(request, tmp_path_factory):
+    """A storage of its own (the crawl scenario above has module_storage)."""
+    return storage_of(request, request.param, tmp_path_factory.mktemp(f"gaps-{request.param}"))
 
-        # A filled cover lost again: the tar holds it only broken, so only the zip is fetched again.
-        storage.delete(f"{INTO}/{gaps.bad}.jpg")
-        finish(storage, "ocr_vqa", INTO)
-        third = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert third["mirrors"][0]["reason"] == "unchanged upstream; the 1 missing images it holds are broken in it"
-        assert third["mirrors"][1]["outcome"] == "filled" and third["filled_this_run"] == 1
-        assert len(gaps.gets(TAR_URL)) == 1 and len(gaps.gets(ZIP_URL)) == 2
 
-        # A new version of the zip (a new ETag) that has the last gap is downloaded again.
-        gaps.zip[f"ocr_vqa/images/{gaps.dead[1]}.gif"] = gif_bytes(60, 90, seed=44)
-        srv.replace(hub_path(ZIP_URL), make_zip(gaps.zip))
-        fourth = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert fourth["missing"] == 0 and fourth["filled_this_run"] == 1
-        assert fourth["mirrors"][0]["outcome"] == "skipped" and fourth["mirrors"][1]["outcome"] == "filled"
-        assert len(gaps.gets(TAR_URL)) == 1 and len(gaps.gets(ZIP_URL)) == 3
-        report = storage.read_json(crawl.report_key("ocr_vqa"))
-        assert report["missing"] == [] and set(report["filled_from_mirror"]) == {*gaps.dead, gaps.bad}
+@pytest.fixture(scope="module")
+def first_fill(gaps_storage):
+    with FakeHttpServer() as srv, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "sleep", lambda seconds: None)
+        gaps = crawl_with_gaps(gaps_storage, srv)
+        kept = gaps_storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg")
+        patch.undo()
+        first = fill(gaps_storage, gaps)
+        yield dc_replace(first, kept=kept)
 
-        # Nothing missing: no request at all.
-        before = len(srv.requests)
-        fifth = crawl.fill_from_mirrors(storage, "ocr_vqa", INTO, [TAR_URL, ZIP_URL], mirrors=gaps.mirrors, policy=FAST)
-        assert [m["reason"] for m in fifth["mirrors"]] == ["nothing missing"] * 2 and len(srv.requests) == before
+
+def test_mirrors_fill_what_they_hold_and_count_it(first_fill):
+    summary = first_fill.summary
+    assert summary["filled_this_run"] == 2 and summary["missing"] == 1 and summary["stored"] == 5
+    tar_outcome, zip_outcome = summary["mirrors"]
+    assert tar_outcome == {"url": TAR_URL, "archive": "ocr_vqa.tar", "outcome": "filled", "filled": 1, "converted": 0, "broken": 1, "not_in_archive": 1}
+    assert zip_outcome["outcome"] == "filled" and zip_outcome["filled"] == 1 and zip_outcome["converted"] == 1
+    assert first_fill.tar_gets == first_fill.zip_gets == 1
+
+
+def test_mirrors_place_good_covers_as_jpegs_and_leave_stored_ones_and_no_archive(first_fill):
+    storage, gaps = first_fill.storage, first_fill.gaps
+    assert storage.read_bytes(f"{INTO}/{gaps.dead[0]}.jpg") == gaps.tar[f"ocr_vqa/images/{gaps.dead[0]}.jpg"]
+    assert decode(storage.read_bytes(f"{INTO}/{gaps.bad}.jpg")).format == "JPEG"  # the zip's PNG, converted
+    assert storage.read_bytes(f"{INTO}/{gaps.ok[0]}.jpg") == first_fill.kept
+    assert staged_archives(storage) == []  # applied and deleted
+
+
+def test_the_report_and_the_index_name_what_the_mirrors_filled(first_fill):
+    storage, gaps = first_fill.storage, first_fill.gaps
+    report = storage.read_json(crawl.report_key("ocr_vqa"))
+    assert report["missing"] == [gaps.dead[1]]
+    assert report["filled_from_mirror"][gaps.dead[0]] == {"archive": "ocr_vqa.tar", "member": f"ocr_vqa/images/{gaps.dead[0]}.jpg", "conversion": None, "upstream": "HTTP 404"}
+    assert report["filled_from_mirror"][gaps.bad]["archive"] == "ocr_vqa_images_llava_v15.zip"
+    assert report["filled_from_mirror"][gaps.bad]["conversion"] == "PNG->JPEG"
+    assert [m["outcome"] for m in report["mirrors"]] == ["filled", "filled"]
+    assert len(Manifest(storage, "ocr_vqa").index("images")) == 5
+
+
+def test_a_fill_record_names_the_archives_version_what_it_holds_and_what_is_broken_in_it(first_fill):
+    gaps = first_fill.gaps
+    record = first_fill.storage.read_json(crawl.fill_record_key("ocr_vqa", "ocr_vqa.tar"))
+    assert record["upstream"]["etag"] == f'"{hashlib.sha1(tar_bytes(gaps.tar)).hexdigest()}"'
+    assert record["upstream"]["size"] == len(tar_bytes(gaps.tar))
+    assert record["holds"] == sorted([gaps.dead[0], gaps.bad, gaps.ok[0]]) and set(record["broken"]) == {gaps.bad}
+
+
+@pytest.fixture(scope="module")
+def unchanged_rerun(first_fill):
+    return fill(first_fill.storage, first_fill.gaps)
+
+
+def test_a_rerun_with_unchanged_archives_probes_each_once_and_downloads_nothing(unchanged_rerun):
+    again, gaps = unchanged_rerun.summary, unchanged_rerun.gaps
+    assert again["filled_this_run"] == 0 and again["missing"] == 1
+    assert [(m["outcome"], m["reason"]) for m in again["mirrors"]] == [("skipped", "unchanged upstream; it holds none of the 1 missing images")] * 2
+    assert unchanged_rerun.tar_gets == unchanged_rerun.zip_gets == 1
+    assert gaps.heads(TAR_URL) == gaps.heads(ZIP_URL) == 1
+    # Earlier fills stay named in the report after a rerun.
+    assert set(unchanged_rerun.storage.read_json(crawl.report_key("ocr_vqa"))["filled_from_mirror"]) == {gaps.dead[0], gaps.bad}
+
+
+@pytest.fixture(scope="module")
+def lost_again(unchanged_rerun):
+    """A filled cover lost again: the tar holds it only broken."""
+    storage, gaps = unchanged_rerun.storage, unchanged_rerun.gaps
+    storage.delete(f"{INTO}/{gaps.bad}.jpg")
+    finish(storage, "ocr_vqa", INTO)
+    return fill(storage, gaps)
+
+
+def test_a_cover_lost_again_is_fetched_only_from_the_mirror_that_holds_it_good(lost_again):
+    third = lost_again.summary
+    assert third["mirrors"][0]["reason"] == "unchanged upstream; the 1 missing images it holds are broken in it"
+    assert third["mirrors"][1]["outcome"] == "filled" and third["filled_this_run"] == 1
+    assert (lost_again.tar_gets, lost_again.zip_gets) == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def new_zip(lost_again):
+    """A new version of the zip (a new ETag) that has the last gap."""
+    gaps = lost_again.gaps
+    gaps.zip[f"ocr_vqa/images/{gaps.dead[1]}.gif"] = gif_bytes(60, 90, seed=44)
+    gaps.srv.replace(hub_path(ZIP_URL), make_zip(gaps.zip))
+    return fill(lost_again.storage, gaps)
+
+
+def test_a_new_version_of_an_archive_is_downloaded_again_and_fills_the_last_gap(new_zip):
+    fourth, gaps = new_zip.summary, new_zip.gaps
+    assert fourth["missing"] == 0 and fourth["filled_this_run"] == 1
+    assert fourth["mirrors"][0]["outcome"] == "skipped" and fourth["mirrors"][1]["outcome"] == "filled"
+    assert (new_zip.tar_gets, new_zip.zip_gets) == (1, 3)
+    report = new_zip.storage.read_json(crawl.report_key("ocr_vqa"))
+    assert report["missing"] == [] and set(report["filled_from_mirror"]) == {*gaps.dead, gaps.bad}
+
+
+def test_with_nothing_missing_a_fill_sends_no_request(new_zip):
+    before = len(new_zip.gaps.srv.requests)
+    fifth = fill(new_zip.storage, new_zip.gaps).summary
+    assert [m["reason"] for m in fifth["mirrors"]] == ["nothing missing"] * 2 and len(new_zip.gaps.srv.requests) == before
 
 
 def test_a_dead_mirror_falls_through_to_the_next(storage, waits, caplog):

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import re
+import shutil
+from dataclasses import dataclass
 
 import pytest
 
@@ -31,72 +33,143 @@ def context(storage) -> Context:
     return Context(storage, mirrors=Mirrors.from_env(), policy=FAST)
 
 
-def test_slice_end_to_end(storage, upstream):
-    replica, http, hub = upstream
+# ------------------------------------------------------------------ the slice, stage by stage
+# One scenario per backend, run once (module fixtures) and read by the tests below in the order of
+# the file: acquire COCO and LLaVA-Instruct-150K, verify them, build the mixture, lay out both
+# training trees. Each test reads its stage before a later fixture changes the storage (pytest
+# runs a module's tests in file order, grouped by backend).
+
+
+@dataclass
+class Acquired:
+    storage: object
+    replica: object
+    catalog: dict
+    coco: dict  # what acquire() returned
+    llava: dict
+
+
+@pytest.fixture(scope="module")
+def acquired(module_storage, module_upstream):
+    replica, _http, _hub = module_upstream
     catalog = load_catalog()
-    ctx = context(storage)
+    ctx = context(module_storage)
+    return Acquired(module_storage, replica, catalog, acquire(catalog["coco_train2017"], ctx), acquire(catalog["llava_instruct_150k"], ctx))
 
-    coco = acquire(catalog["coco_train2017"], ctx)
-    llava = acquire(catalog["llava_instruct_150k"], ctx)
-    assert coco["changed"] == ["train2017.zip"] and len(llava["changed"]) == 6
-    assert llava["revision"] == replica.commit
 
-    # Acquisition placed the ShareGPT4V tree and recorded what it did.
-    placed = dict(storage.list("data/coco/train2017"))
-    assert len(placed) == len(replica.coco_members)
+def test_acquisition_names_what_changed_and_the_hub_revision(acquired):
+    assert acquired.coco["changed"] == ["train2017.zip"] and len(acquired.llava["changed"]) == 6
+    assert acquired.llava["revision"] == acquired.replica.commit
+
+
+def test_acquisition_places_the_sharegpt4v_tree_without_the_archive(acquired):
+    storage, replica = acquired.storage, acquired.replica
+    assert len(dict(storage.list("data/coco/train2017"))) == len(replica.coco_members)
     assert storage.read_bytes("data/llava/llava_instruct_150k.json") == replica.llava_files["llava_instruct_150k.json"]
-    record = Manifest(storage, "coco_train2017").artifact("train2017.zip")
-    assert record.sha256 == hashlib.sha256(replica.coco_zip).hexdigest() and record.md5 == hashlib.md5(replica.coco_zip).hexdigest()
-    assert record.complete and record.placement.members == len(replica.coco_members)
     assert not any(key.endswith(".zip") for key, _ in storage.list("data"))  # the archive is not kept
 
-    # Integrity names exactly the planted faults.
-    coco_report = verify_source(catalog["coco_train2017"], storage, catalog, workers=2)
+
+def test_acquisition_records_the_archive_checksums_and_what_it_placed(acquired):
+    replica = acquired.replica
+    record = Manifest(acquired.storage, "coco_train2017").artifact("train2017.zip")
+    assert record.sha256 == hashlib.sha256(replica.coco_zip).hexdigest() and record.md5 == hashlib.md5(replica.coco_zip).hexdigest()
+    assert record.complete and record.placement.members == len(replica.coco_members)
+
+
+@dataclass
+class Verified:
+    acquired: Acquired
+    coco: object  # the integrity reports
+    llava: object
+
+
+@pytest.fixture(scope="module")
+def verified(acquired):
+    catalog, storage = acquired.catalog, acquired.storage
+    coco = verify_source(catalog["coco_train2017"], storage, catalog, workers=2)
+    return Verified(acquired, coco, verify_source(catalog["llava_instruct_150k"], storage, catalog))
+
+
+def test_integrity_names_exactly_the_planted_broken_images(verified):
+    storage, replica = verified.acquired.storage, verified.acquired.replica
     assert set(json.loads(storage.read_bytes("_vlmdata/reports/coco_train2017/broken.json"))) == replica.broken_keys
-    assert coco_report.images.ok == len(replica.coco_members) - 2
-    # Broken files leave the training tree for the quarantine; nothing is deleted.
+    assert verified.coco.images.ok == len(replica.coco_members) - 2
+
+
+def test_broken_images_leave_the_training_tree_for_the_quarantine(verified):
+    storage, replica = verified.acquired.storage, verified.acquired.replica
     assert len(list(storage.list("data/coco/train2017"))) == len(replica.good_bare_names)
     assert {k.removeprefix("_vlmdata/quarantine/coco_train2017/") for k, _ in storage.list("_vlmdata/quarantine")} == replica.broken_keys
-    llava_report = verify_source(catalog["llava_instruct_150k"], storage, catalog)
-    assert llava_report.annotations["llava_instruct_150k.json"].invalid == 1
-    refs = llava_report.references["llava_instruct_150k.json"]
+
+
+def test_annotation_references_name_each_missing_and_broken_image(verified):
+    report, replica = verified.llava, verified.acquired.replica
+    assert report.annotations["llava_instruct_150k.json"].invalid == 1
+    refs = report.references["llava_instruct_150k.json"]
     assert refs.resolved == len(replica.good_bare_names)
     assert {r: v.count for r, v in refs.reasons.items()} == {
         "image missing": 2,
         "image broken: empty file": 1,
         **{r: 1 for r in refs.reasons if r.startswith("image broken: does not decode")},
     }
-    mix_refs = llava_report.references["llava_v1_5_mix665k.json"]
-    assert mix_refs.reasons["image missing: source gqa not acquired"].count == 1
+    assert report.references["llava_v1_5_mix665k.json"].reasons["image missing: source gqa not acquired"].count == 1
 
-    # The mixture keeps exactly the records whose images decode.
-    lock = build(load_recipes()["llava_instruct_150k"], storage, catalog)
-    records = json.loads(storage.read_bytes(output_key("llava_instruct_150k", "json")))
-    assert sorted(r["image"] for r in records) == sorted(f"coco/train2017/{n}" for n in replica.good_bare_names)
-    reasons = [d.reason for d in lock.dropped]
+
+@dataclass
+class Mixed:
+    verified: Verified
+    lock: object
+    records: list  # of the mixture's output
+
+
+@pytest.fixture(scope="module")
+def mixed(verified):
+    storage = verified.acquired.storage
+    lock = build(load_recipes()["llava_instruct_150k"], storage, verified.acquired.catalog)
+    return Mixed(verified, lock, json.loads(storage.read_bytes(output_key("llava_instruct_150k", "json"))))
+
+
+def test_the_mixture_keeps_exactly_the_records_whose_images_decode(mixed):
+    replica = mixed.verified.acquired.replica
+    assert sorted(r["image"] for r in mixed.records) == sorted(f"coco/train2017/{n}" for n in replica.good_bare_names)
+    reasons = [d.reason for d in mixed.lock.dropped]
     assert reasons.count("image missing") == len(MISSING_FROM_COCO) and reasons.count("image broken") == 2
     assert sum(r.startswith("malformed") for r in reasons) == 1
+
+
+def test_the_lock_pins_the_input_revision_and_both_checksums(mixed):
+    storage, replica, lock = mixed.verified.acquired.storage, mixed.verified.acquired.replica, mixed.lock
     assert lock.inputs[0].revision == replica.commit
     assert lock.inputs[0].sha256 == hashlib.sha256(replica.llava_files["llava_instruct_150k.json"]).hexdigest()
     assert lock.output.sha256 == hashlib.sha256(storage.read_bytes(output_key("llava_instruct_150k", "json"))).hexdigest()
-    for r in records:  # paths resolve under one image folder: <root>/data
-        assert storage.size(f"data/{r['image']}")
 
-    # Same inputs, same bytes (forced: with nothing changed a build writes nothing).
+
+def test_every_mixture_image_resolves_under_one_folder(mixed):
+    for r in mixed.records:  # paths resolve under one image folder: <root>/data
+        assert mixed.verified.acquired.storage.size(f"data/{r['image']}"), r["image"]
+
+
+def test_the_same_inputs_build_the_same_bytes_with_their_locks(mixed):
+    storage = mixed.verified.acquired.storage
     first = storage.read_bytes(output_key("llava_instruct_150k", "json"))
-    build(load_recipes()["llava_instruct_150k"], storage, catalog, force=True)
+    # Same inputs, same bytes (forced: with nothing changed a build writes nothing).
+    build(load_recipes()["llava_instruct_150k"], storage, mixed.verified.acquired.catalog, force=True)
     assert storage.read_bytes(output_key("llava_instruct_150k", "json")) == first
     assert storage.exists(lock_of(output_key("llava_instruct_150k", "json"))) and storage.exists(latest_lock_key("llava_instruct_150k"))
 
-    # A recipe without filters still drops the malformed record, with its reason in the lock;
-    # so does its rebuild from that lock.
+
+def test_a_recipe_without_filters_still_drops_the_malformed_record_and_so_does_its_rebuild(mixed):
+    """With its reason in the lock."""
+    storage, replica, catalog = mixed.verified.acquired.storage, mixed.verified.acquired.replica, mixed.verified.acquired.catalog
     bare = load_recipes()["llava_instruct_150k"].model_copy(update={"id": "no_filters", "filters": []})
     unfiltered = build(bare, storage, catalog)
-    assert [d.reason for d in unfiltered.dropped] == ["malformed: " + d.reason.removeprefix("malformed: ") for d in lock.dropped if d.reason.startswith("malformed")]
+    assert [d.reason for d in unfiltered.dropped] == ["malformed: " + d.reason.removeprefix("malformed: ") for d in mixed.lock.dropped if d.reason.startswith("malformed")]
     assert unfiltered.output.records == len(json.loads(replica.llava_files["llava_instruct_150k.json"])) - 1  # missing and broken images kept
     assert rebuild(unfiltered, storage, catalog, force=True).output.sha256 == unfiltered.output.sha256
 
-    # Both training trees.
+
+def test_the_llava15_tree_links_what_is_there_and_names_what_is_missing(verified):
+    storage, replica = verified.acquired.storage, verified.acquired.replica
     view = materialise(load_profiles()["llava15"], storage)
     assert "coco/train2017" not in view["missing"] and "gqa/images" in view["missing"]
     assert view["views"]["playground/data/coco/train2017"] == "data/coco/train2017"
@@ -108,7 +181,10 @@ def test_slice_end_to_end(storage, upstream):
     else:
         assert storage.read_json("_vlmdata/layouts/llava15.json")["views"]["playground/data/coco/train2017"] == "data/coco/train2017"
         assert not list(storage.list("playground"))  # no duplicated objects on S3
-    tree = materialise(load_profiles()["sharegpt4v"], storage)
+
+
+def test_the_sharegpt4v_tree_names_what_is_missing(verified):
+    tree = materialise(load_profiles()["sharegpt4v"], verified.acquired.storage)
     assert "coco/train2017" not in tree["missing"] and "llava/llava_v1_5_mix665k.json" not in tree["missing"]
     assert "sam/images" in tree["missing"]
 
@@ -186,7 +262,9 @@ def test_not_enough_space_fails_before_downloading(tmp_path, upstream, monkeypat
 
     replica, http, hub = upstream
     storage = LocalStorage(tmp_path / "root")
-    monkeypatch.setattr(LocalStorage, "free_bytes", lambda self: 1000)
+    usage = shutil.disk_usage(tmp_path)
+    full = usage._replace(used=usage.total - 1000, free=1000)  # the disk, as the OS reports it: 1 kB free
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
     with pytest.raises(DiskFullError, match="free space"):
         acquire(load_catalog()["coco_train2017"], context(storage))
     assert http.count("GET", "/coco/zips/train2017.zip") == 0

@@ -124,13 +124,6 @@ def test_licences_needing_acknowledgement(catalog):
         assert catalog[sid].licence.notice, f"{sid}: acknowledgement without a notice"
 
 
-def test_checksums_are_never_truncated(catalog):
-    for source in catalog.values():
-        for artifact in source.artifacts:
-            assert artifact.sha256 is None or len(artifact.sha256) == 64
-            assert artifact.md5 is None or len(artifact.md5) == 32
-
-
 # ---------------------------------------------------------------- bad files
 
 
@@ -170,12 +163,18 @@ def _broken(kind: str) -> tuple[str, dict | str, str]:
         return "demo.yaml", entry, "artifacts.0.target"
     if kind == "id_not_file_name":
         return "other.yaml", entry, "id:"
+    if kind == "truncated_sha256":  # a checksum copied short would pass any file that starts alike
+        entry["artifacts"][0]["sha256"] = "5c5f0f4ee58d7b74"
+        return "demo.yaml", entry, "artifacts.0.sha256"
+    if kind == "truncated_md5":
+        entry["artifacts"][0]["md5"] = "5c5f0f4ee58d"
+        return "demo.yaml", entry, "artifacts.0.md5"
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["invalid_yaml", "unknown_key", "size_wrong_type", "hf_without_section", "target_escapes_tree", "id_not_file_name"],
+    ["invalid_yaml", "unknown_key", "size_wrong_type", "hf_without_section", "target_escapes_tree", "id_not_file_name", "truncated_sha256", "truncated_md5"],
 )
 def test_bad_file_names_the_file_and_the_field(tmp_path, kind):
     name, content, field = _broken(kind)

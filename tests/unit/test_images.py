@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 import random
+import threading
+import time
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -160,17 +162,34 @@ def test_check_images_serial_and_parallel_agree(storage):
     assert serial["data/img/missing.jpg"] == {"ok": False, "error": "missing"}
 
 
-def test_check_images_parallel_runs_in_other_processes(storage, monkeypatch):
-    """The pool really is used when there are several batches (a worker reports its own pid)."""
-    import vlmdata.images as images
+def _child_processes_while(call) -> tuple[object, set[int]]:
+    """``call()``'s result and the pids of this process's children seen while it ran (watched
+    from a thread: the decoding processes, if any, are children of the caller)."""
+    me, seen, done = psutil.Process(), set(), threading.Event()
 
+    def watch():
+        while not done.is_set():
+            seen.update(child.pid for child in me.children())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        return call(), seen
+    finally:
+        done.set()
+        watcher.join()
+
+
+def test_check_images_parallel_runs_in_other_processes(storage):
+    """Several batches are decoded by a pool of worker processes, with the same results as one
+    process; a single batch is decoded in the caller."""
     _fill(storage)
-    real = images.check_image
-    monkeypatch.setattr(images, "check_image", lambda data, name: {**real(data, name), "pid": os.getpid()})
-    results = check_images(storage, ["data/img/good1.jpg", "data/img/good3.jpg", "data/img/gif.jpg"], workers=2, batch=1)
-    assert all(r["pid"] != os.getpid() for r in results.values())
-    serial = check_images(storage, ["data/img/good1.jpg"], workers=1)
-    assert serial["data/img/good1.jpg"]["pid"] == os.getpid()
+    keys = ["data/img/good1.jpg", "data/img/good3.jpg", "data/img/gif.jpg", "data/img/truncated.jpg"]
+    results, children = _child_processes_while(lambda: check_images(storage, keys, workers=2, batch=1))
+    assert children, "no worker process was started"
+    serial, none = _child_processes_while(lambda: check_images(storage, keys, workers=1))
+    assert none == set() and results == serial
 
 
 def test_check_images_of_no_keys(storage):

@@ -154,7 +154,14 @@ def _check_batch(items: list) -> list[tuple[str, dict]]:
 
 def available_cores() -> int:
     """The cores this process may run on: its CPU affinity (a container's or a Celery worker's
-    cpuset), not the machine's count, which would start more decoders than there are cores."""
+    cpuset), not the machine's count, which would start more decoders than there are cores.
+    1 in a daemonic process: a task on a Celery worker runs in one (the prefork pool's), and
+    multiprocessing refuses it children ("daemonic processes are not allowed to have children"),
+    so the work stays in this process there."""
+    import multiprocessing
+
+    if multiprocessing.current_process().daemon:
+        return 1
     if hasattr(os, "process_cpu_count"):  # Python 3.13+
         return os.process_cpu_count() or 1
     if hasattr(os, "sched_getaffinity"):
@@ -166,7 +173,7 @@ def check_images(storage, keys: list, workers: int | None = None, batch: int = 2
     """:func:`check_stored` of every key on ``storage`` (a key, or ``[key, compare, archive]``);
     returns key -> result, in the keys' order. Spread over ``workers`` processes (default:
     :func:`available_cores`)."""
-    workers = workers or available_cores()
+    workers = min(workers, available_cores()) if workers else available_cores()  # 1 where no child may start
     batches = [keys[i:i + batch] for i in range(0, len(keys), batch)]
     results: dict[str, dict] = {}
     with Progress("decoded", len(keys), progress_every, log.info, unit="images") as progress:

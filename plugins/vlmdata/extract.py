@@ -368,9 +368,10 @@ def extract_processes() -> int:
     """``VLMDATA_EXTRACT_PROCESSES`` (1: never in parallel), else the cores this process may use."""
     from .images import available_cores  # images imports Pillow: only when asked
 
-    if available_cores() == 1:  # one core, or a daemonic process (a Celery task): no children
+    cores = available_cores()
+    if cores == 1:  # one core, or a daemonic process (a Celery task): no children
         return 1
-    return int(os.environ.get("VLMDATA_EXTRACT_PROCESSES") or 0) or available_cores()
+    return int(os.environ.get("VLMDATA_EXTRACT_PROCESSES") or 0) or cores
 
 
 class _Stopped(Exception):

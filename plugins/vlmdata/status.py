@@ -30,7 +30,7 @@ from .pages import human_bytes
 from .kinds import kind_named
 from .reports import IntegrityReport, load
 from .storage import STATE_PREFIX, Storage
-from .verify import report_key
+from .verify import needed_report_key, report_key
 
 log = logging.getLogger("vlmdata.status")
 
@@ -154,8 +154,8 @@ def source_status(storage: Storage, source: Source, runs: Mapping[str, Run] | No
         status.report_json = report_key(source.id)
         if storage.exists(report_key(source.id, "integrity.html")):
             status.report = report_key(source.id, "integrity.html")
-    if kind_named(source.kind).needed_by and storage.exists(report_key(source.id, "needed_tars.html")):
-        status.needed_tars = report_key(source.id, "needed_tars.html")  # the last needed_by account
+    if kind_named(source.kind).needed_by and storage.exists(needed_report_key(source.id, page=True)):
+        status.needed_tars = needed_report_key(source.id, page=True)  # the last needed_by account
     if report is not None and not status.stale:
         sizes = [a.size or 0 for a in report.artifacts.values()]
     elif record is not None:

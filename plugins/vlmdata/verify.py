@@ -52,6 +52,11 @@ def report_key(source_id: str, name: str = "integrity.json") -> str:
     return f"{STATE_PREFIX}/reports/{source_id}/{name}"
 
 
+def needed_report_key(source_id: str, page: bool = False) -> str:
+    """SA-1B's needed-tars account (JSON), or its page (``page``: HTML beside it)."""
+    return report_key(source_id, f"needed_tars.{'html' if page else 'json'}")
+
+
 def image_key(annotation: Annotation, image: str) -> str:
     """Storage key of an annotation's image: ``data/<image_folder>/<image>``, following the
     annotation's links (a folder the records expect -> the data-tree folder holding the files)."""

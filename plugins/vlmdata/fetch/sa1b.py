@@ -61,7 +61,7 @@ from .. import pages
 from ..redaction import mask_secrets
 from ..reports import NeededTars, save
 from ..storage import DATA_PREFIX, Storage
-from ..verify import report_key
+from ..verify import needed_report_key
 from .digest import Expected
 from .http import FetchError, PermanentFetchError, RangeReader, body_length, content_range_total, raise_for_status, redact, with_retries
 from .remote import Context, Remote, Transport
@@ -509,11 +509,6 @@ def locate_tars(source: Source, ctx: Context, images: list[str], *, index: Mappi
     if not pending:
         needed.searched = len(links)
     return needed
-
-
-def needed_report_key(source_id: str, page: bool = False) -> str:
-    """The needed-tars account (JSON), or its page (``page``: HTML beside it)."""
-    return report_key(source_id, f"needed_tars.{'html' if page else 'json'}")
 
 
 def sa1b_needed_by(source: Source, ctx: Context, paths: list[str]) -> list[str]:
